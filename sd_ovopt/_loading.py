@@ -1,0 +1,89 @@
+"""Loading user-supplied diffusers pipelines, with errors that say what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sd_ovopt.errors import CorruptModelError, ModelNotFoundError, NotAPipelineError, ShapeMismatchError
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+__all__ = ["check_image_size", "load_sd_pipeline", "read_model_index"]
+
+_SUPPORTED = ("StableDiffusionPipeline",)
+
+
+def read_model_index(path: str | Path) -> dict[str, Any]:
+    """Return ``model_index.json`` of a pipeline folder, or raise a typed error naming the problem."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise ModelNotFoundError(
+            f"model path {folder} does not exist. Pass a local folder written by "
+            "StableDiffusionPipeline.save_pretrained (nothing is downloaded)."
+        )
+    if not folder.is_dir():
+        raise NotAPipelineError(
+            f"model path {folder} is a file; a pipeline is a folder with model_index.json."
+        )
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise NotAPipelineError(
+            f"{folder} has no model_index.json, so it is not a diffusers pipeline folder. "
+            "Pass the folder that StableDiffusionPipeline.save_pretrained or sd-ovopt export wrote."
+        )
+    try:
+        config = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CorruptModelError(f"{index} is not valid JSON ({exc}).") from exc
+    if not isinstance(config, dict):
+        raise CorruptModelError(f"{index} must hold a JSON object.")
+    return config
+
+
+def load_sd_pipeline(source: Any) -> StableDiffusionPipeline:
+    """Return ``source`` if it is a StableDiffusionPipeline, else load it from a local folder (offline)."""
+    from diffusers import StableDiffusionPipeline
+
+    if isinstance(source, StableDiffusionPipeline):
+        return source
+    if not isinstance(source, (str, Path)):
+        raise NotAPipelineError(
+            f"expected a StableDiffusionPipeline or a path to one, got {type(source).__name__}."
+        )
+    config = read_model_index(source)
+    class_name = config.get("_class_name")
+    if class_name not in _SUPPORTED:
+        raise NotAPipelineError(
+            f"{source} holds a {class_name!r}; sd_ovopt supports {', '.join(_SUPPORTED)} "
+            "(Stable Diffusion 1.x/2.x text-to-image)."
+        )
+    missing = [
+        part for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if part not in config
+    ]
+    if missing:
+        raise NotAPipelineError(f"{source}/model_index.json lacks the parts {missing}.")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(source), local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise CorruptModelError(
+            f"could not load the Stable Diffusion pipeline in {source}: {exc}. "
+            "Check that every part folder (unet, vae, text_encoder, tokenizer, scheduler) is complete."
+        ) from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def check_image_size(height: int, width: int, *, vae_scale_factor: int) -> None:
+    """Raise ShapeMismatchError unless height and width are positive multiples of 8 and of the VAE factor."""
+    multiple = max(8, vae_scale_factor)
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
+            raise ShapeMismatchError(
+                f"{name}={value!r} is not a positive multiple of {multiple}. "
+                f"Use a {name} divisible by {multiple}, e.g. {max(multiple, round(value / multiple) * multiple) if isinstance(value, int) else 512}."
+            )

@@ -1,0 +1,6 @@
+"""Export of Stable Diffusion pipelines to OpenVINO IR."""
+
+from sd_ovopt.export.metadata import METADATA_FILE, ExportMetadata, read_metadata
+from sd_ovopt.export.pipeline import export_pipeline
+
+__all__ = ["METADATA_FILE", "ExportMetadata", "export_pipeline", "read_metadata"]

@@ -1,0 +1,181 @@
+"""Convert the parts of a Stable Diffusion pipeline from PyTorch to OpenVINO models.
+
+Each part gets the input and output names that optimum-intel's ``OVStableDiffusionPipeline`` reads
+(``sample``/``timestep``/``encoder_hidden_states`` → ``out_sample`` for the UNet, and so on), so an
+exported folder loads there too. The UNet is traced at a static shape: whatever is computed from shapes
+at trace time (ToMe's merge counts, for one) is then right for exactly that shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+__all__ = [
+    "convert_text_encoder",
+    "convert_unet",
+    "convert_vae_decoder",
+    "convert_vae_encoder",
+    "unet_example_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class _UNetForExport(nn.Module):
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class _TextEncoderForExport(nn.Module):
+    def __init__(self, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.text_encoder(input_ids, return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+
+class _VaeDecoderForExport(nn.Module):
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+class _VaeEncoderForExport(nn.Module):
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(sample, return_dict=True).latent_dist.parameters
+
+
+@contextlib.contextmanager
+def _tracing() -> Iterator[None]:
+    """No grad, and the trace-time warnings that static-shape tracing makes harmless kept quiet."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def _convert(module: nn.Module, example: dict[str, torch.Tensor], input_spec: list, output_names: list[str]):
+    import openvino as ov
+
+    was_training = module.training
+    module.eval()
+    try:
+        with _tracing():
+            model = ov.convert_model(module, example_input=example, input=input_spec)
+    finally:
+        module.train(was_training)
+    if len(model.outputs) != len(output_names):
+        raise RuntimeError(
+            f"expected {len(output_names)} outputs, the converted model has {len(model.outputs)}"
+        )
+    for output, name in zip(model.outputs, output_names, strict=True):
+        output.get_tensor().set_names({name})
+    return model
+
+
+def unet_example_inputs(
+    unet: nn.Module, *, batch: int, latent_height: int, latent_width: int, text_length: int
+) -> dict[str, torch.Tensor]:
+    """Example UNet inputs of the given static shape (used for tracing and for calibration checks)."""
+    config = unet.config
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "sample": torch.randn(batch, config.in_channels, latent_height, latent_width, generator=generator),
+        "timestep": torch.tensor([500.0]),
+        "encoder_hidden_states": torch.randn(
+            batch, text_length, config.cross_attention_dim, generator=generator
+        ),
+    }
+
+
+def convert_unet(
+    unet: nn.Module, *, batch: int, latent_height: int, latent_width: int, text_length: int
+) -> ov.Model:
+    """Trace ``unet`` at a static shape into an OpenVINO model with optimum-intel's input/output names.
+
+    ``batch`` is the UNet batch: twice the number of images when classifier-free guidance is used.
+    ``timestep`` is a rank-1 f32 input of size 1, so fractional timesteps (Euler, DPM) are kept exact.
+    """
+    import openvino as ov
+
+    example = unet_example_inputs(
+        unet, batch=batch, latent_height=latent_height, latent_width=latent_width, text_length=text_length
+    )
+    spec = [
+        ("sample", list(example["sample"].shape), ov.Type.f32),
+        ("timestep", [1], ov.Type.f32),
+        ("encoder_hidden_states", list(example["encoder_hidden_states"].shape), ov.Type.f32),
+    ]
+    return _convert(_UNetForExport(unet), example, spec, ["out_sample"])
+
+
+@contextlib.contextmanager
+def _traceable_attention_masks() -> Iterator[None]:
+    """Swap transformers' mask builders (vmap-based, not traceable) for optimum-intel's traceable ones."""
+    from optimum.exporters.openvino.patching_utils import eager_mask_without_vmap, sdpa_mask_without_vmap
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    saved = {name: ALL_MASK_ATTENTION_FUNCTIONS[name] for name in ("sdpa", "eager")}
+    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa", sdpa_mask_without_vmap)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("eager", eager_mask_without_vmap)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            ALL_MASK_ATTENTION_FUNCTIONS.register(name, function)
+
+
+def convert_text_encoder(text_encoder: nn.Module, *, text_length: int) -> ov.Model:
+    """Convert a CLIP text encoder; its batch stays dynamic, its sequence length is ``text_length``."""
+    import openvino as ov
+
+    example = {"input_ids": torch.ones(1, text_length, dtype=torch.int64)}
+    spec = [("input_ids", [-1, text_length], ov.Type.i64)]
+    with _traceable_attention_masks():
+        return _convert(
+            _TextEncoderForExport(text_encoder), example, spec, ["last_hidden_state", "pooler_output"]
+        )
+
+
+def convert_vae_decoder(vae: nn.Module, *, latent_height: int, latent_width: int) -> ov.Model:
+    """Convert the VAE decoder (``post_quant_conv`` included); its batch stays dynamic."""
+    import openvino as ov
+
+    channels = vae.config.latent_channels
+    example = {"latent_sample": torch.zeros(1, channels, latent_height, latent_width)}
+    spec = [("latent_sample", [-1, channels, latent_height, latent_width], ov.Type.f32)]
+    return _convert(_VaeDecoderForExport(vae), example, spec, ["sample"])
+
+
+def convert_vae_encoder(vae: nn.Module, *, height: int, width: int) -> ov.Model:
+    """Convert the VAE encoder; it returns the latent distribution's parameters (mean and log-variance)."""
+    import openvino as ov
+
+    channels = vae.config.in_channels
+    example = {"sample": torch.zeros(1, channels, height, width)}
+    spec = [("sample", [-1, channels, height, width], ov.Type.f32)]
+    return _convert(_VaeEncoderForExport(vae), example, spec, ["latent_parameters"])

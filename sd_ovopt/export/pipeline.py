@@ -1,0 +1,145 @@
+"""``export_pipeline``: a diffusers Stable Diffusion pipeline → an optimum-intel-layout OpenVINO folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from sd_ovopt._fs import atomic_output_dir
+from sd_ovopt._loading import check_image_size, load_sd_pipeline
+from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError
+from sd_ovopt.export.metadata import ExportMetadata
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+__all__ = ["export_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+OV_XML = "openvino_model.xml"
+_WEIGHTS_DTYPES = ("f32", "f16")
+
+
+def _save_part(model: Any, folder: Path, config: dict[str, Any], *, weights_dtype: str) -> None:
+    import openvino as ov
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, folder / OV_XML, compress_to_fp16=weights_dtype == "f16")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=list) + "\n")
+
+
+def export_pipeline(
+    pipeline_or_path: StableDiffusionPipeline | str | Path,
+    output_dir: str | Path,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 1,
+    num_images_per_prompt: int = 1,
+    classifier_free_guidance: bool = True,
+    weights_dtype: str = "f32",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Export a Stable Diffusion pipeline to an OpenVINO folder with a static-shape UNet.
+
+    The folder has optimum-intel's layout (``unet/``, ``text_encoder/``, ``vae_decoder/``, ``vae_encoder/``,
+    ``tokenizer/``, ``scheduler/``, ``model_index.json``) plus ``sd_ovopt.json``, which records what is
+    baked in. It loads with :class:`sd_ovopt.SdOvOptPipeline` and with optimum-intel's
+    ``OVStableDiffusionPipeline``. The write is atomic: on any error nothing is left at ``output_dir``.
+
+    Args:
+        pipeline_or_path: A ``StableDiffusionPipeline`` or the local folder of one.
+        output_dir: Where to write. An existing non-empty folder is refused unless ``overwrite``.
+        height: Image height in pixels, a multiple of 8 (default: the UNet's native size).
+        width: Image width in pixels, a multiple of 8 (default: the UNet's native size).
+        batch_size: Prompts per call.
+        num_images_per_prompt: Images per prompt.
+        classifier_free_guidance: Double the UNet batch for guidance (calls with ``guidance_scale > 1``).
+        weights_dtype: ``"f32"`` (exact) or ``"f16"`` (half the disk size) for stored float weights.
+        overwrite: Replace an existing folder.
+        show_progress: Show a progress bar over the parts.
+
+    Returns:
+        The path of the written folder.
+
+    Example:
+        >>> from sd_ovopt import export_pipeline
+        >>> from sd_ovopt.testing import tiny_pipeline
+        >>> path = export_pipeline(tiny_pipeline(), "tiny-ov", height=32, width=32)  # doctest: +SKIP
+    """
+    from sd_ovopt.export.convert import (
+        convert_text_encoder,
+        convert_unet,
+        convert_vae_decoder,
+        convert_vae_encoder,
+    )
+
+    if weights_dtype not in _WEIGHTS_DTYPES:
+        raise InvalidConfigError(f"weights_dtype={weights_dtype!r}; use one of {_WEIGHTS_DTYPES}.")
+    for name, value in (("batch_size", batch_size), ("num_images_per_prompt", num_images_per_prompt)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ShapeMismatchError(f"{name}={value!r}; it must be an integer >= 1.")
+    pipe = load_sd_pipeline(pipeline_or_path)
+    vae_scale = pipe.vae_scale_factor
+    height = height if height is not None else pipe.unet.config.sample_size * vae_scale
+    width = width if width is not None else pipe.unet.config.sample_size * vae_scale
+    check_image_size(height, width, vae_scale_factor=vae_scale)
+
+    images = batch_size * num_images_per_prompt
+    meta = ExportMetadata(
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        num_images_per_prompt=num_images_per_prompt,
+        classifier_free_guidance=classifier_free_guidance,
+        unet_batch=images * (2 if classifier_free_guidance else 1),
+        latent_height=height // vae_scale,
+        latent_width=width // vae_scale,
+        weights_dtype=weights_dtype,
+    )
+    text_length = pipe.tokenizer.model_max_length
+    parts = {
+        "unet": lambda: (
+            convert_unet(
+                pipe.unet,
+                batch=meta.unet_batch,
+                latent_height=meta.latent_height,
+                latent_width=meta.latent_width,
+                text_length=text_length,
+            ),
+            dict(pipe.unet.config),
+        ),
+        "text_encoder": lambda: (
+            convert_text_encoder(pipe.text_encoder, text_length=text_length),
+            pipe.text_encoder.config.to_dict(),
+        ),
+        "vae_decoder": lambda: (
+            convert_vae_decoder(pipe.vae, latent_height=meta.latent_height, latent_width=meta.latent_width),
+            dict(pipe.vae.config),
+        ),
+        "vae_encoder": lambda: (
+            convert_vae_encoder(pipe.vae, height=height, width=width),
+            dict(pipe.vae.config),
+        ),
+    }
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        progress = tqdm(parts.items(), desc="Exporting", unit="part", disable=not show_progress)
+        for name, convert in progress:
+            progress.set_postfix_str(name)
+            logger.info("converting %s", name)
+            model, config = convert()
+            _save_part(model, tmp / name, config, weights_dtype=weights_dtype)
+            del model
+        pipe.tokenizer.save_pretrained(tmp / "tokenizer")
+        pipe.scheduler.save_pretrained(tmp / "scheduler")
+        pipe.save_config(tmp)
+        meta.save(tmp)
+    final = Path(output_dir).expanduser().resolve()
+    logger.info("exported %s (%dx%d, UNet batch %d)", final, height, width, meta.unet_batch)
+    return final

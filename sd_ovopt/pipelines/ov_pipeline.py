@@ -1,0 +1,227 @@
+"""``SdOvOptPipeline``: optimum-intel's OpenVINO Stable Diffusion pipeline, made static, explicit and safe.
+
+It loads folders written by :func:`sd_ovopt.export_pipeline` (FP32, INT8 or ToMe UNets alike), reshapes
+and compiles every part to the static shape recorded in ``sd_ovopt.json``, pins the inference precision,
+and refuses calls the compiled shapes cannot serve with a typed error instead of a CPU-plugin crash.
+The denoising loop is diffusers' own ``StableDiffusionPipeline.__call__``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from optimum.intel import OVStableDiffusionPipeline
+
+from sd_ovopt._loading import read_model_index
+from sd_ovopt.errors import CorruptModelError, InvalidConfigError, NotAPipelineError, ShapeMismatchError
+from sd_ovopt.export.metadata import ExportMetadata, read_metadata
+
+__all__ = ["PRECISIONS", "SdOvOptPipeline"]
+
+logger = logging.getLogger(__name__)
+
+#: Accepted values of ``precision``: what OpenVINO computes non-quantized ops in. ``"default"`` lets the
+#: CPU plugin choose (bf16 on CPUs with AVX-512 BF16 or AMX, f32 elsewhere).
+PRECISIONS = ("f32", "bf16", "f16", "default")
+
+_REQUIRED_PARTS = ("unet", "text_encoder", "vae_decoder")
+
+
+def _check_folder(path: Path) -> None:
+    config = read_model_index(path)
+    if config.get("_class_name") != "StableDiffusionPipeline":
+        raise NotAPipelineError(
+            f"{path} holds a {config.get('_class_name')!r}; SdOvOptPipeline loads StableDiffusionPipeline folders."
+        )
+    for part in _REQUIRED_PARTS:
+        for suffix in (".xml", ".bin"):
+            file = path / part / f"openvino_model{suffix}"
+            if not file.is_file():
+                raise CorruptModelError(
+                    f"{file} is missing: {path} is not a complete OpenVINO export. "
+                    "Export it again with sd_ovopt.export_pipeline (CLI: sd-ovopt export)."
+                )
+
+
+class SdOvOptPipeline(OVStableDiffusionPipeline):
+    """OpenVINO Stable Diffusion pipeline with static shapes, pinned precision and typed errors.
+
+    Example:
+        >>> from sd_ovopt import SdOvOptPipeline
+        >>> pipe = SdOvOptPipeline.from_pretrained("tiny-ov", precision="f32")  # doctest: +SKIP
+        >>> image = pipe("a red circle", num_inference_steps=20).images[0]  # doctest: +SKIP
+    """
+
+    _sd_ovopt_metadata: ExportMetadata | None = None
+    _sd_ovopt_precision: str = "default"
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        model_dir: str | Path,
+        *,
+        precision: str = "f32",
+        device: str = "CPU",
+        ov_config: dict[str, Any] | None = None,
+        compile: bool = True,
+        **kwargs: Any,
+    ) -> SdOvOptPipeline:
+        """Load an exported folder, reshape it to its baked static shape and compile it.
+
+        Args:
+            model_dir: A folder written by :func:`sd_ovopt.export_pipeline` (or by optimum-intel, in which
+                case shapes stay dynamic).
+            precision: ``"f32"`` (default, matches PyTorch), ``"bf16"``, ``"f16"`` or ``"default"`` (the
+                device's choice: bf16 on CPUs that support it). Quantized ops run in int8 regardless.
+            device: OpenVINO device name.
+            ov_config: Extra OpenVINO properties (``INFERENCE_PRECISION_HINT`` comes from ``precision``).
+            compile: Compile now (otherwise on the first call).
+            **kwargs: Passed to optimum-intel (e.g. ``scheduler=``).
+        """
+        if precision not in PRECISIONS:
+            raise InvalidConfigError(f"precision={precision!r}; use one of {PRECISIONS}.")
+        config = dict(ov_config or {})
+        if "INFERENCE_PRECISION_HINT" in config and precision != "default":
+            raise InvalidConfigError(
+                "ov_config sets INFERENCE_PRECISION_HINT and precision is set too; use precision= only."
+            )
+        if precision != "default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        path = Path(model_dir).expanduser()
+        _check_folder(path)
+        meta = read_metadata(path)
+        try:
+            # The folder is local and already converted: go straight to optimum-intel's loader, which
+            # skips its hub look-ups (they only log noise offline).
+            pipe = cls._from_pretrained(
+                model_id=str(path),
+                config=cls._load_config(str(path)),
+                ov_config=config,
+                device=device,
+                compile=False,
+                dynamic_shapes=meta is None,
+                **kwargs,
+            )
+        except RuntimeError as exc:
+            raise CorruptModelError(
+                f"OpenVINO could not read the model in {path}: {exc}. The IR files are corrupt or truncated; "
+                "export the pipeline again."
+            ) from exc
+        pipe._sd_ovopt_metadata = meta
+        pipe._sd_ovopt_precision = precision
+        if meta is not None:
+            pipe._reshape_to_metadata()
+        if compile:
+            pipe.compile()
+        return pipe
+
+    # -- shapes ------------------------------------------------------------------------------------
+    def _reshape_to_metadata(self) -> None:
+        meta = self._sd_ovopt_metadata
+        assert meta is not None
+        super().reshape(meta.batch_size, meta.height, meta.width, meta.num_images_per_prompt)
+        # optimum-intel sizes the VAE decoder for num_images_per_prompt only; diffusers decodes all images
+        # of a call at once, so it needs batch_size * num_images_per_prompt.
+        images = meta.batch_size * meta.num_images_per_prompt
+        decoder = self.vae_decoder.model
+        shape = decoder.inputs[0].get_partial_shape()
+        shape[0] = images
+        decoder.reshape({decoder.inputs[0]: shape})
+        self.clear_requests()
+
+    def reshape(
+        self, batch_size: int, height: int, width: int, num_images_per_prompt: int = -1, **kwargs: Any
+    ):
+        """Refuse shapes other than the exported one (its UNet was traced at that shape)."""
+        meta = self._sd_ovopt_metadata
+        if meta is None:
+            return super().reshape(batch_size, height, width, num_images_per_prompt, **kwargs)
+        wanted = (batch_size, height, width, num_images_per_prompt)
+        baked = (meta.batch_size, meta.height, meta.width, meta.num_images_per_prompt)
+        if wanted != baked:
+            raise ShapeMismatchError(
+                f"this pipeline was exported for batch_size, height, width, num_images_per_prompt = {baked}; "
+                f"reshape to {wanted} is not possible. Export again with those values "
+                "(sd_ovopt.export_pipeline(..., height=, width=, batch_size=))."
+            )
+        self._reshape_to_metadata()
+        return self
+
+    def compile(self) -> None:
+        try:
+            super().compile()
+        except RuntimeError as exc:
+            raise CorruptModelError(
+                f"OpenVINO could not compile the pipeline: {exc}. The IR may be corrupt; export it again."
+            ) from exc
+
+    # -- what is baked in --------------------------------------------------------------------------
+    @property
+    def export_metadata(self) -> ExportMetadata | None:
+        """What ``sd_ovopt.json`` records (static shape, versions, ToMe, quantization), or ``None``."""
+        return self._sd_ovopt_metadata
+
+    @property
+    def tome(self) -> dict[str, Any] | None:
+        """The ToMe settings baked into the UNet, or ``None``."""
+        return None if self._sd_ovopt_metadata is None else self._sd_ovopt_metadata.tome
+
+    @property
+    def quantization(self) -> dict[str, Any] | None:
+        """The UNet's quantization settings, or ``None`` for a float UNet."""
+        return None if self._sd_ovopt_metadata is None else self._sd_ovopt_metadata.quantization
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision the compiled UNet computes float ops in, as OpenVINO reports it (e.g. ``"f32"``)."""
+        self.unet.compile()
+        value = self.unet.request.get_property("INFERENCE_PRECISION_HINT")
+        return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+    # -- calls -------------------------------------------------------------------------------------
+    def _check_call(self, kwargs: dict[str, Any], prompt: Any) -> None:
+        meta = self._sd_ovopt_metadata
+        if meta is None:
+            return
+        for name in ("height", "width"):
+            value = kwargs.get(name)
+            if value is not None and value != getattr(meta, name):
+                raise ShapeMismatchError(
+                    f"{name}={value} was requested, but this pipeline was exported for {meta.height}x"
+                    f"{meta.width} (height x width). Omit {name}, or export again at that size."
+                )
+        nipp = kwargs.get("num_images_per_prompt") or 1
+        if nipp != meta.num_images_per_prompt:
+            raise ShapeMismatchError(
+                f"num_images_per_prompt={nipp}, but the pipeline was exported for "
+                f"{meta.num_images_per_prompt}. Export again with num_images_per_prompt={nipp}."
+            )
+        if prompt is not None:
+            batch = 1 if isinstance(prompt, str) else len(prompt)
+        elif kwargs.get("prompt_embeds") is not None:
+            batch = kwargs["prompt_embeds"].shape[0]
+        else:
+            batch = meta.batch_size
+        if batch != meta.batch_size:
+            raise ShapeMismatchError(
+                f"{batch} prompt(s) were given, but the pipeline was exported for batch_size="
+                f"{meta.batch_size}. Pass {meta.batch_size} prompt(s) or export again with batch_size={batch}."
+            )
+        guidance = kwargs.get("guidance_scale", 7.5)
+        if (guidance > 1) != meta.classifier_free_guidance:
+            needs = "> 1" if meta.classifier_free_guidance else "<= 1"
+            raise ShapeMismatchError(
+                f"guidance_scale={guidance}, but the UNet was exported "
+                f"{'with' if meta.classifier_free_guidance else 'without'} classifier-free guidance "
+                f"(batch {meta.unet_batch}). Use guidance_scale {needs}, or export again with "
+                f"classifier_free_guidance={not meta.classifier_free_guidance}."
+            )
+
+    def __call__(self, prompt: str | list[str] | None = None, *args: Any, **kwargs: Any):
+        """Generate images; see ``diffusers.StableDiffusionPipeline.__call__`` for the arguments."""
+        if args:
+            raise TypeError("pass every argument after the prompt by keyword (height=, width=, ...)")
+        self._check_call(kwargs, prompt)
+        return super().__call__(prompt, **kwargs)

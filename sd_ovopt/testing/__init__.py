@@ -1,0 +1,23 @@
+"""Offline models and data for tests, examples and downstream users. Nothing here downloads."""
+
+from sd_ovopt.testing.models import (
+    SD15_UNET_CONFIG,
+    TINY_TEXT_ENCODER_CONFIG,
+    TINY_UNET_CONFIG,
+    TINY_VAE_CONFIG,
+    sd15_unet,
+    tiny_pipeline,
+    tiny_tokenizer,
+    tokenizer_dir,
+)
+
+__all__ = [
+    "SD15_UNET_CONFIG",
+    "TINY_TEXT_ENCODER_CONFIG",
+    "TINY_UNET_CONFIG",
+    "TINY_VAE_CONFIG",
+    "sd15_unet",
+    "tiny_pipeline",
+    "tiny_tokenizer",
+    "tokenizer_dir",
+]

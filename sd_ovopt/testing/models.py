@@ -1,0 +1,164 @@
+"""Stable Diffusion models built from configs, offline, with fixed seeds.
+
+``tiny_pipeline()`` is a complete, real-class SD pipeline small enough for unit tests; its UNet runs
+cross- and self-attention at full latent resolution, so token merging has work to do.
+``sd15_unet()`` is the full SD-1.5-architecture UNet (about 860 M parameters) with random weights: it
+costs exactly what the real one costs, which is all that speed and memory work needs.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+__all__ = [
+    "SD15_UNET_CONFIG",
+    "TINY_TEXT_ENCODER_CONFIG",
+    "TINY_UNET_CONFIG",
+    "TINY_VAE_CONFIG",
+    "sd15_unet",
+    "tiny_pipeline",
+    "tiny_tokenizer",
+    "tokenizer_dir",
+]
+
+# Attention in the first down block and the last up block runs at the full latent resolution.
+TINY_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+
+# Two blocks: the latent is half the image size (a real SD VAE has four blocks: 1/8).
+TINY_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+}
+
+TINY_TEXT_ENCODER_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,
+}
+
+SD15_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+
+
+def tokenizer_dir() -> Path:
+    """The folder of the CLIP BPE tokenizer files shipped inside the package."""
+    return Path(str(resources.files("sd_ovopt.testing") / "data" / "tokenizer"))
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIPTokenizer from the shipped vocabulary (798 tokens, max length 77)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(tokenizer_dir()))
+
+
+def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Build a tiny but complete Stable Diffusion pipeline with random weights.
+
+    The same ``seed`` always gives the same weights; the global torch RNG is left untouched.
+    ``pipeline.save_pretrained(path)`` writes a folder that diffusers and ``export_pipeline`` load.
+
+    Example:
+        >>> from sd_ovopt.testing import tiny_pipeline
+        >>> pipe = tiny_pipeline()
+        >>> image = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
+        >>> image.shape
+        (32, 32, 3)
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        text_config = CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **TINY_TEXT_ENCODER_CONFIG,
+        )
+        text_encoder = CLIPTextModel(text_config)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd15_unet(seed: int = 0, device: str | None = None) -> UNet2DConditionModel:
+    """The SD-1.5-architecture UNet (859.5 M parameters) with random weights.
+
+    Use it for speed and memory work: it costs what the real UNet costs. Pass ``device="meta"`` to
+    build it without allocating its 3.4 GB of weights (for counting parameters).
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    if device == "meta":
+        with torch.device("meta"):
+            return UNet2DConditionModel(**SD15_UNET_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+    return unet.eval()

@@ -1,0 +1,48 @@
+"""Shared fixtures: the tiny pipeline and one export of it, made once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_SIZE = 32  # pixels; the tiny VAE halves it, so the UNet sees 16x16 latents
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SD_OVOPT_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set SD_OVOPT_SLOW=1 (make test-slow) to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_pipe():
+    from sd_ovopt.testing import tiny_pipeline
+
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(tmp_path_factory):
+    """The tiny pipeline exported once at 32x32 (batch 1, guidance on)."""
+    from sd_ovopt import export_pipeline
+    from sd_ovopt.testing import tiny_pipeline
+
+    out = tmp_path_factory.mktemp("export") / "tiny-ov"
+    return export_pipeline(tiny_pipeline(), out, height=TINY_SIZE, width=TINY_SIZE, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_saved(tmp_path_factory):
+    """The tiny pipeline saved with save_pretrained, as a user's local model folder."""
+    from sd_ovopt.testing import tiny_pipeline
+
+    out = tmp_path_factory.mktemp("saved") / "tiny-sd"
+    tiny_pipeline().save_pretrained(out)
+    return out

@@ -1,0 +1,29 @@
+import subprocess
+import sys
+
+
+def test_import_is_lean():
+    code = (
+        "import sys, sd_ovopt; "
+        "print(','.join(m for m in ('openvino', 'nncf', 'optimum', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names_resolve():
+    import sd_ovopt
+
+    for name in sd_ovopt.__all__:
+        assert getattr(sd_ovopt, name) is not None, name
+    assert sorted(sd_ovopt.__all__) == sd_ovopt.__all__
+
+
+def test_errors_inherit_builtins():
+    from sd_ovopt import errors
+
+    assert issubclass(errors.ModelNotFoundError, FileNotFoundError)
+    assert issubclass(errors.ShapeMismatchError, ValueError)
+    assert issubclass(errors.OutputExistsError, FileExistsError)
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.SdOvOptError)
