@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from sd_ovopt.errors import (
+    AlreadyAppliedError,
     CorruptModelError,
     InvalidConfigError,
     MissingDependencyError,
@@ -24,6 +25,7 @@ from sd_ovopt.errors import (
     OutputExistsError,
     SdOvOptError,
     ShapeMismatchError,
+    UnsupportedModelError,
 )
 
 __version__ = "0.1.0"
@@ -31,11 +33,17 @@ __version__ = "0.1.0"
 _LAZY = {
     "ExportMetadata": "sd_ovopt.export.metadata",
     "SdOvOptPipeline": "sd_ovopt.pipelines.ov_pipeline",
+    "ToMeConfig": "sd_ovopt.tome.config",
+    "apply_tome": "sd_ovopt.tome.patch",
     "export_pipeline": "sd_ovopt.export.pipeline",
+    "get_tome_config": "sd_ovopt.tome.patch",
+    "is_tome_applied": "sd_ovopt.tome.patch",
     "read_metadata": "sd_ovopt.export.metadata",
+    "remove_tome": "sd_ovopt.tome.patch",
 }
 
 __all__ = [
+    "AlreadyAppliedError",
     "CorruptModelError",
     "ExportMetadata",
     "InvalidConfigError",
@@ -46,15 +54,23 @@ __all__ = [
     "SdOvOptError",
     "SdOvOptPipeline",
     "ShapeMismatchError",
+    "ToMeConfig",
+    "UnsupportedModelError",
     "__version__",
+    "apply_tome",
     "export_pipeline",
+    "get_tome_config",
+    "is_tome_applied",
     "read_metadata",
+    "remove_tome",
 ]
 
 if TYPE_CHECKING:
     from sd_ovopt.export.metadata import ExportMetadata, read_metadata
     from sd_ovopt.export.pipeline import export_pipeline
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
+    from sd_ovopt.tome.config import ToMeConfig
+    from sd_ovopt.tome.patch import apply_tome, get_tome_config, is_tome_applied, remove_tome
 
 
 def __getattr__(name: str) -> Any:

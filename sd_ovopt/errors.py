@@ -8,6 +8,7 @@ Messages name the problem, show the value, and say how to fix it.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyAppliedError",
     "CorruptModelError",
     "InvalidConfigError",
     "MissingDependencyError",
@@ -16,6 +17,7 @@ __all__ = [
     "OutputExistsError",
     "SdOvOptError",
     "ShapeMismatchError",
+    "UnsupportedModelError",
 ]
 
 
@@ -49,3 +51,11 @@ class InvalidConfigError(SdOvOptError, ValueError):
 
 class MissingDependencyError(SdOvOptError, ImportError):
     """An optional dependency needed for this feature is not installed."""
+
+
+class UnsupportedModelError(SdOvOptError, TypeError):
+    """An object is not the kind of model a function works on (e.g. ToMe on something without a UNet)."""
+
+
+class AlreadyAppliedError(SdOvOptError, RuntimeError):
+    """A patch is already applied with other settings, and replacing it was not requested."""

@@ -17,6 +17,8 @@ from sd_ovopt.export.metadata import ExportMetadata
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
+    from sd_ovopt.tome.config import ToMeConfig
+
 __all__ = ["export_pipeline"]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ def export_pipeline(
     num_images_per_prompt: int = 1,
     classifier_free_guidance: bool = True,
     weights_dtype: str = "f32",
+    tome: ToMeConfig | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> Path:
@@ -62,6 +65,9 @@ def export_pipeline(
         num_images_per_prompt: Images per prompt.
         classifier_free_guidance: Double the UNet batch for guidance (calls with ``guidance_scale > 1``).
         weights_dtype: ``"f32"`` (exact) or ``"f16"`` (half the disk size) for stored float weights.
+        tome: Token merging to bake into the UNet IR. It is applied for the export and removed again, so
+            the pipeline passed in is left as it was. A UNet that already has ToMe applied is exported
+            with it, and its config recorded, when ``tome`` is ``None``.
         overwrite: Replace an existing folder.
         show_progress: Show a progress bar over the parts.
 
@@ -73,12 +79,7 @@ def export_pipeline(
         >>> from sd_ovopt.testing import tiny_pipeline
         >>> path = export_pipeline(tiny_pipeline(), "tiny-ov", height=32, width=32)  # doctest: +SKIP
     """
-    from sd_ovopt.export.convert import (
-        convert_text_encoder,
-        convert_unet,
-        convert_vae_decoder,
-        convert_vae_encoder,
-    )
+    from sd_ovopt.tome.patch import apply_tome, get_tome_config, remove_tome
 
     if weights_dtype not in _WEIGHTS_DTYPES:
         raise InvalidConfigError(f"weights_dtype={weights_dtype!r}; use one of {_WEIGHTS_DTYPES}.")
@@ -92,6 +93,10 @@ def export_pipeline(
     check_image_size(height, width, vae_scale_factor=vae_scale)
 
     images = batch_size * num_images_per_prompt
+    tome_before = get_tome_config(pipe.unet)
+    if tome is not None:
+        apply_tome(pipe.unet, tome)  # raises AlreadyAppliedError if another config is applied
+    applied = tome or tome_before
     meta = ExportMetadata(
         height=height,
         width=width,
@@ -102,7 +107,25 @@ def export_pipeline(
         latent_height=height // vae_scale,
         latent_width=width // vae_scale,
         weights_dtype=weights_dtype,
+        tome=None if applied is None else applied.to_dict(),
     )
+    try:
+        return _write(pipe, meta, output_dir, overwrite=overwrite, show_progress=show_progress)
+    finally:
+        if tome is not None and tome_before is None:
+            remove_tome(pipe.unet)
+
+
+def _write(
+    pipe: Any, meta: ExportMetadata, output_dir: str | Path, *, overwrite: bool, show_progress: bool
+) -> Path:
+    from sd_ovopt.export.convert import (
+        convert_text_encoder,
+        convert_unet,
+        convert_vae_decoder,
+        convert_vae_encoder,
+    )
+
     text_length = pipe.tokenizer.model_max_length
     parts = {
         "unet": lambda: (
@@ -124,7 +147,7 @@ def export_pipeline(
             dict(pipe.vae.config),
         ),
         "vae_encoder": lambda: (
-            convert_vae_encoder(pipe.vae, height=height, width=width),
+            convert_vae_encoder(pipe.vae, height=meta.height, width=meta.width),
             dict(pipe.vae.config),
         ),
     }
@@ -134,12 +157,12 @@ def export_pipeline(
             progress.set_postfix_str(name)
             logger.info("converting %s", name)
             model, config = convert()
-            _save_part(model, tmp / name, config, weights_dtype=weights_dtype)
+            _save_part(model, tmp / name, config, weights_dtype=meta.weights_dtype)
             del model
         pipe.tokenizer.save_pretrained(tmp / "tokenizer")
         pipe.scheduler.save_pretrained(tmp / "scheduler")
         pipe.save_config(tmp)
         meta.save(tmp)
     final = Path(output_dir).expanduser().resolve()
-    logger.info("exported %s (%dx%d, UNet batch %d)", final, height, width, meta.unet_batch)
+    logger.info("exported %s (%dx%d, UNet batch %d)", final, meta.height, meta.width, meta.unet_batch)
     return final

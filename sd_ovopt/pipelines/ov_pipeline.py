@@ -17,6 +17,7 @@ from optimum.intel import OVStableDiffusionPipeline
 from sd_ovopt._loading import read_model_index
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError, NotAPipelineError, ShapeMismatchError
 from sd_ovopt.export.metadata import ExportMetadata, read_metadata
+from sd_ovopt.tome.config import ToMeConfig
 
 __all__ = ["PRECISIONS", "SdOvOptPipeline"]
 
@@ -164,9 +165,10 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         return self._sd_ovopt_metadata
 
     @property
-    def tome(self) -> dict[str, Any] | None:
+    def tome(self) -> ToMeConfig | None:
         """The ToMe settings baked into the UNet, or ``None``."""
-        return None if self._sd_ovopt_metadata is None else self._sd_ovopt_metadata.tome
+        meta = self._sd_ovopt_metadata
+        return None if meta is None or meta.tome is None else ToMeConfig.from_dict(meta.tome)
 
     @property
     def quantization(self) -> dict[str, Any] | None:

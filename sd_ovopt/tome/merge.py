@@ -1,0 +1,127 @@
+"""Token merging as pure tensor functions that convert to OpenVINO.
+
+The algorithm is tomesd's bipartite soft matching over an ``sx x sy`` stride partition: one destination
+token per cell, every other token a source; each source finds its most similar destination (cosine
+similarity); the ``r`` most similar sources are averaged into their destinations; after the wrapped layer
+every merged source gets a copy of its destination's output back.
+
+Written for export: the partition is a constant computed in Python (numpy), ``r`` is a Python integer
+fixed by the static token count, and the graph holds only Gather, MatMul, ReduceMax/TopK, one small
+integer ScatterElementsUpdate per plan and a ScatterAdd-and-divide for the mean (``scatter_reduce`` with
+``"mean"`` does not export well). No random op, no data-dependent control flow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["MergePlan", "active_grid", "merge", "num_merged", "partition_2d", "plan_merge", "unmerge"]
+
+
+class MergePlan(NamedTuple):
+    """Indices of one merge, shared by every layer that merges around the same block input.
+
+    Attributes:
+        unm_tok: ``[B, Ns - r]`` token positions of the sources kept unmerged.
+        mrg_tok: ``[B, r]`` token positions of the merged sources.
+        dst_tok: ``[Nd]`` token positions of the destinations (constant).
+        mrg_dst: ``[B, r]`` destination slot (``0..Nd-1``) each merged source goes to.
+        count: ``[B, Nd, 1]`` tokens averaged into each destination (itself included).
+        inverse: ``[B, N]`` where each original position finds its value in ``[unm, dst, copies]``.
+    """
+
+    unm_tok: torch.Tensor
+    mrg_tok: torch.Tensor
+    dst_tok: torch.Tensor
+    mrg_dst: torch.Tensor
+    count: torch.Tensor
+    inverse: torch.Tensor
+
+
+def active_grid(latent_hw: tuple[int, int], num_tokens: int, max_downsample: int) -> tuple[int, int] | None:
+    """The ``(h, w)`` token grid of a block, or ``None`` when it is downsampled more than allowed."""
+    height, width = latent_hw
+    downsample = math.ceil(math.sqrt((height * width) // num_tokens))
+    if downsample > max_downsample:
+        return None
+    return math.ceil(height / downsample), math.ceil(width / downsample)
+
+
+def partition_2d(h: int, w: int, sx: int, sy: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split an ``h x w`` token grid into (sources, destinations): one destination per ``sx x sy`` cell.
+
+    ``seed=None`` picks each cell's top-left token; an integer picks one per cell from that seed. Rows and
+    columns left over when ``h``/``w`` do not divide by ``sy``/``sx`` are sources, as in tomesd.
+    Returns two sorted int64 arrays of flat token positions.
+    """
+    hsy, wsx = h // sy, w // sx
+    if seed is None:
+        choice = np.zeros((hsy, wsx), dtype=np.int64)
+    else:
+        choice = np.random.default_rng(seed).integers(0, sx * sy, size=(hsy, wsx), dtype=np.int64)
+    rows = np.arange(hsy)[:, None] * sy + choice // sx
+    cols = np.arange(wsx)[None, :] * sx + choice % sx
+    is_dst = np.zeros((h, w), dtype=bool)
+    is_dst[rows, cols] = True
+    flat = is_dst.reshape(-1)
+    return np.flatnonzero(~flat).astype(np.int64), np.flatnonzero(flat).astype(np.int64)
+
+
+def num_merged(num_tokens: int, ratio: float, num_src: int) -> int:
+    """Tokens removed: ``int(N * ratio)``, at most the number of sources."""
+    return min(int(num_tokens * ratio), num_src)
+
+
+@torch.no_grad()
+def plan_merge(metric: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor, r: int) -> MergePlan:
+    """Match every source to its most similar destination and keep the ``r`` best matches.
+
+    Args:
+        metric: ``[B, N, C]`` token features the similarity is measured on.
+        src_idx: ``[Ns]`` source positions (from :func:`partition_2d`).
+        dst_idx: ``[Nd]`` destination positions.
+        r: Number of sources to merge, ``1 <= r <= Ns``.
+    """
+    batch, num_tokens, _ = metric.shape
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a = metric.index_select(1, src_idx)
+    b = metric.index_select(1, dst_idx)
+    scores = a @ b.transpose(-1, -2)
+    node_max, node_idx = scores.max(dim=-1)
+    edge_idx = node_max.argsort(dim=-1, descending=True)
+    unm, mrg = edge_idx[:, r:], edge_idx[:, :r]
+    unm_tok, mrg_tok = src_idx[unm], src_idx[mrg]
+    mrg_dst = node_idx.gather(1, mrg)
+    count = torch.ones(batch, dst_idx.shape[0], 1, dtype=metric.dtype, device=metric.device)
+    count = count.scatter_add(1, mrg_dst[..., None], torch.ones_like(mrg_dst[..., None], dtype=metric.dtype))
+    order = torch.cat([unm_tok, dst_idx.expand(batch, -1), mrg_tok], dim=1)
+    positions = torch.arange(num_tokens, device=metric.device).expand(batch, -1)
+    inverse = torch.zeros_like(order).scatter(1, order, positions)
+    return MergePlan(unm_tok, mrg_tok, dst_idx, mrg_dst, count, inverse)
+
+
+def _expand(index: torch.Tensor, channels: int) -> torch.Tensor:
+    return index[..., None].expand(-1, -1, channels)
+
+
+def merge(x: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    """``[B, N, C]`` → ``[B, N - r, C]``: unmerged sources, then destinations averaged with their sources."""
+    channels = x.shape[-1]
+    unm = x.gather(1, _expand(plan.unm_tok, channels))
+    src = x.gather(1, _expand(plan.mrg_tok, channels))
+    dst = x.index_select(1, plan.dst_tok)
+    dst = dst.scatter_add(1, _expand(plan.mrg_dst, channels), src) / plan.count
+    return torch.cat([unm, dst], dim=1)
+
+
+def unmerge(y: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    """``[B, N - r, C]`` → ``[B, N, C]``: every merged source gets a copy of its destination's value."""
+    channels = y.shape[-1]
+    dst = y[:, plan.unm_tok.shape[1] :]
+    copies = dst.gather(1, _expand(plan.mrg_dst, channels))
+    full = torch.cat([y, copies], dim=1)
+    return full.gather(1, _expand(plan.inverse, channels))
