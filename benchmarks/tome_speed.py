@@ -100,7 +100,13 @@ def main() -> None:
     paths = convert_variants(args.work, args.ratios, args.height, args.width)
     if args.convert_only:
         return
-    results = {p: time_variants(paths, p, args.repeats, args.height, args.width) for p in args.precisions}
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    precisions = [p for p in args.precisions if p != "bf16" or "BF16" in capabilities]
+    for skipped in sorted(set(args.precisions) - set(precisions)):
+        print(f"skipping {skipped}: this CPU does not support it (capabilities {capabilities})")
+    results = {p: time_variants(paths, p, args.repeats, args.height, args.width) for p in precisions}
     (args.work / "results.json").write_text(
         json.dumps({"machine": platform.processor() or platform.machine(), "results": results}, indent=2)
     )

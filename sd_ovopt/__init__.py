@@ -32,12 +32,15 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ExportMetadata": "sd_ovopt.export.metadata",
+    "QuantizationConfig": "sd_ovopt.quantization.config",
     "SdOvOptPipeline": "sd_ovopt.pipelines.ov_pipeline",
     "ToMeConfig": "sd_ovopt.tome.config",
     "apply_tome": "sd_ovopt.tome.patch",
+    "collect_calibration": "sd_ovopt.quantization.calibration",
     "export_pipeline": "sd_ovopt.export.pipeline",
     "get_tome_config": "sd_ovopt.tome.patch",
     "is_tome_applied": "sd_ovopt.tome.patch",
+    "quantize_unet": "sd_ovopt.quantization.ptq",
     "read_metadata": "sd_ovopt.export.metadata",
     "remove_tome": "sd_ovopt.tome.patch",
 }
@@ -51,6 +54,7 @@ __all__ = [
     "ModelNotFoundError",
     "NotAPipelineError",
     "OutputExistsError",
+    "QuantizationConfig",
     "SdOvOptError",
     "SdOvOptPipeline",
     "ShapeMismatchError",
@@ -58,9 +62,11 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "apply_tome",
+    "collect_calibration",
     "export_pipeline",
     "get_tome_config",
     "is_tome_applied",
+    "quantize_unet",
     "read_metadata",
     "remove_tome",
 ]
@@ -69,6 +75,9 @@ if TYPE_CHECKING:
     from sd_ovopt.export.metadata import ExportMetadata, read_metadata
     from sd_ovopt.export.pipeline import export_pipeline
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
+    from sd_ovopt.quantization.calibration import collect_calibration
+    from sd_ovopt.quantization.config import QuantizationConfig
+    from sd_ovopt.quantization.ptq import quantize_unet
     from sd_ovopt.tome.config import ToMeConfig
     from sd_ovopt.tome.patch import apply_tome, get_tome_config, is_tome_applied, remove_tome
 

@@ -2,6 +2,7 @@
 
 sd-ovopt export SRC OUT --height 512 --width 512
 sd-ovopt generate MODEL_DIR "a photo of a cat" --seed 0 --steps 20 --output cat.png
+sd-ovopt quantize SRC OUT --prompts prompts.txt --num-samples 200 [--tome-ratio 0.4]
 sd-ovopt demo
 """
 
@@ -108,6 +109,74 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize", help="8-bit UNet (NNCF post-training) from real pipeline calibration, exported"
+    )
+    p.add_argument("src", help="local folder written by StableDiffusionPipeline.save_pretrained")
+    p.add_argument("out", help="output folder for the OpenVINO pipeline")
+    p.add_argument("--prompts", required=True, help="text file, one calibration prompt per line")
+    p.add_argument("--num-samples", type=int, default=200, help="UNet calls to record (default 200)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps per calibration prompt")
+    p.add_argument("--mode", choices=("full", "hybrid"), default="full")
+    p.add_argument("--tome-ratio", type=float, default=None, help="apply ToMe before quantizing")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument(
+        "--no-compress-weights", action="store_true", help="keep text encoder and VAE weights in float"
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run_quantize)
+
+
+def _read_prompts(path: str) -> list[str]:
+    from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ModelNotFoundError(f"prompt file {file} does not exist; write one prompt per line.")
+    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise InvalidConfigError(f"prompt file {file} has no prompts; write one prompt per line.")
+    return prompts
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from sd_ovopt._fs import check_output_dir
+    from sd_ovopt._loading import load_sd_pipeline
+    from sd_ovopt.export.pipeline import export_pipeline
+    from sd_ovopt.quantization import QuantizationConfig, collect_calibration, quantize_unet
+    from sd_ovopt.tome import ToMeConfig, apply_tome
+
+    prompts = _read_prompts(args.prompts)
+    check_output_dir(args.out, overwrite=args.overwrite)  # fail before the slow part
+    tome = None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio)
+    config = QuantizationConfig(mode=args.mode, subset_size=args.num_samples)
+    pipe = load_sd_pipeline(args.src)
+    if tome is not None:
+        apply_tome(pipe.unet, tome)  # calibrate and quantize the merged graph
+    calibration = collect_calibration(
+        pipe,
+        prompts,
+        num_inference_steps=args.steps,
+        height=args.height,
+        width=args.width,
+        max_samples=args.num_samples,
+    )
+    qunet = quantize_unet(pipe, calibration, config)
+    path = export_pipeline(
+        pipe,
+        args.out,
+        unet=qunet,
+        height=args.height,
+        width=args.width,
+        compress_weights=not args.no_compress_weights,
+        overwrite=args.overwrite,
+    )
+    print(path)
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="offline end-to-end run on the embedded model: export, generate, save PNG"
@@ -137,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_export(sub)
     _add_generate(sub)
+    _add_quantize(sub)
     _add_demo(sub)
     return parser
 

@@ -85,7 +85,7 @@ def test_apply_is_idempotent_and_conflicts_raise(tiny_pipe, unet_inputs):
     once = _run(unet, unet_inputs)
     apply_tome(unet, ToMeConfig(ratio=0.5))
     assert torch.equal(_run(unet, unet_inputs), once)
-    assert len(unet._forward_pre_hooks) == 1
+    assert len(unet.conv_in._forward_pre_hooks) == 1
     with pytest.raises(AlreadyAppliedError, match="replace=True"):
         apply_tome(unet, ToMeConfig(ratio=0.3))
     apply_tome(unet, ToMeConfig(ratio=0.3), replace=True)

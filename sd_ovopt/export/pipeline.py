@@ -11,10 +11,12 @@ from tqdm.auto import tqdm
 
 from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._loading import check_image_size, load_sd_pipeline
-from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError
+from sd_ovopt._nncf import import_nncf
+from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 from sd_ovopt.export.metadata import ExportMetadata
 
 if TYPE_CHECKING:
+    import torch
     from diffusers import StableDiffusionPipeline
 
     from sd_ovopt.tome.config import ToMeConfig
@@ -46,6 +48,8 @@ def export_pipeline(
     classifier_free_guidance: bool = True,
     weights_dtype: str = "f32",
     tome: ToMeConfig | None = None,
+    unet: torch.nn.Module | None = None,
+    compress_weights: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> Path:
@@ -66,8 +70,12 @@ def export_pipeline(
         classifier_free_guidance: Double the UNet batch for guidance (calls with ``guidance_scale > 1``).
         weights_dtype: ``"f32"`` (exact) or ``"f16"`` (half the disk size) for stored float weights.
         tome: Token merging to bake into the UNet IR. It is applied for the export and removed again, so
-            the pipeline passed in is left as it was. A UNet that already has ToMe applied is exported
-            with it, and its config recorded, when ``tome`` is ``None``.
+            the UNet passed in is left as it was. A UNet that already has ToMe applied is exported with it,
+            and its config recorded, when ``tome`` is ``None``.
+        unet: A UNet to export instead of the pipeline's, e.g. from :func:`sd_ovopt.quantize_unet` (its
+            weights are stored as int8) or from quantization-aware training.
+        compress_weights: Also store the text encoder and VAE weights as int8 (weight-only, with
+            ``nncf.compress_weights``), so the whole pipeline shrinks, not only the UNet.
         overwrite: Replace an existing folder.
         show_progress: Show a progress bar over the parts.
 
@@ -79,6 +87,7 @@ def export_pipeline(
         >>> from sd_ovopt.testing import tiny_pipeline
         >>> path = export_pipeline(tiny_pipeline(), "tiny-ov", height=32, width=32)  # doctest: +SKIP
     """
+    from sd_ovopt.quantization.ptq import get_quantization_config
     from sd_ovopt.tome.patch import apply_tome, get_tome_config, remove_tome
 
     if weights_dtype not in _WEIGHTS_DTYPES:
@@ -87,16 +96,23 @@ def export_pipeline(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ShapeMismatchError(f"{name}={value!r}; it must be an integer >= 1.")
     pipe = load_sd_pipeline(pipeline_or_path)
+    unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)
     vae_scale = pipe.vae_scale_factor
     height = height if height is not None else pipe.unet.config.sample_size * vae_scale
     width = width if width is not None else pipe.unet.config.sample_size * vae_scale
     check_image_size(height, width, vae_scale_factor=vae_scale)
 
-    images = batch_size * num_images_per_prompt
-    tome_before = get_tome_config(pipe.unet)
+    quantization = get_quantization_config(unet)
+    tome_before = get_tome_config(unet)
+    if tome is not None and quantization is not None and tome != tome_before:
+        raise InvalidConfigError(
+            "ToMe must be applied before quantization (quantize_unet records the merged graph); apply_tome to "
+            "the float UNet, then quantize it, then export without tome=."
+        )
     if tome is not None:
-        apply_tome(pipe.unet, tome)  # raises AlreadyAppliedError if another config is applied
+        apply_tome(unet, tome)  # raises AlreadyAppliedError if another config is applied
     applied = tome or tome_before
+    images = batch_size * num_images_per_prompt
     meta = ExportMetadata(
         height=height,
         width=width,
@@ -108,16 +124,53 @@ def export_pipeline(
         latent_width=width // vae_scale,
         weights_dtype=weights_dtype,
         tome=None if applied is None else applied.to_dict(),
+        quantization=_quantization_record(quantization, compress_weights),
     )
     try:
-        return _write(pipe, meta, output_dir, overwrite=overwrite, show_progress=show_progress)
+        return _write(pipe, unet, meta, output_dir, overwrite=overwrite, show_progress=show_progress)
     finally:
         if tome is not None and tome_before is None:
-            remove_tome(pipe.unet)
+            remove_tome(unet)
+
+
+def _check_unet(unet: Any, reference: Any) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(unet, UNet2DConditionModel):
+        raise UnsupportedModelError(
+            f"unet must be a diffusers UNet2DConditionModel, got {type(unet).__name__}."
+        )
+    for key in ("in_channels", "out_channels", "cross_attention_dim"):
+        if unet.config[key] != reference.config[key]:
+            raise UnsupportedModelError(
+                f"unet.config.{key}={unet.config[key]} but the pipeline's UNet has {reference.config[key]}: "
+                "this UNet does not belong to this pipeline."
+            )
+    return unet
+
+
+def _quantization_record(quantization: Any, compress_weights: bool) -> dict[str, Any] | None:
+    if quantization is None and not compress_weights:
+        return None
+    return {
+        "unet": None if quantization is None else quantization.to_dict(),
+        "weight_compression": "int8" if compress_weights else None,
+    }
+
+
+def _compress(model: Any, **kwargs: Any) -> Any:
+    nncf = import_nncf()
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, **kwargs)
 
 
 def _write(
-    pipe: Any, meta: ExportMetadata, output_dir: str | Path, *, overwrite: bool, show_progress: bool
+    pipe: Any,
+    unet: Any,
+    meta: ExportMetadata,
+    output_dir: str | Path,
+    *,
+    overwrite: bool,
+    show_progress: bool,
 ) -> Path:
     from sd_ovopt.export.convert import (
         convert_text_encoder,
@@ -127,36 +180,50 @@ def _write(
     )
 
     text_length = pipe.tokenizer.model_max_length
+    quant = meta.quantization or {}
+    hybrid = (quant.get("unet") or {}).get("mode") == "hybrid"
+    compress_others = quant.get("weight_compression") == "int8"
+
+    def unet_part() -> Any:
+        model = convert_unet(
+            unet,
+            batch=meta.unet_batch,
+            latent_height=meta.latent_height,
+            latent_width=meta.latent_width,
+            text_length=text_length,
+        )
+        if hybrid:  # matmul weights to int8 (weight-only); convolutions were fully quantized by NNCF
+            model = _compress(model, ignored_scope=import_nncf().IgnoredScope(types=["Convolution"]))
+        return model
+
+    def other(model: Any) -> Any:
+        return _compress(model) if compress_others else model
+
     parts = {
-        "unet": lambda: (
-            convert_unet(
-                pipe.unet,
-                batch=meta.unet_batch,
-                latent_height=meta.latent_height,
-                latent_width=meta.latent_width,
-                text_length=text_length,
-            ),
-            dict(pipe.unet.config),
-        ),
-        "text_encoder": lambda: (
-            convert_text_encoder(pipe.text_encoder, text_length=text_length),
+        "unet": (unet_part, dict(unet.config)),
+        "text_encoder": (
+            lambda: other(convert_text_encoder(pipe.text_encoder, text_length=text_length)),
             pipe.text_encoder.config.to_dict(),
         ),
-        "vae_decoder": lambda: (
-            convert_vae_decoder(pipe.vae, latent_height=meta.latent_height, latent_width=meta.latent_width),
+        "vae_decoder": (
+            lambda: other(
+                convert_vae_decoder(
+                    pipe.vae, latent_height=meta.latent_height, latent_width=meta.latent_width
+                )
+            ),
             dict(pipe.vae.config),
         ),
-        "vae_encoder": lambda: (
-            convert_vae_encoder(pipe.vae, height=meta.height, width=meta.width),
+        "vae_encoder": (
+            lambda: other(convert_vae_encoder(pipe.vae, height=meta.height, width=meta.width)),
             dict(pipe.vae.config),
         ),
     }
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         progress = tqdm(parts.items(), desc="Exporting", unit="part", disable=not show_progress)
-        for name, convert in progress:
+        for name, (convert, config) in progress:
             progress.set_postfix_str(name)
             logger.info("converting %s", name)
-            model, config = convert()
+            model = convert()
             _save_part(model, tmp / name, config, weights_dtype=meta.weights_dtype)
             del model
         pipe.tokenizer.save_pretrained(tmp / "tokenizer")

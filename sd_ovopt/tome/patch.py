@@ -2,7 +2,8 @@
 
 Nothing of diffusers is copied or subclassed. ``apply_tome`` adds:
 
-* a forward pre-hook on the UNet that records the latent size of each call;
+* a forward pre-hook on the UNet's ``conv_in`` that records the latent size of each call (``conv_in``
+  rather than the UNet itself, because wrappers such as NNCF call ``unet.forward`` directly);
 * to each ``BasicTransformerBlock`` a ``sd_ovopt_tome`` submodule (no parameters) and a pre-hook that
   plans the merge from the block input, as tomesd does;
 * pre/post hooks on the block's ``attn1`` (and ``attn2``/``ff`` when asked) that merge their input and
@@ -97,9 +98,9 @@ class TokenMerging(nn.Module):
 
 
 # -- hooks (module-level functions: they survive deepcopy) --------------------------------------------
-def _record_latent_size(unet: nn.Module, args: tuple, kwargs: dict) -> None:
-    sample = args[0] if args else kwargs["sample"]
-    getattr(unet, _STATE).latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+def _record_latent_size(conv_in: nn.Module, args: tuple, kwargs: dict) -> None:
+    sample = args[0] if args else kwargs["input"]
+    conv_in.__dict__[_STATE].latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
 
 
 def _plan_block(block: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -212,7 +213,8 @@ def apply_tome(target: Any, config: ToMeConfig, *, replace: bool = False) -> Any
     layer_lists = [_wrapped_layers(block, config) for block in blocks]  # validate before changing anything
     state = _UNetState(config)
     setattr(unet, _STATE, state)
-    unet.register_forward_pre_hook(_record_latent_size, with_kwargs=True)
+    object.__setattr__(unet.conv_in, _STATE, state)
+    unet.conv_in.register_forward_pre_hook(_record_latent_size, with_kwargs=True)
     for block, layers in zip(blocks, layer_lists, strict=True):
         tome = TokenMerging(state)
         block.add_module(_SUBMODULE, tome)

@@ -1,0 +1,140 @@
+"""Calibration data for UNet quantization: the UNet's real inputs along the denoising trajectory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
+
+__all__ = ["UNET_INPUTS", "collect_calibration", "validate_calibration"]
+
+UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
+
+
+class _Full(Exception):
+    """Raised inside the UNet hook to stop a pipeline run once enough samples are recorded."""
+
+
+def collect_calibration(
+    pipeline: Any,
+    prompts: Sequence[str],
+    *,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """Run ``pipeline`` on ``prompts`` and record every UNet input (one sample per UNet call).
+
+    The inputs are what the UNet really sees while sampling (noisy latents at every timestep, with the
+    classifier-free-guidance batch), which matches inference better than training-noise inputs. The
+    pipeline is restored afterwards, also on error.
+
+    Args:
+        pipeline: A diffusers ``StableDiffusionPipeline`` (PyTorch).
+        prompts: Text prompts; one pipeline run each.
+        num_inference_steps: Denoising steps per prompt (each gives one sample).
+        guidance_scale: As in the pipeline call (> 1 doubles the UNet batch).
+        height: Image height (default: the pipeline's).
+        width: Image width (default: the pipeline's).
+        max_samples: Stop once this many samples are recorded.
+        seed: Seed of the first prompt's noise; prompt ``i`` uses ``seed + i``.
+        show_progress: Show a progress bar over prompts.
+
+    Returns:
+        A list of dicts with ``sample``, ``timestep`` (shape ``[1]``) and ``encoder_hidden_states``.
+
+    Example:
+        >>> from sd_ovopt import collect_calibration
+        >>> from sd_ovopt.testing import tiny_pipeline
+        >>> data = collect_calibration(tiny_pipeline(), ["a red circle"], num_inference_steps=2)
+        >>> len(data), sorted(data[0])
+        (2, ['encoder_hidden_states', 'sample', 'timestep'])
+    """
+    unet = getattr(pipeline, "unet", None)
+    if not isinstance(unet, torch.nn.Module) or not callable(pipeline):
+        raise UnsupportedModelError(
+            f"collect_calibration needs a PyTorch diffusers pipeline with a .unet; got {type(pipeline).__name__}."
+        )
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise InvalidConfigError("prompts must be a non-empty list of strings.")
+    if max_samples is not None and max_samples < 1:
+        raise InvalidConfigError(f"max_samples={max_samples!r}; it must be >= 1 or None.")
+    samples: list[dict[str, torch.Tensor]] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        values = dict(zip(UNET_INPUTS, args, strict=False))
+        values.update({k: kwargs[k] for k in UNET_INPUTS if k in kwargs})
+        timestep = torch.as_tensor(values["timestep"], dtype=torch.float32).reshape(-1)[:1]
+        samples.append(
+            {
+                "sample": values["sample"].detach().float().cpu().clone(),
+                "timestep": timestep.detach().cpu().clone(),
+                "encoder_hidden_states": values["encoder_hidden_states"].detach().float().cpu().clone(),
+            }
+        )
+        if max_samples is not None and len(samples) >= max_samples:
+            raise _Full
+
+    handle = unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        for i, prompt in enumerate(
+            tqdm(prompts, desc="Calibration", unit="prompt", disable=not show_progress)
+        ):
+            try:
+                pipeline(
+                    prompt,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    height=height,
+                    width=width,
+                    generator=torch.Generator().manual_seed(seed + i),
+                    output_type="latent",
+                )
+            except _Full:
+                break
+    finally:
+        handle.remove()
+    return samples
+
+
+def validate_calibration(calibration: Iterable[Any], unet: torch.nn.Module) -> list[dict[str, torch.Tensor]]:
+    """Check calibration items against ``unet`` and return them as a list of input dicts."""
+    items = list(calibration)
+    if not items:
+        raise InvalidConfigError(
+            "calibration is empty. Pass UNet inputs, e.g. sd_ovopt.collect_calibration(pipeline, prompts)."
+        )
+    config = unet.config
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(UNET_INPUTS) - set(item):
+            raise InvalidConfigError(
+                f"calibration[{i}] must be a dict with keys {UNET_INPUTS}; got "
+                f"{sorted(item) if isinstance(item, dict) else type(item).__name__}."
+            )
+        for key in UNET_INPUTS:
+            value = item[key]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise InvalidConfigError(
+                    f"calibration[{i}]['{key}'] must be a floating-point torch.Tensor, got "
+                    f"{getattr(value, 'dtype', type(value).__name__)}."
+                )
+        sample, ehs = item["sample"], item["encoder_hidden_states"]
+        if sample.ndim != 4 or sample.shape[1] != config.in_channels:
+            raise ShapeMismatchError(
+                f"calibration[{i}]['sample'] has shape {tuple(sample.shape)}; the UNet expects "
+                f"[batch, {config.in_channels}, height, width]."
+            )
+        if ehs.ndim != 3 or ehs.shape[-1] != config.cross_attention_dim or ehs.shape[0] != sample.shape[0]:
+            raise ShapeMismatchError(
+                f"calibration[{i}]['encoder_hidden_states'] has shape {tuple(ehs.shape)}; the UNet expects "
+                f"[{sample.shape[0]}, tokens, {config.cross_attention_dim}]."
+            )
+    return items
