@@ -64,7 +64,7 @@ def time_variants(paths: dict[str, Path], precision: str, repeats: int, height: 
     }
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     compiled = {name: core.compile_model(path, "CPU", config) for name, path in paths.items()}
-    used = {name: str(c.get_property("INFERENCE_PRECISION_HINT")) for name, c in compiled.items()}
+    used = {name: c.get_property("INFERENCE_PRECISION_HINT").get_type_name() for name, c in compiled.items()}
     for c in compiled.values():  # warm-up
         c(inputs)
     times: dict[str, list[float]] = {name: [] for name in compiled}

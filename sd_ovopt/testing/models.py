@@ -17,10 +17,13 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
 __all__ = [
+    "SD15_TEXT_ENCODER_CONFIG",
     "SD15_UNET_CONFIG",
+    "SD15_VAE_CONFIG",
     "TINY_TEXT_ENCODER_CONFIG",
     "TINY_UNET_CONFIG",
     "TINY_VAE_CONFIG",
+    "sd15_pipeline",
     "sd15_unet",
     "tiny_pipeline",
     "tiny_tokenizer",
@@ -82,6 +85,31 @@ SD15_UNET_CONFIG: dict[str, Any] = {
 }
 
 
+SD15_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+}
+
+# CLIP ViT-L/14's text tower, with its full 49408-token embedding (our shipped tokenizer uses the first 798).
+SD15_TEXT_ENCODER_CONFIG: dict[str, Any] = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+}
+
+
 def tokenizer_dir() -> Path:
     """The folder of the CLIP BPE tokenizer files shipped inside the package."""
     return Path(str(resources.files("sd_ovopt.testing") / "data" / "tokenizer"))
@@ -137,6 +165,45 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline of SD-1.5's architecture (UNet, VAE, CLIP-L text encoder), random weights.
+
+    For speed and size work only: its images are noise. Building it allocates about 4.3 GB.
+    """
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    unet = sd15_unet(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**SD15_VAE_CONFIG)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **SD15_TEXT_ENCODER_CONFIG,
+            )
+        )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
