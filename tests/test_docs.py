@@ -1,0 +1,23 @@
+"""Every ```python block in README.md and docs/*.md runs (in a temporary folder)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+SNIPPETS = [
+    (f, i, code) for f in FILES for i, code in enumerate(BLOCK.findall(f.read_text(encoding="utf-8")))
+]
+
+
+def test_docs_have_snippets():
+    assert len(SNIPPETS) >= 3
+
+
+@pytest.mark.parametrize(("path", "index", "code"), SNIPPETS, ids=[f"{p.name}-{i}" for p, i, _ in SNIPPETS])
+def test_snippet_runs(path, index, code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{path.name}[{index}]", "exec"), {"__name__": "__docs__"})
