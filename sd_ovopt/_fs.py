@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from sd_ovopt.errors import OutputExistsError
+from sd_ovopt.errors import CorruptModelError, OutputExistsError
 
-__all__ = ["atomic_output_dir", "check_output_dir"]
+__all__ = ["atomic_output_dir", "check_output_dir", "read_json_object"]
+
+
+def read_json_object(path: Path, *, fix: str) -> dict[str, Any]:
+    """Read a JSON object from ``path``; raise CorruptModelError (with ``fix`` appended) otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CorruptModelError(f"{path} is not valid JSON ({exc}). {fix}") from exc
+    if not isinstance(data, dict):
+        raise CorruptModelError(f"{path} must hold a JSON object. {fix}")
+    return data
 
 
 def check_output_dir(output_dir: str | Path, *, overwrite: bool) -> Path:

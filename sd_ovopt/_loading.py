@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sd_ovopt._fs import read_json_object
 from sd_ovopt.errors import CorruptModelError, ModelNotFoundError, NotAPipelineError, ShapeMismatchError
 
 if TYPE_CHECKING:
@@ -34,13 +34,7 @@ def read_model_index(path: str | Path) -> dict[str, Any]:
             f"{folder} has no model_index.json, so it is not a diffusers pipeline folder. "
             "Pass the folder that StableDiffusionPipeline.save_pretrained or sd-ovopt export wrote."
         )
-    try:
-        config = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CorruptModelError(f"{index} is not valid JSON ({exc}).") from exc
-    if not isinstance(config, dict):
-        raise CorruptModelError(f"{index} must hold a JSON object.")
-    return config
+    return read_json_object(index, fix="Save the pipeline again with save_pretrained.")
 
 
 def load_sd_pipeline(source: Any) -> StableDiffusionPipeline:

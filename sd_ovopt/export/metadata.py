@@ -11,6 +11,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from sd_ovopt._fs import read_json_object
 from sd_ovopt.errors import CorruptModelError
 
 __all__ = ["METADATA_FILE", "ExportMetadata", "library_versions", "read_metadata"]
@@ -94,10 +95,5 @@ def read_metadata(folder: str | Path) -> ExportMetadata | None:
     path = Path(folder) / METADATA_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CorruptModelError(f"{path} is not valid JSON ({exc}). Re-export the pipeline.") from exc
-    if not isinstance(data, dict):
-        raise CorruptModelError(f"{path} must hold a JSON object. Re-export the pipeline.")
+    data = read_json_object(path, fix="Re-export the pipeline.")
     return ExportMetadata.from_dict(data, source=str(path))

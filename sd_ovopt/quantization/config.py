@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from sd_ovopt._config import JsonConfig
 from sd_ovopt.errors import InvalidConfigError
 
 __all__ = ["DEFAULT_IGNORED_PATTERNS", "QuantizationConfig"]
@@ -19,7 +19,7 @@ _MODES = ("full", "hybrid")
 
 
 @dataclass(frozen=True)
-class QuantizationConfig:
+class QuantizationConfig(JsonConfig):
     """How :func:`sd_ovopt.quantize_unet` quantizes a UNet with NNCF.
 
     Defaults (chosen for SD-1.x/2.x UNets):
@@ -85,15 +85,3 @@ class QuantizationConfig:
             raise InvalidConfigError(
                 f"QuantizationConfig.version={self.version!r}; this sd_ovopt reads version 1."
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["ignored_patterns"] = list(self.ignored_patterns)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantizationConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidConfigError(f"QuantizationConfig: unknown fields {sorted(unknown)}.")
-        return cls(**data)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from sd_ovopt._config import JsonConfig
 from sd_ovopt.errors import InvalidConfigError
 
 __all__ = ["ToMeConfig"]
@@ -13,7 +13,7 @@ _DOWNSAMPLES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
-class ToMeConfig:
+class ToMeConfig(JsonConfig):
     """Token merging (ToMe for Stable Diffusion) settings.
 
     Attributes:
@@ -87,13 +87,3 @@ class ToMeConfig:
             )
         if self.version != 1:
             raise InvalidConfigError(f"ToMeConfig.version={self.version!r}; this sd_ovopt reads version 1.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ToMeConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidConfigError(f"ToMeConfig: unknown fields {sorted(unknown)}.")
-        return cls(**data)
