@@ -27,8 +27,8 @@ demo: $(STAMP)
 	$(BIN)/sd-ovopt demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check sd_ovopt tests scripts benchmarks
-	$(BIN)/ruff format --check sd_ovopt tests scripts benchmarks
+	$(BIN)/ruff check sd_ovopt tests scripts benchmarks examples
+	$(BIN)/ruff format --check sd_ovopt tests scripts benchmarks examples
 
 clean:
 	rm -rf demo_output .pytest_cache .ruff_cache

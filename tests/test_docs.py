@@ -21,3 +21,19 @@ def test_docs_have_snippets():
 def test_snippet_runs(path, index, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{path.name}[{index}]", "exec"), {"__name__": "__docs__"})
+
+
+def test_quickstart_example_runs(tmp_path):
+    import subprocess
+    import sys
+
+    script = ROOT / "examples" / "quickstart.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path / "q"), "--steps", "3"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "fp32: mean" in out.stdout and "tome-int8: mean" in out.stdout
+    assert (tmp_path / "q" / "tome-int8.png").is_file()
