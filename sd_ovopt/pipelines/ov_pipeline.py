@@ -8,7 +8,9 @@ The denoising loop is diffusers' own ``StableDiffusionPipeline.__call__``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,19 @@ def _check_folder(path: Path) -> None:
                     f"{file} is missing: {path} is not a complete OpenVINO export. "
                     "Export it again with sd_ovopt.export_pipeline (CLI: sd-ovopt export)."
                 )
+
+
+@contextlib.contextmanager
+def _quiet_safety_checker_warning() -> Iterator[None]:
+    """optimum-intel cannot pass ``requires_safety_checker=False`` on, so diffusers warns on every load
+    of a folder exported without a safety checker, which is every sd_ovopt export. Silence that logger."""
+    sd_logger = logging.getLogger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
+    level = sd_logger.level
+    sd_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        sd_logger.setLevel(level)
 
 
 class SdOvOptPipeline(OVStableDiffusionPipeline):
@@ -96,15 +111,16 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         try:
             # The folder is local and already converted: go straight to optimum-intel's loader, which
             # skips its hub look-ups (they only log noise offline).
-            pipe = cls._from_pretrained(
-                model_id=str(path),
-                config=cls._load_config(str(path)),
-                ov_config=config,
-                device=device,
-                compile=False,
-                dynamic_shapes=meta is None,
-                **kwargs,
-            )
+            with _quiet_safety_checker_warning():
+                pipe = cls._from_pretrained(
+                    model_id=str(path),
+                    config=cls._load_config(str(path)),
+                    ov_config=config,
+                    device=device,
+                    compile=False,
+                    dynamic_shapes=meta is None,
+                    **kwargs,
+                )
         except RuntimeError as exc:
             raise CorruptModelError(
                 f"OpenVINO could not read the model in {path}: {exc}. The IR files are corrupt or truncated; "
