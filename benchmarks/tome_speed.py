@@ -30,6 +30,7 @@ def convert_variants(work: Path, ratios: list[float], height: int, width: int) -
     from sd_ovopt.tome import ToMeConfig, apply_tome, remove_tome
 
     variants = {"none": None, **{f"tome-{r:g}": ToMeConfig(ratio=r) for r in ratios}}
+    variants["todo-2"] = ToMeConfig(method="downsample", downsample_factor=2)
     paths = {name: work / name / "openvino_model.xml" for name in variants}
     missing = [name for name, path in paths.items() if not path.is_file()]
     if missing:

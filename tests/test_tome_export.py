@@ -11,6 +11,21 @@ FORBIDDEN = {"RandomUniform", "If", "Loop", "Multinomial"}
 SHAPE = {"batch": 2, "latent_height": 16, "latent_width": 16, "text_length": 77}
 
 
+def test_downsample_method_converts_cleanly_and_matches(tiny_pipe):
+    import openvino as ov
+
+    unet = apply_tome(tiny_pipe.unet, ToMeConfig(method="downsample"))
+    model = convert_unet(unet, **SHAPE)
+    assert not {op.get_type_name() for op in model.get_ordered_ops()} & (
+        FORBIDDEN | {"ScatterElementsUpdate"}
+    )
+    inputs = unet_example_inputs(unet, **SHAPE)
+    with torch.no_grad():
+        ref = unet(**inputs).sample.numpy()
+    out = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(inputs)[0]
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-4
+
+
 @pytest.fixture(scope="module")
 def tome_ir():
     from sd_ovopt.testing import tiny_pipeline

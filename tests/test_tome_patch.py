@@ -129,3 +129,35 @@ def test_unsupported_targets(tiny_pipe):
     with pytest.raises(UnsupportedModelError, match="chunk"):
         apply_tome(tiny_pipe.unet, ToMeConfig(merge_mlp=True))
     assert not is_tome_applied(tiny_pipe.unet)  # nothing half-applied
+
+
+def test_downsample_method_strides_keys_and_values(tiny_pipe, unet_inputs):
+    unet = tiny_pipe.unet
+    base = _run(unet, unet_inputs)
+    apply_tome(unet, ToMeConfig(method="downsample", downsample_factor=2))
+    attn1 = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    shapes = {}
+
+    def record(name):
+        def hook(module, args, output):
+            shapes.setdefault(name, args[0].shape)  # returns None: the output is left alone
+
+        return hook
+
+    hooks = [attn1.to_q.register_forward_hook(record("q")), attn1.to_k.register_forward_hook(record("k"))]
+    out = _run(unet, unet_inputs)
+    for hook in hooks:
+        hook.remove()
+    assert shapes["q"][1] == 256 and shapes["k"][1] == 64  # 16x16 queries, 8x8 keys/values
+    assert (out - base).abs().max() > 1e-3
+    remove_tome(unet)
+    assert torch.equal(_run(unet, unet_inputs), base)
+
+
+def test_downsample_method_rejects_other_layers():
+    from sd_ovopt import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError, match="self-attention only"):
+        ToMeConfig(method="downsample", merge_mlp=True)
+    with pytest.raises(InvalidConfigError, match="downsample_factor"):
+        ToMeConfig(method="downsample", downsample_factor=1)

@@ -25,6 +25,10 @@ class ToMeConfig(JsonConfig):
         merge_attn: Merge tokens around self-attention (recommended).
         merge_crossattn: Merge tokens around cross-attention (not recommended).
         merge_mlp: Merge tokens around the feed-forward layer (very not recommended).
+        method: ``"merge"`` (ToMe: merge similar tokens around the wrapped layers, then unmerge) or
+            ``"downsample"`` (ToDo-style: self-attention keys and values come from the token grid
+            strided by ``downsample_factor``; queries and outputs keep every token, nothing to unmerge).
+        downsample_factor: Stride of the key/value grid in ``"downsample"`` mode (2 keeps 1 in 4).
         seed: Which token of each cell is the destination: ``None`` takes the top-left one (tomesd's
             ``use_rand=False``); an integer draws a fixed layout from that seed, in Python, once. The layout
             is a constant of the model either way: no random op ever enters the graph, so the same seed
@@ -44,6 +48,8 @@ class ToMeConfig(JsonConfig):
     merge_attn: bool = True
     merge_crossattn: bool = False
     merge_mlp: bool = False
+    method: str = "merge"
+    downsample_factor: int = 2
     seed: int | None = None
     version: int = 1
 
@@ -78,6 +84,16 @@ class ToMeConfig(JsonConfig):
         if not any(flags):
             raise InvalidConfigError(
                 "ToMeConfig: set at least one of merge_attn, merge_crossattn, merge_mlp."
+            )
+        if self.method not in ("merge", "downsample"):
+            raise InvalidConfigError(f"ToMeConfig.method={self.method!r}; use 'merge' or 'downsample'.")
+        factor = self.downsample_factor
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
+            raise InvalidConfigError(f"ToMeConfig.downsample_factor={factor!r}; it must be an integer >= 2.")
+        if self.method == "downsample" and (self.merge_crossattn or self.merge_mlp or not self.merge_attn):
+            raise InvalidConfigError(
+                "ToMeConfig: method='downsample' acts on self-attention only; set merge_attn=True, "
+                "merge_crossattn=False, merge_mlp=False."
             )
         if self.seed is not None and (
             not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0

@@ -19,7 +19,35 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["MergePlan", "active_grid", "merge", "num_merged", "partition_2d", "plan_merge", "unmerge"]
+__all__ = [
+    "DownsamplePlan",
+    "MergePlan",
+    "active_grid",
+    "downsample_tokens",
+    "merge",
+    "num_merged",
+    "partition_2d",
+    "plan_merge",
+    "unmerge",
+]
+
+
+class DownsamplePlan(NamedTuple):
+    """Token grid of a block and the stride of its key/value grid (``method="downsample"``)."""
+
+    h: int
+    w: int
+    factor: int
+
+
+def downsample_tokens(x: torch.Tensor, plan: DownsamplePlan) -> torch.Tensor:
+    """``[B, h*w, C]`` → ``[B, ceil(h/f)*ceil(w/f), C]``: every ``f``-th token of the grid in each direction.
+
+    A strided slice of a reshape: no gather, no scatter, nothing data-dependent (ToDo's "nearest").
+    """
+    batch, _, channels = x.shape
+    grid = x.transpose(1, 2).reshape(batch, channels, plan.h, plan.w)
+    return grid[:, :, :: plan.factor, :: plan.factor].flatten(2).transpose(1, 2)
 
 
 class MergePlan(NamedTuple):

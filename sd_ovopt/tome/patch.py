@@ -64,7 +64,8 @@ class TokenMerging(nn.Module):
         self.plan_op = _Op(tome_ops.plan_merge)
         self.merge_op = _Op(tome_ops.merge)
         self.unmerge_op = _Op(tome_ops.unmerge)
-        self.plan: tome_ops.MergePlan | None = None
+        self.downsample_op = _Op(tome_ops.downsample_tokens)
+        self.plan: tome_ops.MergePlan | tome_ops.DownsamplePlan | None = None
 
     def _partition(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Rebuilt on every call (microseconds, in numpy) rather than cached: a tracer then records the
@@ -82,6 +83,10 @@ class TokenMerging(nn.Module):
         num_tokens = hidden_states.shape[1]
         grid = tome_ops.active_grid(self.unet_state.latent_hw, num_tokens, cfg.max_downsample)
         if grid is None:
+            return
+        if cfg.method == "downsample":
+            if grid[0] * grid[1] == num_tokens:
+                self.plan = tome_ops.DownsamplePlan(grid[0], grid[1], cfg.downsample_factor)
             return
         src, dst = self._partition(*grid, hidden_states.device)
         r = tome_ops.num_merged(num_tokens, cfg.ratio, src.shape[0])
@@ -116,6 +121,9 @@ def _merge_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, d
     tome = module.__dict__[_STATE]
     if tome.plan is None:
         return None
+    if isinstance(tome.plan, tome_ops.DownsamplePlan):  # keys and values from the strided grid
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        return args, {**kwargs, "encoder_hidden_states": tome.downsample_op(hidden_states, tome.plan)}
     if args:
         return (tome.merge_op(args[0], tome.plan), *args[1:]), kwargs
     kwargs = dict(kwargs)
@@ -127,7 +135,7 @@ def _unmerge_output(
     module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor
 ) -> torch.Tensor | None:
     tome = module.__dict__[_STATE]
-    if tome.plan is None:
+    if not isinstance(tome.plan, tome_ops.MergePlan):
         return None
     return tome.unmerge_op(output, tome.plan)
 
