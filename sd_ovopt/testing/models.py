@@ -122,6 +122,25 @@ def tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(tokenizer_dir()))
 
 
+def _assemble(
+    vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Any
+) -> StableDiffusionPipeline:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """Build a tiny but complete Stable Diffusion pipeline with random weights.
 
@@ -136,7 +155,7 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         (32, 32, 3)
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
@@ -160,18 +179,7 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _assemble(vae, text_encoder, tokenizer, unet, scheduler)
 
 
 def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -180,7 +188,7 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     For speed and size work only: its images are noise. Building it allocates about 4.3 GB.
     """
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+    from diffusers import AutoencoderKL, PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
@@ -199,18 +207,7 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     scheduler = PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _assemble(vae, text_encoder, tokenizer, unet, scheduler)
 
 
 def sd15_unet(seed: int = 0, device: str | None = None) -> UNet2DConditionModel:
