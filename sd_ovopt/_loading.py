@@ -6,12 +6,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sd_ovopt._fs import read_json_object
-from sd_ovopt.errors import CorruptModelError, ModelNotFoundError, NotAPipelineError, ShapeMismatchError
+from sd_ovopt.errors import (
+    CorruptModelError,
+    ModelNotFoundError,
+    NotAPipelineError,
+    ShapeMismatchError,
+    UnsupportedModelError,
+)
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-__all__ = ["check_image_size", "load_sd_pipeline", "read_model_index"]
+__all__ = ["check_image_size", "find_unet", "load_sd_pipeline", "read_model_index"]
 
 _SUPPORTED = ("StableDiffusionPipeline",)
 
@@ -81,3 +87,19 @@ def check_image_size(height: int, width: int, *, vae_scale_factor: int) -> None:
                 f"{name}={value!r} is not a positive multiple of {multiple}. "
                 f"Use a {name} divisible by {multiple}, e.g. {max(multiple, round(value / multiple) * multiple) if isinstance(value, int) else 512}."
             )
+
+
+def find_unet(target: Any, *, user: str, hint: str = "") -> Any:
+    """Return ``target`` if it is a diffusers UNet2DConditionModel, else ``target.unet`` if that is one.
+
+    ``user`` names the function in the error message; ``hint`` is appended to it.
+    """
+    from diffusers import UNet2DConditionModel
+
+    unet = getattr(target, "unet", target)
+    if not isinstance(unet, UNet2DConditionModel):
+        raise UnsupportedModelError(
+            f"{user} needs a diffusers UNet2DConditionModel or a pipeline with one as .unet; got "
+            f"{type(target).__name__}.{hint}"
+        )
+    return unet

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from sd_ovopt._loading import find_unet
 from sd_ovopt._nncf import import_nncf
 from sd_ovopt.errors import UnsupportedModelError
 from sd_ovopt.quantization.calibration import validate_calibration
@@ -23,14 +24,7 @@ QUANTIZATION_ATTR = "_sd_ovopt_quantization"
 
 
 def _find_unet(target: Any) -> torch.nn.Module:
-    from diffusers import UNet2DConditionModel
-
-    unet = getattr(target, "unet", target)
-    if not isinstance(unet, UNet2DConditionModel):
-        raise UnsupportedModelError(
-            f"quantize_unet needs a diffusers UNet2DConditionModel or a pipeline with one as .unet; got "
-            f"{type(target).__name__}."
-        )
+    unet = find_unet(target, user="quantize_unet")
     if is_quantized(unet):
         raise UnsupportedModelError("this UNet is already quantized; quantize the float UNet instead.")
     return unet

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sd_ovopt._loading import find_unet
 from sd_ovopt.errors import AlreadyAppliedError, UnsupportedModelError
 from sd_ovopt.tome import merge as tome_ops
 from sd_ovopt.tome.config import ToMeConfig
@@ -145,16 +146,12 @@ _HOOKS = (_record_latent_size, _plan_block, _clear_block, _merge_input, _unmerge
 
 # -- public API --------------------------------------------------------------------------------------
 def _find_unet(target: Any) -> nn.Module:
-    from diffusers import UNet2DConditionModel
-
-    unet = getattr(target, "unet", target)
-    if not isinstance(unet, UNet2DConditionModel):
-        raise UnsupportedModelError(
-            f"ToMe needs a diffusers UNet2DConditionModel or a pipeline with one as .unet; got "
-            f"{type(target).__name__}. (An OpenVINO pipeline's UNet is compiled: apply ToMe before export, "
-            "with export_pipeline(..., tome=ToMeConfig(...)).)"
-        )
-    return unet
+    return find_unet(
+        target,
+        user="ToMe",
+        hint=" (An OpenVINO pipeline's UNet is compiled: apply ToMe before export, "
+        "with export_pipeline(..., tome=ToMeConfig(...)).)",
+    )
 
 
 def _blocks(unet: nn.Module) -> list[nn.Module]:
