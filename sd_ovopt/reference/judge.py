@@ -1,0 +1,133 @@
+"""A deterministic judge for the shapes dataset: recover background, colour, shape and position by plain
+image analysis (no learned classifier), and score prompt accuracy.
+
+The background is the median of the border pixels. The shape is the largest connected region that
+differs from it; its colour is the median of its core pixels, snapped to the nearest palette colour. The
+shape is told from a soft (anti-aliasing aware) coverage map: a square fills its bounding box (fill 1.0), a
+circle fills pi/4, a triangle and a diamond half; a triangle's mass sits low in its box (centroid at 2/3 of
+the height), a diamond's in the middle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sd_ovopt.reference.shapes import BACKGROUNDS, COLOURS, parse_prompt
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["Judgement", "judge_image", "prompt_accuracy", "score_image"]
+
+_MIN_PIXELS = 12  # a region smaller than this is not a shape
+_FOREGROUND_DISTANCE = 50.0  # RGB distance from the background that marks a shape pixel
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the judge sees in one image; ``shape`` and ``colour`` are None when no shape is found."""
+
+    background: str
+    colour: str | None
+    shape: str | None
+    position: str | None
+    fill: float = 0.0
+    centroid_y: float = 0.0
+
+    def matches(self, prompt: str) -> bool:
+        """Colour and shape both match the dataset prompt."""
+        spec = parse_prompt(prompt)
+        return self.colour == spec.colour and self.shape == spec.shape
+
+
+def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
+    names = list(palette)
+    dist = np.linalg.norm(np.asarray([palette[n] for n in names], dtype=np.float64) - rgb, axis=1)
+    return names[int(np.argmin(dist))]
+
+
+def _largest_region(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return mask
+    sizes = ndimage.sum(mask, labels, index=range(1, count + 1))
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def _classify(fill: float, centroid_y: float) -> str:
+    if fill > 0.89:
+        return "square"
+    if fill > 0.64:
+        return "circle"
+    return "triangle" if centroid_y > 0.58 else "diamond"
+
+
+def _position(cx: float, cy: float, size: int) -> str:
+    dx, dy = cx / size - 0.5, cy / size - 0.5
+    if max(abs(dx), abs(dy)) < 0.06:  # corner placements sit >= 0.1 off the middle, jitter is 0.03
+        return "center"
+    return f"{'top' if dy < 0 else 'bottom'} {'left' if dx < 0 else 'right'}"
+
+
+def judge_image(image: Image.Image | np.ndarray) -> Judgement:
+    """Analyse one RGB image (PIL image or HxWx3 array, 0..255)."""
+    rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float64)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got an array of shape {rgb.shape}")
+    h, w, _ = rgb.shape
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    bg_rgb = np.median(border, axis=0)
+    background = _nearest(bg_rgb, BACKGROUNDS)
+    distance = np.linalg.norm(rgb - bg_rgb, axis=2)
+    region = _largest_region(distance > _FOREGROUND_DISTANCE)
+    if region.sum() < _MIN_PIXELS:
+        return Judgement(background, None, None, None)
+    core = region & (distance >= np.percentile(distance[region], 50))
+    fg_rgb = np.median(rgb[core], axis=0)
+    colour = _nearest(fg_rgb, COLOURS)
+
+    # Soft coverage: 0 at the background colour, 1 at the shape colour (anti-aliased edges in between),
+    # restricted to the region grown by one pixel so that other blobs do not count.
+    from scipy import ndimage
+
+    grown = ndimage.binary_dilation(region, structure=np.ones((3, 3), dtype=bool))
+    span = max(float(np.linalg.norm(fg_rgb - bg_rgb)), 1.0)
+    alpha = np.clip(distance / span, 0.0, 1.0) * grown
+    area = float(alpha.sum())
+    width = float(alpha.max(axis=0).sum())
+    height = float(alpha.max(axis=1).sum())
+    fill = area / max(width * height, 1e-6)
+    ys = np.mgrid[0:h, 0:w][0]
+    cy = float((alpha * ys).sum() / area)
+    rows = np.nonzero(alpha.max(axis=1) > 0.5)[0]
+    cols = np.nonzero(alpha.max(axis=0) > 0.5)[0]
+    top, bottom = (rows[0], rows[-1] + 1) if rows.size else (0, h)
+    left, right = (cols[0], cols[-1] + 1) if cols.size else (0, w)
+    centroid_y = (cy + 0.5 - top) / max(bottom - top, 1)
+    return Judgement(
+        background=background,
+        colour=colour,
+        shape=_classify(fill, centroid_y),
+        position=_position((left + right) / 2, (top + bottom) / 2, w),
+        fill=fill,
+        centroid_y=centroid_y,
+    )
+
+
+def score_image(image: Image.Image | np.ndarray, prompt: str) -> bool:
+    """True when the image shows the prompt's colour and shape."""
+    return judge_image(image).matches(prompt)
+
+
+def prompt_accuracy(images: Iterable[Image.Image | np.ndarray], prompts: Sequence[str]) -> float:
+    """Fraction of ``images`` whose colour and shape match their prompt."""
+    results = [score_image(img, p) for img, p in zip(images, prompts, strict=True)]
+    if not results:
+        raise ValueError("prompt_accuracy needs at least one image")
+    return sum(results) / len(results)

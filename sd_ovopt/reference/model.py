@@ -1,0 +1,81 @@
+"""The reference model's architecture (real SD classes, small sizes) and where its trained weights live."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sd_ovopt.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+__all__ = [
+    "REFERENCE_TEXT_ENCODER_CONFIG",
+    "REFERENCE_UNET_CONFIG",
+    "REFERENCE_VAE_CONFIG",
+    "TEXT_LENGTH",
+    "reference_model_dir",
+    "reference_pipeline",
+]
+
+# Our prompts are at most 13 tokens with BOS/EOS: a 16-token context keeps cross-attention cheap.
+TEXT_LENGTH = 16
+
+# 32x32 images, 16x16 latents; self- and cross-attention at the full latent resolution (256 tokens), so
+# token merging has work to do. Four heads: CPU attention kernels are slow with 8-wide heads.
+REFERENCE_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (64, 128),
+    "layers_per_block": 1,
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 64,
+    "attention_head_dim": 4,
+    "norm_num_groups": 16,
+}
+
+REFERENCE_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+}
+
+REFERENCE_TEXT_ENCODER_CONFIG: dict[str, Any] = {
+    "vocab_size": 798,  # the shipped tokenizer's size
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": TEXT_LENGTH,
+    "projection_dim": 64,
+}
+
+
+def reference_model_dir() -> Path:
+    """The folder of the trained reference pipeline shipped with sd_ovopt (diffusers layout)."""
+    path = Path(str(resources.files("sd_ovopt.reference") / "data" / "shapes-sd"))
+    if not (path / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"the reference model is missing from {path}; reinstall sd_ovopt, or retrain it with "
+            "`python -m sd_ovopt.reference.train --output <dir>` (see docs/reference_model.md)"
+        )
+    return path
+
+
+def reference_pipeline() -> StableDiffusionPipeline:
+    """Load the shipped reference pipeline in float32, offline, with the progress bar off."""
+    from sd_ovopt._loading import load_sd_pipeline
+
+    pipe = load_sd_pipeline(reference_model_dir())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
