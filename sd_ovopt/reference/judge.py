@@ -2,10 +2,11 @@
 image analysis (no learned classifier), and score prompt accuracy.
 
 The background is the median of the border pixels. The shape is the largest connected region that
-differs from it; its colour is the median of its core pixels, snapped to the nearest palette colour. The
-shape is told from a soft (anti-aliasing aware) coverage map: a square fills its bounding box (fill 1.0), a
-circle fills pi/4, a triangle and a diamond half; a triangle's mass sits low in its box (centroid at 2/3 of
-the height), a diamond's in the middle.
+differs from it; its colour is the median of its core pixels, snapped to the nearest palette colour. Its
+kind comes from template fitting on a soft (anti-aliasing aware) coverage map: for each of the four
+shapes, a template with the region's area, placed at its centroid and blurred by a few amounts (generated
+images are softer than drawn ones), and the shape whose template leaves the smallest squared residual
+wins.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sd_ovopt.reference.shapes import BACKGROUNDS, COLOURS, parse_prompt
+from sd_ovopt.reference.shapes import BACKGROUNDS, COLOURS, coverage, parse_prompt
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,8 +36,7 @@ class Judgement:
     colour: str | None
     shape: str | None
     position: str | None
-    fill: float = 0.0
-    centroid_y: float = 0.0
+    residual: float = 0.0  # how far the image is from the best template (0 = exact)
 
     def matches(self, prompt: str) -> bool:
         """Colour and shape both match the dataset prompt."""
@@ -60,12 +60,33 @@ def _largest_region(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
-def _classify(fill: float, centroid_y: float) -> str:
-    if fill > 0.89:
-        return "square"
-    if fill > 0.64:
-        return "circle"
-    return "triangle" if centroid_y > 0.58 else "diamond"
+_AREA_PER_SIDE2 = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5, "diamond": 0.5}
+_BLURS = (0.0, 0.6, 1.0, 1.4)  # Gaussian sigmas tried on each template: generated images are softer
+
+
+def _fit_shape(alpha: np.ndarray) -> tuple[str, float]:
+    """The shape whose template (size from the area, placed at the centroid) best explains ``alpha``.
+
+    Returns the shape and its relative residual (sum of squared errors over the area).
+    """
+    from scipy import ndimage
+
+    h, w = alpha.shape
+    area = float(alpha.sum())
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    cx, cy = float((alpha * xs).sum() / area), float((alpha * ys).sum() / area)
+    best, best_err = "circle", np.inf
+    for shape, k in _AREA_PER_SIDE2.items():
+        side = np.sqrt(area / k)
+        box_cy = cy - side / 6 if shape == "triangle" else cy  # a triangle's centroid is 2/3 down its box
+        box = (cx - side / 2, box_cy - side / 2, cx + side / 2, box_cy + side / 2)
+        template = coverage(shape, box, h)
+        for sigma in _BLURS:
+            blurred = ndimage.gaussian_filter(template, sigma) if sigma else template
+            err = float(((alpha - blurred) ** 2).sum())
+            if err < best_err:
+                best, best_err = shape, err
+    return best, best_err / area
 
 
 def _position(cx: float, cy: float, size: int) -> str:
@@ -99,24 +120,17 @@ def judge_image(image: Image.Image | np.ndarray) -> Judgement:
     grown = ndimage.binary_dilation(region, structure=np.ones((3, 3), dtype=bool))
     span = max(float(np.linalg.norm(fg_rgb - bg_rgb)), 1.0)
     alpha = np.clip(distance / span, 0.0, 1.0) * grown
-    area = float(alpha.sum())
-    width = float(alpha.max(axis=0).sum())
-    height = float(alpha.max(axis=1).sum())
-    fill = area / max(width * height, 1e-6)
-    ys = np.mgrid[0:h, 0:w][0]
-    cy = float((alpha * ys).sum() / area)
+    shape, residual = _fit_shape(alpha)
     rows = np.nonzero(alpha.max(axis=1) > 0.5)[0]
     cols = np.nonzero(alpha.max(axis=0) > 0.5)[0]
     top, bottom = (rows[0], rows[-1] + 1) if rows.size else (0, h)
     left, right = (cols[0], cols[-1] + 1) if cols.size else (0, w)
-    centroid_y = (cy + 0.5 - top) / max(bottom - top, 1)
     return Judgement(
         background=background,
         colour=colour,
-        shape=_classify(fill, centroid_y),
+        shape=shape,
         position=_position((left + right) / 2, (top + bottom) / 2, w),
-        fill=fill,
-        centroid_y=centroid_y,
+        residual=residual,
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "SIZES",
     "ShapeSpec",
     "all_prompts",
+    "coverage",
     "held_out_prompts",
     "parse_prompt",
     "render",
@@ -160,6 +161,23 @@ def render(spec: ShapeSpec, image_size: int = IMAGE_SIZE) -> Image.Image:
     else:
         draw.polygon(polygon, fill=fill)
     return image.resize((image_size, image_size), Image.Resampling.BOX)
+
+
+def coverage(shape: str, box: tuple[float, float, float, float], image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """The fraction of each pixel that ``shape`` drawn in ``box`` covers (anti-aliased like ``render``)."""
+    from PIL import Image, ImageDraw
+
+    big = image_size * _SUPERSAMPLE
+    mask = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(mask)
+    box = tuple(v * _SUPERSAMPLE for v in box)
+    polygon = _polygon(shape, box)
+    if polygon is None:
+        draw.ellipse(box, fill=255)
+    else:
+        draw.polygon(polygon, fill=255)
+    small = mask.resize((image_size, image_size), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float64) / 255.0
 
 
 def parse_prompt(prompt: str) -> ShapeSpec:
