@@ -11,8 +11,10 @@ __all__ = [
     "AlreadyAppliedError",
     "CorruptModelError",
     "InvalidConfigError",
+    "InvalidDatasetError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "NonFiniteLossError",
     "NotAPipelineError",
     "OutputExistsError",
     "SdOvOptError",
@@ -59,3 +61,11 @@ class UnsupportedModelError(SdOvOptError, TypeError):
 
 class AlreadyAppliedError(SdOvOptError, RuntimeError):
     """A patch is already applied with other settings, and replacing it was not requested."""
+
+
+class InvalidDatasetError(SdOvOptError, ValueError):
+    """A training data folder is missing, has no captions or no images, or they do not match."""
+
+
+class NonFiniteLossError(SdOvOptError, FloatingPointError):
+    """Training produced a NaN or infinite loss; it stopped before the bad update was applied or saved."""

@@ -1,4 +1,4 @@
-"""``QuantizationConfig``: the 8-bit choices that matter for a Stable Diffusion UNet, in one place."""
+"""``QuantizationConfig`` and ``QATConfig``: the 8-bit and fine-tuning choices for a Stable Diffusion UNet."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sd_ovopt._config import JsonConfig
 from sd_ovopt.errors import InvalidConfigError
 
-__all__ = ["DEFAULT_IGNORED_PATTERNS", "QuantizationConfig"]
+__all__ = ["DEFAULT_IGNORED_PATTERNS", "GRADIENT_CHECKPOINTING_REFUSAL", "QATConfig", "QuantizationConfig"]
 
 #: Kept in float by default: the time embedding MLP (tiny, and its error shifts every block), the first
 #: convolution (4 input channels: no int8 gain, raw latents) and the last one (its output is the noise
@@ -85,3 +85,127 @@ class QuantizationConfig(JsonConfig):
             raise InvalidConfigError(
                 f"QuantizationConfig.version={self.version!r}; this sd_ovopt reads version 1."
             )
+
+
+#: Why quantization-aware training refuses gradient checkpointing (the message of the error it raises).
+GRADIENT_CHECKPOINTING_REFUSAL = (
+    "gradient checkpointing cannot be used for quantization-aware training with NNCF 3: NNCF inserts its "
+    "quantizers through function hooks that are active only during the original forward pass, and the "
+    "forward that checkpointing recomputes during backward runs without them. Non-reentrant checkpointing "
+    "then fails ('A different number of tensors was saved'), and reentrant checkpointing silently computes "
+    "wrong gradients (most quantizer parameters get none). Train without it: lower train_batch_size and "
+    "raise gradient_accumulation_steps, lower the resolution, use bf16 mixed precision "
+    "(accelerate launch --mixed_precision bf16), or a device with more memory."
+)
+
+
+def _check_number(
+    owner: str, name: str, value: object, *, integer: bool, minimum: float, strict: bool
+) -> None:
+    kind = int if integer else (int, float)
+    bad_type = not isinstance(value, kind) or isinstance(value, bool)
+    if bad_type or value < minimum or (strict and value == minimum) or value != value:  # type: ignore[operator]
+        rule = f"{'>' if strict else '>='} {minimum}"
+        raise InvalidConfigError(
+            f"{owner}.{name}={value!r}; it must be {'an integer' if integer else 'a number'} {rule}."
+        )
+
+
+@dataclass(frozen=True)
+class QATConfig(JsonConfig):
+    """How quantization-aware training fine-tunes a UNet from :func:`sd_ovopt.quantize_unet`.
+
+    Defaults follow the 2023 QAT recipe for SD-1.x (``train_text_to_image_qat.py``): AdamW at a constant
+    1e-5, batch 1 with 4 accumulation steps, gradient clipping at 1.0, equal task and distillation weights,
+    an EMA with decay 0.9999 and warm-up.
+
+    The loss is ``task_loss_weight * mse(student, target) + distillation_loss_weight * mse(student, teacher)``,
+    where the target is the noise (``epsilon``) or the velocity (``v_prediction``), as the pipeline's
+    scheduler predicts, and the teacher is the frozen float UNet. After each optimizer step the EMA does
+    ``shadow = d * shadow + (1 - d) * weight`` over every weight except the quantizer parameters, with
+    ``d = ema_decay``, or with warm-up ``d = min(ema_decay, (1 + n) / (10 + n))``, ``n`` = updates done before.
+
+    Attributes:
+        learning_rate: AdamW learning rate (constant), for weights and quantizer parameters.
+        weight_decay: AdamW weight decay of the weights; quantizer ranges get none.
+        max_train_steps: Optimizer steps in total.
+        train_batch_size: Images per process per micro-batch.
+        gradient_accumulation_steps: Micro-batches per optimizer step.
+        max_grad_norm: Gradient norm clipping, or ``None`` for none.
+        task_loss_weight: Weight of the loss against the noise (or velocity) target.
+        distillation_loss_weight: Weight of the loss against the float teacher's prediction.
+        ema_decay: EMA decay, ``0 <= ema_decay < 1``.
+        ema_warmup: Ramp the decay up as ``(1 + n) / (10 + n)`` until it reaches ``ema_decay``.
+        resolution: Training image size in pixels (square; default: the UNet's native size).
+        checkpointing_steps: Save a checkpoint every this many optimizer steps (and at the end).
+        checkpoints_total_limit: Keep at most this many checkpoints (default: keep all).
+        seed: Seeds data order, noise and timesteps: they are a function of the seed and the step.
+        gradient_checkpointing: Always refused: see :data:`GRADIENT_CHECKPOINTING_REFUSAL`.
+        version: Layout version of this config, for serialized copies.
+
+    Example:
+        >>> from sd_ovopt import QATConfig
+        >>> QATConfig(max_train_steps=100).to_dict()["ema_decay"]
+        0.9999
+    """
+
+    learning_rate: float = 1e-5
+    weight_decay: float = 1e-2
+    max_train_steps: int = 4096
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 4
+    max_grad_norm: float | None = 1.0
+    task_loss_weight: float = 1.0
+    distillation_loss_weight: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    resolution: int | None = None
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        check = _check_number
+        name = "QATConfig"
+        check(name, "learning_rate", self.learning_rate, integer=False, minimum=0, strict=True)
+        check(name, "weight_decay", self.weight_decay, integer=False, minimum=0, strict=False)
+        for field in (
+            "max_train_steps",
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+        ):
+            check(name, field, getattr(self, field), integer=True, minimum=1, strict=False)
+        for field in ("checkpoints_total_limit", "resolution"):
+            if getattr(self, field) is not None:
+                check(name, field, getattr(self, field), integer=True, minimum=1, strict=False)
+        if self.max_grad_norm is not None:
+            check(name, "max_grad_norm", self.max_grad_norm, integer=False, minimum=0, strict=True)
+        check(name, "task_loss_weight", self.task_loss_weight, integer=False, minimum=0, strict=False)
+        check(
+            name,
+            "distillation_loss_weight",
+            self.distillation_loss_weight,
+            integer=False,
+            minimum=0,
+            strict=False,
+        )
+        if self.task_loss_weight == 0 and self.distillation_loss_weight == 0:
+            raise InvalidConfigError(
+                "QATConfig.task_loss_weight and distillation_loss_weight are both 0: nothing to train on. "
+                "Set at least one of them > 0 (default 1.0 each)."
+            )
+        check(name, "ema_decay", self.ema_decay, integer=False, minimum=0, strict=False)
+        if self.ema_decay >= 1:
+            raise InvalidConfigError(f"QATConfig.ema_decay={self.ema_decay!r}; it must be < 1 (e.g. 0.9999).")
+        check(name, "seed", self.seed, integer=True, minimum=0, strict=False)
+        if not isinstance(self.ema_warmup, bool):
+            raise InvalidConfigError("QATConfig.ema_warmup must be a boolean.")
+        if self.gradient_checkpointing is not False:
+            raise InvalidConfigError(
+                f"QATConfig.gradient_checkpointing={self.gradient_checkpointing!r}: {GRADIENT_CHECKPOINTING_REFUSAL}"
+            )
+        if self.version != 1:
+            raise InvalidConfigError(f"QATConfig.version={self.version!r}; this sd_ovopt reads version 1.")

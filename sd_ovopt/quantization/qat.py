@@ -1,0 +1,423 @@
+"""Quantization-aware training of a UNet from ``quantize_unet``: distillation loss, weight EMA, export.
+
+:class:`QATModel` holds what one training step needs: the quantized student, a frozen float teacher
+inside :class:`DistillationLoss`, the noise schedule of the pipeline, and a :class:`WeightEMA` of the
+student's weights that leaves NNCF's quantizer parameters out. Its ``forward`` returns the loss, so the
+whole module can go through ``accelerate``'s ``prepare`` (DDP syncs the student's gradients; the teacher
+has none). :func:`sd_ovopt.train_qat` runs the loop; this module is the part a custom loop reuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sd_ovopt._loading import find_unet, load_sd_pipeline
+from sd_ovopt.errors import InvalidConfigError, UnsupportedModelError
+from sd_ovopt.quantization.config import GRADIENT_CHECKPOINTING_REFUSAL, QATConfig
+from sd_ovopt.quantization.ptq import is_quantized
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+__all__ = [
+    "QUANTIZER_SCOPE",
+    "DistillationLoss",
+    "QATLoss",
+    "QATModel",
+    "WeightEMA",
+    "check_no_gradient_checkpointing",
+    "is_quantizer_parameter",
+    "noise_target",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The submodule under which NNCF 3 keeps every hook module: quantizers (and SmoothQuant scales).
+QUANTIZER_SCOPE = "__nncf_hooks"
+
+
+def is_quantizer_parameter(name: str) -> bool:
+    """Whether a parameter name (from ``named_parameters``) belongs to an NNCF quantizer."""
+    return QUANTIZER_SCOPE in name.split(".")
+
+
+def check_no_gradient_checkpointing(unet: nn.Module) -> None:
+    """Raise UnsupportedModelError if gradient checkpointing is enabled on ``unet`` (it corrupts QAT)."""
+    if getattr(unet, "is_gradient_checkpointing", False):
+        raise UnsupportedModelError(
+            f"the UNet has gradient checkpointing enabled; {GRADIENT_CHECKPOINTING_REFUSAL} "
+            "Call unet.disable_gradient_checkpointing() first."
+        )
+
+
+def _prediction_type(scheduler: Any) -> str:
+    kind = scheduler.config.prediction_type
+    if kind not in ("epsilon", "v_prediction", "sample"):
+        raise UnsupportedModelError(
+            f"scheduler prediction_type={kind!r}; quantization-aware training supports 'epsilon', "
+            "'v_prediction' and 'sample'."
+        )
+    return kind
+
+
+def noise_target(
+    scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet should predict, per the scheduler's ``prediction_type``: noise, velocity or sample."""
+    kind = _prediction_type(scheduler)
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise if kind == "epsilon" else latents
+
+
+class QATLoss(NamedTuple):
+    """The weighted total (to backpropagate) and its two unweighted terms (to log)."""
+
+    total: torch.Tensor
+    task: torch.Tensor
+    distillation: torch.Tensor
+
+
+class DistillationLoss(nn.Module):
+    """Task loss on the noise target plus a student-vs-teacher term, with a frozen float teacher.
+
+    ``total = task_weight * mse(student, target) + distillation_weight * mse(student, teacher)``, in float32.
+    The teacher runs without gradients and stays in eval mode; its weights never change.
+
+    Args:
+        teacher: The float UNet (or a pipeline holding it), not quantized and without ToMe.
+        task_weight: Weight of the task term.
+        distillation_weight: Weight of the distillation term.
+        copy_teacher: Deep-copy the teacher (default) rather than freeze the module passed in.
+
+    Example:
+        >>> import torch
+        >>> from sd_ovopt.quantization.qat import DistillationLoss
+        >>> from sd_ovopt.testing import tiny_pipeline
+        >>> loss = DistillationLoss(tiny_pipeline().unet)
+        >>> x, ehs = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 32)
+        >>> loss(torch.zeros_like(x), x, torch.tensor([10]), ehs, torch.randn_like(x)).total.ndim
+        0
+    """
+
+    def __init__(
+        self,
+        teacher: Any,
+        *,
+        task_weight: float = 1.0,
+        distillation_weight: float = 1.0,
+        copy_teacher: bool = True,
+    ) -> None:
+        super().__init__()
+        from sd_ovopt.tome.patch import is_tome_applied
+
+        unet = find_unet(teacher, user="DistillationLoss")
+        if is_quantized(unet):
+            raise UnsupportedModelError("the teacher must be the float UNet, not a quantized one.")
+        if is_tome_applied(unet):
+            raise UnsupportedModelError(
+                "the teacher has ToMe applied; distil from the unmerged float UNet (apply ToMe to the "
+                "student before quantize_unet instead)."
+            )
+        check_no_gradient_checkpointing(unet)
+        self.teacher = (copy.deepcopy(unet) if copy_teacher else unet).eval().requires_grad_(False)
+        self.task_weight = float(task_weight)
+        self.distillation_weight = float(distillation_weight)
+
+    def train(self, mode: bool = True) -> DistillationLoss:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(
+        self,
+        student_prediction: torch.Tensor,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        target: torch.Tensor,
+    ) -> QATLoss:
+        with torch.no_grad():
+            teacher_prediction = self.teacher(
+                noisy_latents, timesteps, encoder_hidden_states, return_dict=False
+            )[0]
+        prediction = student_prediction.float()
+        task = F.mse_loss(prediction, target.float())
+        distillation = F.mse_loss(prediction, teacher_prediction.float())
+        total = self.task_weight * task + self.distillation_weight * distillation
+        return QATLoss(total, task.detach(), distillation.detach())
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if not is_quantizer_parameter(n)}
+
+
+class WeightEMA:
+    """Exponential moving average of a model's weights, quantizer parameters excluded, kept on CPU.
+
+    Each :meth:`update` does ``shadow = d * shadow + (1 - d) * weight`` for every parameter whose name
+    is outside ``__nncf_hooks``, in float32 on ``device``. ``d`` is ``decay``, or with ``warmup``
+    ``min(decay, (1 + n) / (10 + n))`` where ``n`` is the number of updates done before this one: it
+    rises from 0.1 towards ``decay`` and never falls back. Quantizer ranges are not averaged: an average
+    of ranges is not the range of the averaged weights, so they keep their trained values.
+
+    Args:
+        model: The (quantized) model whose weights to track.
+        decay: Target decay, ``0 <= decay < 1``.
+        warmup: Ramp the decay up as above.
+        device: Where the shadow weights live (CPU by default, to spare accelerator memory).
+
+    Example:
+        >>> import torch
+        >>> from sd_ovopt.quantization.qat import WeightEMA
+        >>> ema = WeightEMA(torch.nn.Linear(2, 2), decay=0.9, warmup=False)
+        >>> sorted(ema.shadow)
+        ['bias', 'weight']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float = 0.9999,
+        *,
+        warmup: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not 0 <= decay < 1:
+            raise InvalidConfigError(f"WeightEMA decay={decay!r}; it must be >= 0 and < 1.")
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.device = torch.device(device)
+        self.num_updates = 0
+        self.shadow = {
+            n: p.detach().to(self.device, torch.float32, copy=True) for n, p in _weights(model).items()
+        }
+
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` will use."""
+        if not self.warmup:
+            return self.decay
+        n = self.num_updates
+        return min(self.decay, (1 + n) / (10 + n))
+
+    def _match(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        weights = _weights(model)
+        if weights.keys() != self.shadow.keys():
+            missing = sorted(self.shadow.keys() - weights.keys())[:3]
+            extra = sorted(weights.keys() - self.shadow.keys())[:3]
+            raise UnsupportedModelError(
+                f"the model's weights do not match the EMA (missing {missing}, unexpected {extra}); "
+                "pass the unwrapped model the EMA was made from."
+            )
+        return weights
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> float:
+        """Fold the model's current weights into the average; return the decay used."""
+        decay = self.current_decay()
+        for name, weight in self._match(model).items():
+            shadow = self.shadow[name]
+            shadow.mul_(decay).add_(weight.detach().to(self.device, torch.float32), alpha=1 - decay)
+        self.num_updates += 1
+        return decay
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite the model's weights with the averages (quantizer parameters are left as they are)."""
+        for name, weight in self._match(model).items():
+            weight.copy_(self.shadow[name].to(weight.device, weight.dtype))
+
+    @contextlib.contextmanager
+    def applied_to(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Within the block the model has the averaged weights; its own are restored afterwards."""
+        backup = {n: w.detach().to("cpu", copy=True) for n, w in self._match(model).items()}
+        self.copy_to(model)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, weight in _weights(model).items():
+                    weight.copy_(backup[name].to(weight.device))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "decay": self.decay,
+            "warmup": self.warmup,
+            "num_updates": self.num_updates,
+            "shadow": dict(self.shadow),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        shadow = state["shadow"]
+        if shadow.keys() != self.shadow.keys():
+            raise UnsupportedModelError("the saved EMA tracks other parameters than this model has.")
+        self.decay = float(state["decay"])
+        self.warmup = bool(state["warmup"])
+        self.num_updates = int(state["num_updates"])
+        self.shadow = {n: t.to(self.device, torch.float32, copy=True) for n, t in shadow.items()}
+
+
+class QATModel(nn.Module):
+    """A quantized UNet (the student) with a frozen float teacher, the distillation loss and a weight EMA.
+
+    ``forward(latents, encoder_hidden_states, noise, timesteps)`` noises the latents with the pipeline's
+    schedule, runs the student, and returns a :class:`QATLoss`. Train the student's parameters
+    (:meth:`parameter_groups`), call :meth:`update_ema` after each optimizer step, then :meth:`export`.
+
+    Args:
+        pipeline: The float Stable Diffusion pipeline (or its folder); its UNet is the teacher.
+        student: The UNet returned by :func:`sd_ovopt.quantize_unet` (ToMe may be applied before that).
+        config: Loss weights, EMA and optimizer settings (default ``QATConfig()``).
+        copy_teacher: Deep-copy the pipeline's UNet as teacher (default) rather than freeze it in place.
+
+    Example:
+        >>> from sd_ovopt import QATModel, collect_calibration, quantize_unet
+        >>> from sd_ovopt.testing import tiny_pipeline
+        >>> pipe = tiny_pipeline()
+        >>> qunet = quantize_unet(pipe, collect_calibration(pipe, ["a red square"], num_inference_steps=2))  # doctest: +SKIP
+        >>> qat = QATModel(pipe, qunet)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        pipeline: StableDiffusionPipeline | str | Path,
+        student: nn.Module,
+        config: QATConfig | None = None,
+        *,
+        copy_teacher: bool = True,
+    ) -> None:
+        super().__init__()
+        from diffusers import DDPMScheduler
+
+        config = config or QATConfig()
+        if not isinstance(config, QATConfig):
+            raise InvalidConfigError(f"config must be a QATConfig, got {type(config).__name__}.")
+        pipe = load_sd_pipeline(pipeline)
+        student = find_unet(student, user="QATModel")
+        if not is_quantized(student):
+            raise UnsupportedModelError(
+                "the student must be a UNet returned by sd_ovopt.quantize_unet (it trains the quantizers)."
+            )
+        check_no_gradient_checkpointing(student)
+        self.config = config
+        self.student = student
+        self.loss = DistillationLoss(
+            pipe.unet,
+            task_weight=config.task_loss_weight,
+            distillation_weight=config.distillation_loss_weight,
+            copy_teacher=copy_teacher,
+        )
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        _prediction_type(self.noise_scheduler)
+        self.ema = WeightEMA(student, config.ema_decay, warmup=config.ema_warmup)
+        self._pipeline = [pipe]  # in a list: not a submodule, so .to() and DDP leave it alone
+
+    @property
+    def pipeline(self) -> StableDiffusionPipeline:
+        """The float pipeline: text encoder, VAE, tokenizer and scheduler of the export."""
+        return self._pipeline[0]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: the weights (with weight decay) and the quantizer parameters (without)."""
+        weights, quantizers = [], []
+        for name, param in self.student.named_parameters():
+            if param.requires_grad:
+                (quantizers if is_quantizer_parameter(name) else weights).append(param)
+        return [
+            {"params": weights, "weight_decay": self.config.weight_decay},
+            {"params": quantizers, "weight_decay": 0.0},
+        ]
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> QATLoss:
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = noise_target(self.noise_scheduler, latents, noise, timesteps)
+        prediction = self.student(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+        return self.loss(prediction, noisy, timesteps, encoder_hidden_states, target)
+
+    def update_ema(self) -> float:
+        """Fold the student's weights into the EMA (after each optimizer step); return the decay used."""
+        return self.ema.update(self.student)
+
+    @torch.no_grad()
+    def teacher_error(self, samples: list[dict[str, torch.Tensor]], *, use_ema: bool = False) -> float:
+        """Mean relative L2 error of the student's prediction against the teacher's on fixed inputs.
+
+        ``samples`` are dicts of ``latents``, ``encoder_hidden_states``, ``noise`` and ``timesteps``. This
+        is the number quantization-aware training should bring down from its post-training value.
+        """
+        if not samples:
+            raise InvalidConfigError("teacher_error needs at least one sample.")
+        device = next(self.student.parameters()).device
+        context = self.ema.applied_to(self.student) if use_ema else contextlib.nullcontext()
+        was_training = self.training
+        self.eval()
+        errors = []
+        try:
+            with context:
+                for item in samples:
+                    latents, ehs, noise, t = (
+                        item[k].to(device) for k in ("latents", "encoder_hidden_states", "noise", "timesteps")
+                    )
+                    noisy = self.noise_scheduler.add_noise(latents, noise, t)
+                    student = self.student(noisy, t, ehs, return_dict=False)[0].float()
+                    teacher = self.loss.teacher(noisy, t, ehs, return_dict=False)[0].float()
+                    error = torch.linalg.vector_norm(student - teacher) / torch.linalg.vector_norm(teacher)
+                    errors.append(error.item())
+        finally:
+            self.train(was_training)
+        return sum(errors) / len(errors)
+
+    def export(
+        self,
+        output_dir: str | Path,
+        *,
+        use_ema: bool = True,
+        height: int | None = None,
+        width: int | None = None,
+        compress_weights: bool = True,
+        overwrite: bool = False,
+        show_progress: bool = True,
+    ) -> Path:
+        """Export the pipeline with the trained student as an OpenVINO folder (int8 UNet IR).
+
+        The same path as post-training quantization: :func:`sd_ovopt.export_pipeline` with
+        ``unet=student``. With ``use_ema`` the EMA weights are exported; the student keeps its own.
+        """
+        from sd_ovopt.export.pipeline import export_pipeline
+
+        student = self.student
+        parts = [student, self.pipeline.text_encoder, self.pipeline.vae]  # converted on the CPU
+        devices = [next(part.parameters()).device for part in parts]
+        context = self.ema.applied_to(student) if use_ema else contextlib.nullcontext()
+        for part in parts:
+            part.to("cpu")
+        try:
+            with context:
+                return export_pipeline(
+                    self.pipeline,
+                    output_dir,
+                    unet=student,
+                    height=height,
+                    width=width,
+                    compress_weights=compress_weights,
+                    overwrite=overwrite,
+                    show_progress=show_progress,
+                )
+        finally:
+            for part, device in zip(parts, devices, strict=True):
+                part.to(device)
