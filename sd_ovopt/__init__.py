@@ -19,8 +19,10 @@ from sd_ovopt.errors import (
     AlreadyAppliedError,
     CorruptModelError,
     InvalidConfigError,
+    InvalidDatasetError,
     MissingDependencyError,
     ModelNotFoundError,
+    NonFiniteLossError,
     NotAPipelineError,
     OutputExistsError,
     SdOvOptError,
@@ -31,10 +33,15 @@ from sd_ovopt.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
+    "BenchmarkResult": "sd_ovopt.evaluation.results",
+    "DistillationLoss": "sd_ovopt.quantization.qat",
     "ExportMetadata": "sd_ovopt.export.metadata",
+    "QATConfig": "sd_ovopt.quantization.config",
+    "QATModel": "sd_ovopt.quantization.qat",
     "QuantizationConfig": "sd_ovopt.quantization.config",
     "SdOvOptPipeline": "sd_ovopt.pipelines.ov_pipeline",
     "ToMeConfig": "sd_ovopt.tome.config",
+    "WeightEMA": "sd_ovopt.quantization.qat",
     "apply_tome": "sd_ovopt.tome.patch",
     "collect_calibration": "sd_ovopt.quantization.calibration",
     "export_pipeline": "sd_ovopt.export.pipeline",
@@ -43,23 +50,32 @@ _LAZY = {
     "quantize_unet": "sd_ovopt.quantization.ptq",
     "read_metadata": "sd_ovopt.export.metadata",
     "remove_tome": "sd_ovopt.tome.patch",
+    "run_benchmark": "sd_ovopt.evaluation.benchmark",
+    "train_qat": "sd_ovopt.quantization.training",
 }
 
 __all__ = [
     "AlreadyAppliedError",
+    "BenchmarkResult",
     "CorruptModelError",
+    "DistillationLoss",
     "ExportMetadata",
     "InvalidConfigError",
+    "InvalidDatasetError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "NonFiniteLossError",
     "NotAPipelineError",
     "OutputExistsError",
+    "QATConfig",
+    "QATModel",
     "QuantizationConfig",
     "SdOvOptError",
     "SdOvOptPipeline",
     "ShapeMismatchError",
     "ToMeConfig",
     "UnsupportedModelError",
+    "WeightEMA",
     "__version__",
     "apply_tome",
     "collect_calibration",
@@ -69,15 +85,21 @@ __all__ = [
     "quantize_unet",
     "read_metadata",
     "remove_tome",
+    "run_benchmark",
+    "train_qat",
 ]
 
 if TYPE_CHECKING:
+    from sd_ovopt.evaluation.benchmark import run_benchmark
+    from sd_ovopt.evaluation.results import BenchmarkResult
     from sd_ovopt.export.metadata import ExportMetadata, read_metadata
     from sd_ovopt.export.pipeline import export_pipeline
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
     from sd_ovopt.quantization.calibration import collect_calibration
-    from sd_ovopt.quantization.config import QuantizationConfig
+    from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
     from sd_ovopt.quantization.ptq import quantize_unet
+    from sd_ovopt.quantization.qat import DistillationLoss, QATModel, WeightEMA
+    from sd_ovopt.quantization.training import train_qat
     from sd_ovopt.tome.config import ToMeConfig
     from sd_ovopt.tome.patch import apply_tome, get_tome_config, is_tome_applied, remove_tome
 

@@ -3,6 +3,8 @@
 sd-ovopt export SRC OUT --height 512 --width 512
 sd-ovopt generate MODEL_DIR "a photo of a cat" --seed 0 --steps 20 --output cat.png
 sd-ovopt quantize SRC OUT --prompts prompts.txt --num-samples 200 [--tome-ratio 0.4]
+sd-ovopt bench --model SRC --output OUT [--variants ...] [--steps 20] [--qat-model DIR]
+sd-ovopt train-qat --model SRC --train-data DIR --output OUT [--resume-from-checkpoint latest]
 sd-ovopt demo
 """
 
@@ -13,6 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sd_ovopt.errors import SdOvOptError
 
@@ -177,26 +180,215 @@ def _run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="latency, memory, size and fidelity of every variant vs PyTorch FP32 and optimum-intel"
+    )
+    p.add_argument(
+        "--model", required=True, help="local folder written by StableDiffusionPipeline.save_pretrained"
+    )
+    p.add_argument(
+        "--output", required=True, help="folder for results.json/.md, chart.png, grid.png and models/"
+    )
+    p.add_argument("--variants", nargs="+", default=None, help="variant names (default: all but ov-int8-qat)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps per image (default 20)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (default 3)")
+    p.add_argument("--prompts", default=None, help="text file, one evaluation prompt per line")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (default 0)")
+    p.add_argument("--qat-model", default=None, help="folder exported from a QAT UNet (adds ov-int8-qat)")
+    p.add_argument("--tome-ratio", type=float, default=0.4, help="ToMe ratio of ov-tome-int8 (default 0.4)")
+    p.add_argument("--unet-only", action="store_true", help="time UNet steps only (no images, no fidelity)")
+    p.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: the model's native size)")
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--calibration-prompts", default=None, help="text file of PTQ calibration prompts")
+    p.add_argument("--num-samples", type=int, default=200, help="UNet calls for calibration (default 200)")
+    p.add_argument("--calibration-steps", type=int, default=None, help="steps per calibration prompt")
+    p.add_argument(
+        "--precision",
+        choices=("f32", "bf16", "f16", "default"),
+        default="f32",
+        help="OpenVINO precision of the INT8 variants and the peer (default f32)",
+    )
+    p.add_argument("--judge", default=None, help="MODULE:FUNCTION judging (image, prompt) -> bool")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
+    p.add_argument("--rebuild", action="store_true", help="build every model again, even if built before")
+    p.set_defaults(func=_run_bench)
+
+
+def _load_judge(spec: str) -> Any:
+    import importlib
+
+    from sd_ovopt.errors import InvalidConfigError, MissingDependencyError
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise InvalidConfigError(f"--judge {spec!r}; use MODULE:FUNCTION, e.g. mypackage.judge:is_match.")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise MissingDependencyError(f"--judge {spec!r} cannot be imported: {exc}.") from exc
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from sd_ovopt.evaluation import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS, run_benchmark
+
+    result = run_benchmark(
+        args.model,
+        args.output,
+        variants=args.variants,
+        prompts=DEFAULT_PROMPTS if args.prompts is None else _read_prompts(args.prompts),
+        seeds=args.seeds,
+        steps=args.steps,
+        rounds=args.rounds,
+        guidance_scale=args.guidance_scale,
+        height=args.height,
+        width=args.width,
+        tome_ratio=args.tome_ratio,
+        qat_model=args.qat_model,
+        judge=None if args.judge is None else _load_judge(args.judge),
+        calibration_prompts=DEFAULT_CALIBRATION_PROMPTS
+        if args.calibration_prompts is None
+        else _read_prompts(args.calibration_prompts),
+        num_samples=args.num_samples,
+        calibration_steps=args.calibration_steps,
+        precision=args.precision,
+        unet_only=args.unet_only,
+        measure_memory=not args.no_memory,
+        rebuild=args.rebuild,
+    )
+    print(Path(result.outputs["markdown"]).read_text(encoding="utf-8"))
+    return 0
+
+
+def _add_train_qat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-qat",
+        help="quantization-aware training (distillation + EMA) on accelerate, then an INT8 OpenVINO export",
+        description="Options left out take QATConfig's defaults. Several processes: accelerate launch "
+        "[--multi_gpu --num_processes N] -m sd_ovopt.quantization.train_qat ... (add --cpu for CPU processes).",
+    )
+    p.add_argument(
+        "--model", required=True, help="local folder written by StableDiffusionPipeline.save_pretrained"
+    )
+    p.add_argument("--train-data", required=True, help="image folder with metadata.jsonl (file_name, text)")
+    p.add_argument(
+        "--output", required=True, help="run folder: checkpoints/, train_log.jsonl, ov/ (the export)"
+    )
+    p.add_argument(
+        "--resume-from-checkpoint", default=None, help="'latest' or a checkpoints/checkpoint-N folder"
+    )
+    for flag, kind in (
+        ("--max-train-steps", int),
+        ("--learning-rate", float),
+        ("--weight-decay", float),
+        ("--train-batch-size", int),
+        ("--gradient-accumulation-steps", int),
+        ("--max-grad-norm", float),
+        ("--task-loss-weight", float),
+        ("--distillation-loss-weight", float),
+        ("--ema-decay", float),
+        ("--resolution", int),
+        ("--checkpointing-steps", int),
+        ("--checkpoints-total-limit", int),
+        ("--seed", int),
+    ):
+        p.add_argument(flag, type=kind, default=None)
+    p.add_argument("--no-ema-warmup", action="store_true", help="constant EMA decay from the first step")
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", help="refused: it corrupts NNCF QAT gradients"
+    )
+    p.add_argument(
+        "--mode", choices=("full", "hybrid"), default="full", help="quantization mode (default full)"
+    )
+    p.add_argument(
+        "--tome-ratio", type=float, default=None, help="apply ToMe to the student before quantizing"
+    )
+    p.add_argument(
+        "--calibration-prompts", type=int, default=8, help="captions run for calibration (default 8)"
+    )
+    p.add_argument(
+        "--calibration-steps", type=int, default=20, help="steps per calibration prompt (default 20)"
+    )
+    p.add_argument("--caption-column", default="text", help="caption key in metadata.jsonl (default text)")
+    p.add_argument(
+        "--eval-samples", type=int, default=8, help="images scoring student vs teacher (default 8)"
+    )
+    p.add_argument(
+        "--export-ptq", action="store_true", help="also export the PTQ starting point to OUT/ptq-ov"
+    )
+    p.add_argument("--no-export", action="store_true", help="skip OUT/ov (resume the finished run to export)")
+    p.add_argument("--cpu", action="store_true", help="train on CPU processes even if a GPU is present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train_qat)
+
+
+def _run_train_qat(args: argparse.Namespace) -> int:
+    import os
+
+    from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
+    from sd_ovopt.quantization.training import train_qat
+    from sd_ovopt.tome import ToMeConfig
+
+    fields = {
+        name: getattr(args, name)
+        for name in QATConfig.__dataclass_fields__
+        if getattr(args, name, None) is not None and name != "gradient_checkpointing"
+    }
+    config = QATConfig(
+        **fields, ema_warmup=not args.no_ema_warmup, gradient_checkpointing=args.gradient_checkpointing
+    )
+    path = train_qat(
+        args.model,
+        args.train_data,
+        args.output,
+        config,
+        quantization=QuantizationConfig(mode=args.mode),
+        tome=None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio),
+        calibration_prompts=args.calibration_prompts,
+        calibration_steps=args.calibration_steps,
+        caption_column=args.caption_column,
+        resume_from_checkpoint=args.resume_from_checkpoint,
+        eval_samples=args.eval_samples,
+        export_ptq=args.export_ptq,
+        export=not args.no_export,
+        cpu=args.cpu,
+        show_progress=not args.no_progress,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        print(path)
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="offline end-to-end run on the embedded model: export, generate, save PNG"
+        "demo",
+        help="offline end-to-end run on the shipped reference model: export, generate, judge, save PNG",
     )
     p.add_argument("--output-dir", default="demo_output", help="where to write (default demo_output/)")
-    p.add_argument("--prompt", default="a red circle on a blue background")
+    p.add_argument("--prompt", default="a large red circle on a white background, center")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from sd_ovopt.export.pipeline import export_pipeline
-    from sd_ovopt.testing import tiny_pipeline
+    from sd_ovopt.reference.judge import judge_image
+    from sd_ovopt.reference.model import reference_model_dir
 
     out = Path(args.output_dir)
-    model_dir = export_pipeline(tiny_pipeline(), out / "tiny-ov", overwrite=True)
-    print(f"exported the embedded tiny pipeline to {model_dir}")
-    path = generate_image(model_dir, args.prompt, out / "demo.png", seed=args.seed, steps=args.steps)
-    print(f"image saved: {path}")
+    model_dir = export_pipeline(reference_model_dir(), out / "shapes-ov", overwrite=True)
+    print(f"exported the shipped reference model to {model_dir}")
+    path = generate_image(
+        model_dir, args.prompt, out / "demo.png", seed=args.seed, steps=args.steps, guidance_scale=4.0
+    )
+    image = Image.open(path)
+    seen = judge_image(image)
+    print(f"image saved: {path} ({image.width}x{image.height})")
+    print(f"the judge sees: a {seen.colour} {seen.shape} on a {seen.background} background, {seen.position}")
     return 0
 
 
@@ -207,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_generate(sub)
     _add_quantize(sub)
+    _add_bench(sub)
+    _add_train_qat(sub)
     _add_demo(sub)
     return parser
 

@@ -1,0 +1,68 @@
+"""The benchmark and fidelity harness: the same prompts and seeds through PyTorch FP32, sd_ovopt's OpenVINO
+variants and optimum-intel's 8-bit path; latency, peak memory, size on disk, PSNR/SSIM and prompt accuracy;
+written as JSON, a markdown table, a chart and an image grid.
+
+Example:
+    >>> from sd_ovopt.evaluation import run_benchmark
+    >>> result = run_benchmark("path/to/sd-folder", "bench-out", steps=20)  # doctest: +SKIP
+    >>> print(open("bench-out/results.md").read())  # doctest: +SKIP
+
+Names load lazily: importing this package imports neither torch nor OpenVINO.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "DEFAULT_CALIBRATION_PROMPTS": "sd_ovopt.evaluation.benchmark",
+    "DEFAULT_PROMPTS": "sd_ovopt.evaluation.benchmark",
+    "DEFAULT_VARIANTS": "sd_ovopt.evaluation.variants",
+    "PEER": "sd_ovopt.evaluation.variants",
+    "REFERENCE": "sd_ovopt.evaluation.variants",
+    "VARIANTS": "sd_ovopt.evaluation.variants",
+    "BenchmarkResult": "sd_ovopt.evaluation.results",
+    "Fidelity": "sd_ovopt.evaluation.fidelity",
+    "VariantResult": "sd_ovopt.evaluation.results",
+    "image_fidelity": "sd_ovopt.evaluation.fidelity",
+    "markdown_table": "sd_ovopt.evaluation.report",
+    "prompt_accuracy": "sd_ovopt.evaluation.fidelity",
+    "run_benchmark": "sd_ovopt.evaluation.benchmark",
+}
+
+__all__ = [
+    "DEFAULT_CALIBRATION_PROMPTS",
+    "DEFAULT_PROMPTS",
+    "DEFAULT_VARIANTS",
+    "PEER",
+    "REFERENCE",
+    "VARIANTS",
+    "BenchmarkResult",
+    "Fidelity",
+    "VariantResult",
+    "image_fidelity",
+    "markdown_table",
+    "prompt_accuracy",
+    "run_benchmark",
+]
+
+if TYPE_CHECKING:
+    from sd_ovopt.evaluation.benchmark import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS, run_benchmark
+    from sd_ovopt.evaluation.fidelity import Fidelity, image_fidelity, prompt_accuracy
+    from sd_ovopt.evaluation.report import markdown_table
+    from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult
+    from sd_ovopt.evaluation.variants import DEFAULT_VARIANTS, PEER, REFERENCE, VARIANTS
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sd_ovopt.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,330 @@
+"""``run_benchmark``: build every variant, measure its memory, time it, score its images, write the table."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sd_ovopt.errors import InvalidConfigError, NotAPipelineError, OutputExistsError
+from sd_ovopt.evaluation.fidelity import Judge, image_fidelity, prompt_accuracy
+from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult, machine_info
+from sd_ovopt.evaluation.timing import Call
+from sd_ovopt.evaluation.variants import REFERENCE, VARIANTS, BuildSettings, BuiltVariant, Unavailable
+
+__all__ = ["DEFAULT_CALIBRATION_PROMPTS", "DEFAULT_PROMPTS", "run_benchmark"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "a red circle on a blue background",
+    "a photo of an astronaut riding a horse",
+)
+#: Calibration prompts differ from the evaluation prompts, so PTQ is not scored on what it saw.
+DEFAULT_CALIBRATION_PROMPTS: tuple[str, ...] = (
+    "a green square on a white background",
+    "a cat sitting on a sofa",
+    "a mountain lake at sunset",
+    "a bowl of fruit on a wooden table",
+    "a city street at night, rain",
+    "a portrait of an old fisherman",
+)
+_PRECISIONS = ("f32", "bf16", "f16", "default")  # sd_ovopt.pipelines.ov_pipeline.PRECISIONS, without optimum
+
+
+def _geometry(model: Path) -> tuple[int, int]:
+    """The model's native image size and its VAE's scale factor, from the part configs."""
+    from sd_ovopt._fs import read_json_object
+
+    fix = "Save the pipeline again with save_pretrained."
+    unet = read_json_object(model / "unet" / "config.json", fix=fix)
+    vae = read_json_object(model / "vae" / "config.json", fix=fix)
+    scale = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
+    return int(unet.get("sample_size", 64)) * scale, scale
+
+
+def _check_model(model: Any) -> Path:
+    from sd_ovopt._loading import read_model_index
+
+    if not isinstance(model, (str, Path)):
+        raise NotAPipelineError(
+            f"model must be the path of a local diffusers folder, got {type(model).__name__}."
+        )
+    path = Path(model).expanduser().resolve()
+    if read_model_index(path).get("_class_name") != "StableDiffusionPipeline":
+        raise NotAPipelineError(f"{path} is not a StableDiffusionPipeline folder (see its model_index.json).")
+    return path
+
+
+def _check_values(prompts: Any, seeds: Any, numbers: dict[str, Any], judge: Any, **choices: Any) -> None:
+    from sd_ovopt.tome.config import ToMeConfig
+
+    for name, value in (("prompts", prompts), ("calibration_prompts", choices["calibration_prompts"])):
+        if isinstance(value, str) or not value or not all(isinstance(p, str) and p for p in value):
+            raise InvalidConfigError(f"{name}={value!r}; pass a non-empty list of non-empty strings.")
+    if isinstance(seeds, int) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise InvalidConfigError(f"seeds={seeds!r}; pass a non-empty list of integers >= 0.")
+    for name, value in numbers.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidConfigError(f"{name}={value!r}; it must be an integer >= 1.")
+    if judge is not None and not callable(judge):
+        raise InvalidConfigError(
+            f"judge must be a callable (image, prompt) -> bool, got {type(judge).__name__}."
+        )
+    if choices["precision"] not in _PRECISIONS:
+        raise InvalidConfigError(f"precision={choices['precision']!r}; use one of {_PRECISIONS}.")
+    ToMeConfig(ratio=choices["tome_ratio"])  # raises for a ratio out of range
+
+
+def _output_dir(output_dir: str | Path) -> Path:
+    out = Path(output_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output path {out} is a file; pass a folder (an existing one is reused).")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_benchmark(
+    model: str | Path,
+    output_dir: str | Path,
+    *,
+    variants: Sequence[str] | None = None,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    seeds: Sequence[int] = (0,),
+    steps: int = 20,
+    rounds: int = 3,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    tome_ratio: float = 0.4,
+    qat_model: str | Path | None = None,
+    judge: Judge | None = None,
+    calibration_prompts: Sequence[str] = DEFAULT_CALIBRATION_PROMPTS,
+    num_samples: int = 200,
+    calibration_steps: int | None = None,
+    precision: str = "f32",
+    unet_only: bool = False,
+    measure_memory: bool = True,
+    rebuild: bool = False,
+    show_progress: bool = True,
+) -> BenchmarkResult:
+    """Compare PyTorch FP32, sd_ovopt's OpenVINO variants and optimum-intel's 8-bit path on one model.
+
+    Builds each variant from the local diffusers folder ``model`` into ``output_dir/models`` (reused on
+    the next run when the settings are the same), measures each variant's peak memory in a process of
+    its own, then times all variants in one process, interleaved, warm-up excluded: full-pipeline
+    latency for ``steps`` steps and the latency of one UNet step. Every image is compared with the
+    PyTorch FP32 image of the same prompt and seed (PSNR, SSIM), and judged when ``judge`` is given.
+    Writes ``results.json``, ``results.md``, ``chart.png`` and ``grid.png`` into ``output_dir``.
+
+    Args:
+        model: Local folder written by ``StableDiffusionPipeline.save_pretrained``.
+        output_dir: Where results, images and built models go (an existing folder is reused).
+        variants: Names from :data:`sd_ovopt.evaluation.VARIANTS` (default: all but ``ov-int8-qat``,
+            which joins when ``qat_model`` is given).
+        prompts: Evaluation prompts; every prompt runs with every seed.
+        seeds: Seeds of the initial noise (a CPU ``torch.Generator``).
+        steps: Denoising steps per image.
+        rounds: Timed rounds (each runs every (prompt, seed) pair and one UNet step per variant).
+        guidance_scale: Classifier-free guidance (> 1 doubles the UNet batch).
+        height: Image height (default: the model's native size).
+        width: Image width (default: the model's native size).
+        tome_ratio: ToMe ratio of ``ov-tome-int8``.
+        qat_model: A folder exported from a quantization-aware-trained UNet (``ov-int8-qat``).
+        judge: ``judge(image, prompt) -> bool``; fills the prompt-accuracy column.
+        calibration_prompts: PTQ calibration prompts (ours and the peer's).
+        num_samples: UNet calls recorded for calibration (ours and the peer's).
+        calibration_steps: Steps per calibration prompt (default: ``steps``).
+        precision: OpenVINO precision of the INT8 variants and the peer (``"f32"``: the non-quantized ops
+            match PyTorch; ``"default"``: the CPU's choice, bf16 where supported).
+        unet_only: Time UNet steps only: no pipeline calls, images, fidelity or grid.
+        measure_memory: Measure peak memory (one extra process per variant).
+        rebuild: Build every model again even if an equal build exists.
+        show_progress: Show progress bars.
+
+    Returns:
+        The :class:`BenchmarkResult` (also written as ``results.json``).
+
+    Example:
+        >>> from sd_ovopt.evaluation import run_benchmark
+        >>> result = run_benchmark("tiny-sd", "bench", variants=["pytorch-fp32", "ov-f32"], steps=2)  # doctest: +SKIP
+        >>> result.speedup("ov-f32", "pytorch-fp32")  # doctest: +SKIP
+    """
+    from sd_ovopt._loading import check_image_size
+    from sd_ovopt.evaluation.report import write_report
+    from sd_ovopt.evaluation.variants import build_variants, check_qat_model, resolve_variants
+
+    source = _check_model(model)
+    calibration_steps = steps if calibration_steps is None else calibration_steps
+    numbers = {
+        "steps": steps,
+        "rounds": rounds,
+        "num_samples": num_samples,
+        "calibration_steps": calibration_steps,
+    }
+    _check_values(
+        prompts,
+        seeds,
+        numbers,
+        judge,
+        calibration_prompts=calibration_prompts,
+        precision=precision,
+        tome_ratio=tome_ratio,
+    )
+    names = resolve_variants(variants, qat_model=qat_model)
+    native, vae_scale = _geometry(source)
+    height, width = height or native, width or native
+    check_image_size(height, width, vae_scale_factor=vae_scale)
+    settings = BuildSettings(
+        height=height,
+        width=width,
+        guidance_scale=float(guidance_scale),
+        tome_ratio=float(tome_ratio),
+        calibration_prompts=tuple(calibration_prompts),
+        num_samples=num_samples,
+        calibration_steps=calibration_steps,
+        precision=precision,
+    )
+    if qat_model is not None:
+        qat_model = check_qat_model(qat_model, settings)
+    out = _output_dir(output_dir)
+    call = Call(steps=steps, guidance_scale=float(guidance_scale), height=height, width=width)
+    pairs = [(p, s) for p in prompts for s in seeds]
+
+    built = build_variants(
+        source,
+        out / "models",
+        names,
+        settings,
+        qat_model=qat_model,
+        rebuild=rebuild,
+        show_progress=show_progress,
+    )
+    gc.collect()  # the PyTorch pipeline and calibration data of the builds are gone now
+    rows = _rows(built)
+    ready = [item for item in built if isinstance(item, BuiltVariant)]
+    if measure_memory:
+        _measure_memory(rows, ready, call, pairs[0], unet_only=unet_only)
+    images = _time(rows, ready, call, pairs, rounds=rounds, unet_only=unet_only, show_progress=show_progress)
+    reference = next((n for n in (REFERENCE, "ov-f32") if images.get(n)), None)
+    _score(rows, images, reference, [p for p, _ in pairs], judge)
+
+    result = BenchmarkResult(
+        model=str(source),
+        settings={
+            **asdict(settings),
+            "calibration_prompts": list(settings.calibration_prompts),
+            "steps": steps,
+            "rounds": rounds,
+            "prompts": list(prompts),
+            "seeds": list(seeds),
+            "unet_batch": call.unet_batch,
+            "unet_only": unet_only,
+            "qat_model": None if qat_model is None else str(qat_model),
+            "judge": None if judge is None else getattr(judge, "__qualname__", repr(judge)),
+        },
+        machine=machine_info(),
+        reference=reference,
+        variants=[rows[n] for n in names],
+    )
+    write_report(result, images, pairs, out)
+    return result
+
+
+def _rows(built: Sequence[BuiltVariant | Unavailable]) -> dict[str, VariantResult]:
+    from sd_ovopt.evaluation.variants import disk_size
+
+    rows = {}
+    for item in built:
+        row = VariantResult(name=item.name, label=VARIANTS[item.name])
+        if isinstance(item, Unavailable):
+            row.status, row.reason = item.status, item.reason
+        else:
+            row.runtime, row.path, row.precision = item.runtime, str(item.path), item.precision
+            row.build_s, row.reused = item.build_s, item.reused
+            row.unet_bytes, row.total_bytes = disk_size(item)
+        rows[item.name] = row
+    return rows
+
+
+def _measure_memory(
+    rows: dict[str, VariantResult],
+    ready: list[BuiltVariant],
+    call: Call,
+    pair: tuple[str, int],
+    *,
+    unet_only: bool,
+) -> None:
+    from sd_ovopt.evaluation.memory import measure_peak_memory
+
+    for item in ready:
+        logger.info("measuring the peak memory of %s in a process of its own", item.name)
+        peak = measure_peak_memory(item, call, prompt=pair[0], seed=pair[1], unet_only=unet_only)
+        row = rows[item.name]
+        row.peak_rss_bytes, row.baseline_rss_bytes = peak.peak_bytes, peak.baseline_bytes
+        row.memory_method, row.memory_error = peak.method, peak.error
+
+
+def _time(
+    rows: dict[str, VariantResult],
+    ready: list[BuiltVariant],
+    call: Call,
+    pairs: list[tuple[str, int]],
+    *,
+    rounds: int,
+    unet_only: bool,
+    show_progress: bool,
+) -> dict[str, list[Any]]:
+    """Load every ready variant into this process, time them interleaved; return first-round images."""
+    from sd_ovopt.evaluation.timing import time_variants
+    from sd_ovopt.evaluation.variants import load_variant
+
+    size = {"height": call.height, "width": call.width, "guidance_scale": call.guidance_scale}
+    pipes = {item.name: (load_variant(item, **size), item.runtime) for item in ready}
+    for name, (pipe, runtime) in pipes.items():
+        rows[name].runtime_precision = _runtime_precision(pipe, runtime)
+    t0 = time.perf_counter()
+    timings, images = time_variants(
+        pipes, pairs, call, rounds=rounds, unet_only=unet_only, show_progress=show_progress
+    )
+    logger.info("timed %d variants in %.0f s", len(pipes), time.perf_counter() - t0)
+    del pipes
+    gc.collect()
+    for name, timing in timings.items():
+        rows[name].pipeline_s, rows[name].unet_step_s = timing.pipeline_s, timing.unet_step_s
+    return images
+
+
+def _runtime_precision(pipe: Any, runtime: str) -> str:
+    if runtime == "torch":
+        return str(next(pipe.unet.parameters()).dtype).removeprefix("torch.")
+    pipe.unet.compile()
+    value = pipe.unet.request.get_property("INFERENCE_PRECISION_HINT")
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+def _score(
+    rows: dict[str, VariantResult],
+    images: dict[str, list[Any]],
+    reference: str | None,
+    prompts: list[str],
+    judge: Judge | None,
+) -> None:
+    for name, imgs in images.items():
+        if not imgs:
+            continue
+        if reference is not None and name != reference:
+            scores = [image_fidelity(a, b) for a, b in zip(imgs, images[reference], strict=True)]
+            psnrs = [s.psnr_db for s in scores]
+            finite = [p for p in psnrs if math.isfinite(p)]
+            rows[name].psnr_db = statistics.fmean(finite) if finite else math.inf
+            rows[name].psnr_min_db = min(psnrs)
+            rows[name].ssim = statistics.fmean(s.ssim for s in scores)
+        if judge is not None:
+            rows[name].prompt_accuracy = prompt_accuracy(imgs, prompts, judge)

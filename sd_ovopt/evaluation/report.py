@@ -1,0 +1,246 @@
+"""A benchmark's four outputs: ``results.json``, ``results.md`` (the table), ``chart.png``, ``grid.png``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sd_ovopt.evaluation.fidelity import to_uint8
+from sd_ovopt.evaluation.variants import PEER, REFERENCE
+
+if TYPE_CHECKING:
+    from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult
+
+__all__ = ["GRID_CAPTION", "GRID_CELL_MIN", "GRID_HEADER", "markdown_table", "write_report"]
+
+GRID_HEADER = 28  # pixels of the variant-name band on top of the grid
+GRID_CAPTION = 20  # pixels of the prompt/seed band above each row
+GRID_CELL_MIN = 128  # small images are enlarged (nearest neighbour) by an integer factor to at least this
+_MISSING = "–"
+
+
+def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
+    if value is None:
+        return _MISSING
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    return format(value * scale, spec)
+
+
+def _ratio(value: float | None) -> str:
+    return _MISSING if value is None else f"{value:.2f}x"
+
+
+def _speed_rows(result: BenchmarkResult, ok: list[VariantResult]) -> list[str]:
+    lines = [
+        "| variant | runtime precision | pipeline s, median (min) | vs PyTorch FP32 | vs peer "
+        "| UNet step ms, median (min) | vs PyTorch FP32 | vs peer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ok:
+        pipeline = f"{_fmt(r.pipeline_median_s, '.3f')} ({_fmt(r.pipeline_min_s, '.3f')})"
+        step = f"{_fmt(r.unet_step_median_s, '.1f', 1e3)} ({_fmt(r.unet_step_min_s, '.1f', 1e3)})"
+        lines.append(
+            f"| {r.name} | {r.runtime_precision or _MISSING} | {pipeline} "
+            f"| {_ratio(result.speedup(r.name, REFERENCE))} | {_ratio(result.speedup(r.name, PEER))} "
+            f"| {step} | {_ratio(result.speedup(r.name, REFERENCE, 'unet_step'))} "
+            f"| {_ratio(result.speedup(r.name, PEER, 'unet_step'))} |"
+        )
+    return lines
+
+
+def _footprint_rows(ok: list[VariantResult]) -> list[str]:
+    lines = [
+        "| variant | peak RSS GiB (variant's own) | UNet on disk MB | weights on disk MB "
+        "| PSNR dB (worst) | SSIM | prompt accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ok:
+        own = (
+            None
+            if r.peak_rss_bytes is None or r.baseline_rss_bytes is None
+            else r.peak_rss_bytes - r.baseline_rss_bytes
+        )
+        memory = f"{_fmt(r.peak_rss_bytes, '.2f', 2**-30)} ({_fmt(own, '.2f', 2**-30)})"
+        if r.memory_error:
+            memory = f"{_MISSING} (probe failed)"
+        psnr = (
+            f"{_fmt(r.psnr_db, '.1f')} ({_fmt(r.psnr_min_db, '.1f')})" if r.psnr_db is not None else _MISSING
+        )
+        lines.append(
+            f"| {r.name} | {memory} | {_fmt(r.unet_bytes, '.1f', 1e-6)} | {_fmt(r.total_bytes, '.1f', 1e-6)} "
+            f"| {psnr} | {_fmt(r.ssim, '.4f')} | {_fmt(r.prompt_accuracy, '.0%')} |"
+        )
+    return lines
+
+
+def markdown_table(result: BenchmarkResult) -> str:
+    """The results as markdown: settings and machine, a speed table, a footprint and fidelity table."""
+    s, m = result.settings, result.machine
+    ok = [r for r in result.variants if r.status == "ok"]
+    versions = m.get("versions", {})
+    lines = [
+        f"# sd-ovopt bench: {Path(result.model).name}",
+        "",
+        f"{s['height']}x{s['width']}, {s['steps']} steps, guidance {s['guidance_scale']:g} (UNet batch "
+        f"{s['unet_batch']}); {len(s['prompts'])} prompt(s) x {len(s['seeds'])} seed(s), {s['rounds']} "
+        "interleaved rounds, warm-up excluded. OpenVINO INT8 variants and the peer run with precision "
+        f"hint `{s['precision']}`.",
+        "",
+        f"Machine: {m.get('cpu')}, {m.get('usable_cpus')} usable CPUs, {m.get('memory')}; OpenVINO "
+        f"{versions.get('openvino')} (CPU capabilities {', '.join(m.get('openvino_capabilities', []))}), "
+        f"torch {versions.get('torch')} ({m.get('torch_threads')} threads), optimum-intel "
+        f"{versions.get('optimum-intel')}, NNCF {versions.get('nncf')}.",
+        "",
+        "## Speed",
+        "",
+        *_speed_rows(result, ok),
+        "",
+        "## Footprint and fidelity",
+        "",
+        *_footprint_rows(ok),
+        "",
+        f"Peak RSS: high-water mark of a fresh process while it loads the variant and "
+        f"{'runs one UNet step' if s['unet_only'] else 'generates one image'} (libraries imported before; "
+        "in brackets, the part above the resident set at the start of loading). Weights on disk: UNet, "
+        "text encoder and VAE. "
+        + (
+            f"PSNR and SSIM: against `{result.reference}` with the same prompt and seed (8-bit RGB; mean "
+            "over pairs, worst pair in brackets)."
+            if result.reference
+            else "Fidelity: not measured (no reference images)."
+        ),
+    ]
+    skipped = [r for r in result.variants if r.status != "ok"]
+    if skipped:
+        lines += ["", "Not run:", ""]
+        lines += [f"- `{r.name}` ({r.status}): {r.reason}" for r in skipped]
+    probes = [r for r in result.variants if r.memory_error]
+    if probes:
+        lines += ["", "Peak memory not measured:", ""]
+        lines += [f"- `{r.name}`: {r.memory_error}" for r in probes]
+    return "\n".join(lines) + "\n"
+
+
+def _write_chart(result: BenchmarkResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in result.variants if r.status == "ok"]
+    names = [r.name for r in ok]
+    panels: list[tuple[str, list[float | None], list[float | None]]] = []
+    if not result.settings["unet_only"]:
+        panels.append(
+            (
+                "pipeline latency, s (median; dot: min)",
+                [r.pipeline_median_s for r in ok],
+                [r.pipeline_min_s for r in ok],
+            )
+        )
+    panels.append(
+        (
+            "UNet step, ms (median; dot: min)",
+            [None if r.unet_step_median_s is None else r.unet_step_median_s * 1e3 for r in ok],
+            [None if r.unet_step_min_s is None else r.unet_step_min_s * 1e3 for r in ok],
+        )
+    )
+    panels.append(
+        ("weights on disk, MB", [None if r.total_bytes is None else r.total_bytes / 1e6 for r in ok], [])
+    )
+    notes: dict[int, str] = {}
+    if result.reference is not None:
+        psnr = [None if r.psnr_db is None or math.isinf(r.psnr_db) else r.psnr_db for r in ok]
+        panels.append((f"PSNR vs {result.reference}, dB", psnr, []))
+        for y, r in enumerate(ok):
+            if r.name == result.reference:
+                notes[y] = "reference"
+            elif r.psnr_db is not None and math.isinf(r.psnr_db):
+                notes[y] = "identical images"
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4 * len(panels), 1.5 + 0.4 * len(ok)), dpi=100, sharey=True
+    )
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for ax, (title, values, marks) in zip(axes, panels, strict=True):
+        ys = range(len(ok))
+        ax.barh(list(ys), [v or 0.0 for v in values], color="#4c72b0")
+        for y, mark in zip(ys, marks, strict=False):
+            if mark is not None:
+                ax.plot(mark, y, "o", color="black", markersize=3)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+    for y, note in notes.items():  # bars the PSNR panel cannot draw
+        axes[-1].text(0.02, y, note, va="center", fontsize=8, transform=axes[-1].get_yaxis_transform())
+    axes[0].set_yticks(list(range(len(ok))), names)
+    axes[0].invert_yaxis()
+    fig.suptitle(
+        f"{Path(result.model).name}: {result.settings['height']}x{result.settings['width']}", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fit(draw: Any, text: str, font: Any, width: int) -> str:
+    while text and draw.textlength(text, font=font) > width - 4:
+        text = text[:-2] + "…" if len(text) > 1 else ""
+    return text
+
+
+def _write_grid(images: dict[str, list[Any]], pairs: Sequence[tuple[str, int]], path: Path) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    names = [n for n, imgs in images.items() if imgs]
+    first = to_uint8(images[names[0]][0])
+    h, w = first.shape[:2]
+    factor = max(1, math.ceil(GRID_CELL_MIN / max(h, w)))
+    ch, cw = h * factor, w * factor
+    grid = Image.new("RGB", (cw * len(names), GRID_HEADER + len(pairs) * (GRID_CAPTION + ch)), "white")
+    draw = ImageDraw.Draw(grid)
+    try:
+        font = ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    for col, name in enumerate(names):
+        draw.text((cw * col + 2, 6), _fit(draw, name, font, cw), fill="black", font=font)
+    for row, (prompt, seed) in enumerate(pairs):
+        top = GRID_HEADER + row * (GRID_CAPTION + ch)
+        caption = _fit(draw, f"seed {seed}: {prompt}", font, cw * len(names))
+        draw.text((2, top + 3), caption, fill="black", font=font)
+        for col, name in enumerate(names):
+            cell = Image.fromarray(to_uint8(images[name][row])).resize((cw, ch), Image.NEAREST)
+            grid.paste(cell, (cw * col, top + GRID_CAPTION))
+    grid.save(path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(
+    result: BenchmarkResult, images: dict[str, list[Any]], pairs: Sequence[tuple[str, int]], output_dir: Path
+) -> dict[str, str]:
+    """Write the four outputs (the grid only when there are images) and each image; return their paths."""
+    out = Path(output_dir)
+    outputs = {"json": out / "results.json", "markdown": out / "results.md", "chart": out / "chart.png"}
+    if any(images.values()):
+        outputs["grid"] = out / "grid.png"
+        _write_grid(images, pairs, outputs["grid"])
+        for name, imgs in images.items():
+            folder = out / "images" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, (image, (_, seed)) in enumerate(zip(imgs, pairs, strict=False)):
+                from PIL import Image
+
+                Image.fromarray(to_uint8(image)).save(folder / f"{i:02d}-seed{seed}.png")
+    _write_chart(result, outputs["chart"])
+    result.outputs = {k: str(v) for k, v in outputs.items()}
+    _atomic_text(outputs["markdown"], markdown_table(result))
+    _atomic_text(outputs["json"], json.dumps(result.to_dict(), indent=2) + "\n")
+    return result.outputs

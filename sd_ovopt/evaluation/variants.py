@@ -1,0 +1,408 @@
+"""The variants a benchmark compares, built from one local diffusers folder into a work folder.
+
+Each built variant is a folder plus the runtime that loads it, so that another process (the peak-memory
+probe) can load it again. Folders built earlier with the same settings are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sd_ovopt._fs import atomic_output_dir
+from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError, ShapeMismatchError
+
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "PEER",
+    "REFERENCE",
+    "VARIANTS",
+    "BuildSettings",
+    "BuiltVariant",
+    "Unavailable",
+    "build_variants",
+    "check_qat_model",
+    "disk_size",
+    "load_variant",
+    "resolve_variants",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Every variant the harness knows, with the label its table shows.
+VARIANTS: dict[str, str] = {
+    "pytorch-fp32": "PyTorch FP32 (diffusers)",
+    "ov-f32": "OpenVINO FP32 (f32 pinned)",
+    "ov-bf16": "OpenVINO bf16",
+    "ov-int8-ptq": "OpenVINO INT8 (PTQ)",
+    "ov-int8-qat": "OpenVINO INT8 (QAT)",
+    "ov-tome-int8": "OpenVINO ToMe + INT8 (PTQ)",
+    "optimum-int8-hybrid": "optimum-intel 8-bit hybrid (peer)",
+}
+#: Run when no list is given; ``ov-int8-qat`` joins when a QAT folder is given.
+DEFAULT_VARIANTS: tuple[str, ...] = tuple(name for name in VARIANTS if name != "ov-int8-qat")
+#: The image and speed reference (speed-ups are also reported against :data:`PEER`).
+REFERENCE = "pytorch-fp32"
+#: What a user would pick instead of sd_ovopt: optimum-intel's own hybrid 8-bit quantization.
+PEER = "optimum-int8-hybrid"
+_INT8 = ("ov-int8-ptq", "ov-tome-int8")
+#: optimum-intel calibrates by calling the pipeline with its default number of steps.
+_PEER_STEPS = 50
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What the built variants depend on (a change rebuilds them).
+
+    Attributes:
+        height: Image height the OpenVINO variants are exported (and the peer reshaped) for.
+        width: Image width.
+        guidance_scale: Guidance of the benchmark calls (> 1 doubles the UNet batch).
+        tome_ratio: ToMe ratio of ``ov-tome-int8``.
+        calibration_prompts: Prompts for PTQ calibration, of ours and of the peer alike.
+        num_samples: UNet calls recorded for calibration (ours and the peer's ``num_samples``).
+        calibration_steps: Denoising steps per calibration prompt (ours; the peer uses its own 50).
+        precision: OpenVINO inference precision of the quantized variants and the peer.
+    """
+
+    height: int
+    width: int
+    guidance_scale: float = 7.5
+    tome_ratio: float = 0.4
+    calibration_prompts: tuple[str, ...] = ()
+    num_samples: int = 200
+    calibration_steps: int = 20
+    precision: str = "f32"
+
+
+@dataclass(frozen=True)
+class BuiltVariant:
+    """A variant ready to load: ``runtime`` is ``"torch"``, ``"sd_ovopt"`` or ``"optimum"``."""
+
+    name: str
+    runtime: str
+    path: Path
+    precision: str | None
+    build_s: float | None = None
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A variant that was not run: ``status`` is ``"skipped"`` (not applicable here) or ``"failed"``."""
+
+    name: str
+    status: str
+    reason: str
+
+
+def resolve_variants(names: Sequence[str] | None, *, qat_model: str | Path | None) -> tuple[str, ...]:
+    """Validate variant names (default: :data:`DEFAULT_VARIANTS`, plus QAT when ``qat_model`` is given)."""
+    if names is None:
+        return (*DEFAULT_VARIANTS, *(("ov-int8-qat",) if qat_model is not None else ()))
+    if isinstance(names, str) or not names:
+        raise InvalidConfigError(f"variants={names!r}; pass a non-empty list of names from {list(VARIANTS)}.")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise InvalidConfigError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}.")
+    if "ov-int8-qat" in names and qat_model is None:
+        raise InvalidConfigError(
+            "variant 'ov-int8-qat' needs an exported QAT pipeline: pass qat_model= (CLI: --qat-model DIR)."
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _stamp(model: Path) -> dict[str, Any]:
+    files = [model / "model_index.json", *sorted((model / "unet").glob("diffusion_pytorch_model*"))]
+    return {str(f.relative_to(model)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
+
+
+class _Builder:
+    """Builds the requested variants, sharing the PyTorch pipeline and the calibration data."""
+
+    def __init__(
+        self, model: Path, work_dir: Path, settings: BuildSettings, *, rebuild: bool, progress: bool
+    ):
+        self.model, self.work_dir, self.settings = model, work_dir, settings
+        self.rebuild, self.progress = rebuild, progress
+        self._pipe: Any = None
+        self._calibration: list[Any] | None = None
+
+    # -- shared inputs ----------------------------------------------------------------------------
+    @property
+    def pipe(self) -> Any:
+        if self._pipe is None:
+            from sd_ovopt._loading import load_sd_pipeline
+
+            self._pipe = load_sd_pipeline(self.model)
+        return self._pipe
+
+    def calibration(self) -> list[Any]:
+        if self._calibration is None:
+            from sd_ovopt.quantization import collect_calibration
+
+            s = self.settings
+            # Cycle the prompts (each pass with new noise) until num_samples UNet calls are recorded, as the
+            # peer does, so both calibrate on the same number of samples.
+            passes = -(-s.num_samples // (len(s.calibration_prompts) * s.calibration_steps))
+            self._calibration = collect_calibration(
+                self.pipe,
+                list(s.calibration_prompts) * passes,
+                num_inference_steps=s.calibration_steps,
+                guidance_scale=s.guidance_scale,
+                height=s.height,
+                width=s.width,
+                max_samples=s.num_samples,
+                show_progress=self.progress,
+            )
+        return self._calibration
+
+    # -- reuse ------------------------------------------------------------------------------------
+    def _record(self, folder: str, keys: Sequence[str]) -> dict[str, Any]:
+        settings = asdict(self.settings)
+        return {
+            "source": str(self.model),
+            "source_files": _stamp(self.model),
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items() if k in keys},
+        }
+
+    def folder(self, folder: str, keys: Sequence[str], build: Any) -> tuple[Path, float, bool]:
+        """Build ``folder`` with ``build(path)`` unless an equal build record says it is there."""
+        path = self.work_dir / folder
+        record_file = self.work_dir / f"{folder}.build.json"
+        record = self._record(folder, keys)
+        if not self.rebuild and path.is_dir() and record_file.is_file():
+            old = json.loads(record_file.read_text(encoding="utf-8"))
+            if {k: old.get(k) for k in record} == record:
+                logger.info("reusing %s (built with the same settings)", path)
+                return path, float(old.get("build_s", 0.0)), True
+        t0 = time.perf_counter()
+        build(path)
+        build_s = time.perf_counter() - t0
+        record_file.write_text(json.dumps({**record, "build_s": build_s}, indent=2) + "\n", encoding="utf-8")
+        return path, build_s, False
+
+    # -- the variants -----------------------------------------------------------------------------
+    _SHAPE = ("height", "width", "guidance_scale")
+    _CALIBRATION = (*_SHAPE, "calibration_prompts", "num_samples", "calibration_steps")
+
+    def export(self, path: Path, unet: Any = None) -> None:
+        from sd_ovopt.export.pipeline import export_pipeline
+
+        s = self.settings
+        export_pipeline(
+            self.pipe,
+            path,
+            height=s.height,
+            width=s.width,
+            classifier_free_guidance=s.guidance_scale > 1,
+            unet=unet,
+            compress_weights=unet is not None,
+            overwrite=True,
+            show_progress=self.progress,
+        )
+
+    def ov_f32(self) -> tuple[Path, float, bool]:
+        return self.folder("ov-f32", self._SHAPE, self.export)
+
+    def int8(self, name: str) -> tuple[Path, float, bool]:
+        from sd_ovopt.quantization import QuantizationConfig, quantize_unet
+        from sd_ovopt.tome import ToMeConfig, apply_tome, remove_tome
+
+        s = self.settings
+        tome = ToMeConfig(ratio=s.tome_ratio) if name == "ov-tome-int8" else None
+
+        def build(path: Path) -> None:
+            calibration = self.calibration()  # recorded without ToMe: the UNet's inputs, shared
+            if tome is not None:
+                apply_tome(self.pipe.unet, tome)
+            try:
+                qunet = quantize_unet(self.pipe, calibration, QuantizationConfig(subset_size=s.num_samples))
+                self.export(path, unet=qunet)
+            finally:
+                if tome is not None:
+                    remove_tome(self.pipe.unet)
+
+        keys = (*self._CALIBRATION, "tome_ratio") if tome else self._CALIBRATION
+        return self.folder(name, keys, build)
+
+    def peer(self) -> tuple[Path, float, bool]:
+        s = self.settings
+
+        def build(path: Path) -> None:
+            from optimum.intel import OVStableDiffusionPipeline, OVWeightQuantizationConfig
+
+            passes = -(
+                -s.num_samples // (len(s.calibration_prompts) * _PEER_STEPS)
+            )  # as many samples as ours
+            config = OVWeightQuantizationConfig(
+                bits=8,
+                quant_method="hybrid",
+                dataset=list(s.calibration_prompts) * passes,
+                num_samples=s.num_samples,
+            )
+            with atomic_output_dir(path, overwrite=True) as tmp:
+                peer = OVStableDiffusionPipeline.from_pretrained(
+                    str(self.model), export=True, quantization_config=config, local_files_only=True
+                )
+                peer.save_pretrained(tmp)
+                del peer
+
+        return self.folder(PEER, ("calibration_prompts", "num_samples"), build)
+
+
+def _bf16_missing() -> str | None:
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        return None
+    return (
+        f"this CPU's OpenVINO plugin reports no BF16 capability (OPTIMIZATION_CAPABILITIES={capabilities}); "
+        "a bf16 hint would silently run f32"
+    )
+
+
+def check_qat_model(path: str | Path, settings: BuildSettings) -> Path:
+    """Resolve a QAT folder and check that it is an exported pipeline of the benchmark's size."""
+    from sd_ovopt._loading import read_model_index
+    from sd_ovopt.export.metadata import read_metadata
+
+    folder = Path(path).expanduser().resolve()
+    if not folder.exists():
+        raise ModelNotFoundError(
+            f"qat_model {folder} does not exist; pass a folder exported from a QAT UNet."
+        )
+    read_model_index(folder)
+    if not (folder / "unet" / "openvino_model.xml").is_file():
+        raise ModelNotFoundError(
+            f"qat_model {folder} has no unet/openvino_model.xml; export the QAT UNet with "
+            "sd_ovopt.export_pipeline(..., unet=qat_unet) first."
+        )
+    meta = read_metadata(folder)
+    if meta is not None and (meta.height, meta.width) != (settings.height, settings.width):
+        raise ShapeMismatchError(
+            f"qat_model {folder} was exported for {meta.height}x{meta.width}, the benchmark runs "
+            f"{settings.height}x{settings.width}; pass height=/width= (CLI: --height/--width) to match."
+        )
+    return folder
+
+
+def build_variants(
+    model: str | Path,
+    work_dir: str | Path,
+    names: Sequence[str],
+    settings: BuildSettings,
+    *,
+    qat_model: str | Path | None = None,
+    rebuild: bool = False,
+    show_progress: bool = True,
+) -> list[BuiltVariant | Unavailable]:
+    """Build (or reuse) the folders of ``names`` from the diffusers folder ``model`` under ``work_dir``.
+
+    ``ov-bf16`` is skipped where OpenVINO's CPU plugin lacks BF16; a peer that cannot be built (e.g.
+    optimum-intel refuses the model) is recorded as failed with the reason, not raised.
+    """
+    model = Path(model).expanduser().resolve()
+    work = Path(work_dir).expanduser().resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    builder = _Builder(model, work, settings, rebuild=rebuild, progress=show_progress)
+    out: list[BuiltVariant | Unavailable] = []
+    for name in names:
+        if name == "pytorch-fp32":
+            out.append(BuiltVariant(name, "torch", model, None))
+        elif name in ("ov-f32", "ov-bf16"):
+            reason = _bf16_missing() if name == "ov-bf16" else None
+            if reason is not None:
+                out.append(Unavailable(name, "skipped", reason))
+                continue
+            path, build_s, reused = builder.ov_f32()
+            out.append(BuiltVariant(name, "sd_ovopt", path, name[3:], build_s, reused))
+        elif name in _INT8:
+            path, build_s, reused = builder.int8(name)
+            out.append(BuiltVariant(name, "sd_ovopt", path, settings.precision, build_s, reused))
+        elif name == "ov-int8-qat":
+            if qat_model is None:
+                raise InvalidConfigError("variant 'ov-int8-qat' needs qat_model= (CLI: --qat-model DIR).")
+            out.append(
+                BuiltVariant(name, "sd_ovopt", check_qat_model(qat_model, settings), settings.precision)
+            )
+        elif name == PEER:
+            try:
+                path, build_s, reused = builder.peer()
+            except Exception as exc:  # third-party code: record why, keep the other variants
+                logger.warning("the optimum-intel peer could not be built: %s", exc)
+                out.append(Unavailable(name, "failed", f"optimum-intel: {type(exc).__name__}: {exc}"))
+                continue
+            out.append(BuiltVariant(name, "optimum", path, settings.precision, build_s, reused))
+        else:
+            raise InvalidConfigError(f"unknown variant {name!r}; choose from {list(VARIANTS)}.")
+    return out
+
+
+def load_variant(variant: BuiltVariant, *, height: int, width: int, guidance_scale: float = 7.5) -> Any:
+    """Load a built variant as a pipeline that generates at ``height`` x ``width``, progress bars off.
+
+    The peer's folder has dynamic shapes; it is reshaped to the benchmark's static shape, as its users do
+    for speed (optimum-intel's static UNet batch assumes guidance, so without guidance it stays dynamic).
+    """
+    if variant.runtime == "torch":
+        import torch
+
+        from sd_ovopt._loading import load_sd_pipeline
+
+        pipe = load_sd_pipeline(variant.path)
+        if pipe.unet.dtype != torch.float32:  # e.g. a folder saved in float16
+            pipe = pipe.to(dtype=torch.float32)
+    elif variant.runtime == "sd_ovopt":
+        from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
+
+        pipe = SdOvOptPipeline.from_pretrained(variant.path, precision=variant.precision or "f32")
+    elif variant.runtime == "optimum":
+        from optimum.intel import OVStableDiffusionPipeline
+
+        from sd_ovopt.pipelines.ov_pipeline import _quiet_safety_checker_warning
+
+        hint = (
+            {} if variant.precision in (None, "default") else {"INFERENCE_PRECISION_HINT": variant.precision}
+        )
+        with _quiet_safety_checker_warning():  # local folder: optimum's loader, no hub look-ups
+            pipe = OVStableDiffusionPipeline._from_pretrained(
+                model_id=str(variant.path),
+                config=OVStableDiffusionPipeline._load_config(str(variant.path)),
+                ov_config=hint,
+                compile=False,
+            )
+        if guidance_scale > 1:
+            pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)
+        pipe.compile()
+    else:
+        raise InvalidConfigError(f"runtime={variant.runtime!r}; use 'torch', 'sd_ovopt' or 'optimum'.")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _torch_weights_bytes(folder: Path) -> int:
+    """Bytes of the weight files diffusers loads by default: safetensors if any, else .bin, no variants."""
+    for suffix in (".safetensors", ".bin"):
+        # "name.suffix" or sharded "name-00001-of-00002.suffix"; variants such as "name.fp16.suffix" excluded
+        files = [f for f in folder.glob(f"*{suffix}") if f.name.count(".") == 1]
+        if files:
+            return sum(f.stat().st_size for f in files)
+    return 0
+
+
+def disk_size(variant: BuiltVariant) -> tuple[int, int]:
+    """Bytes on disk of the variant's UNet weights and of all its model weights (tokenizer etc. excluded)."""
+    if variant.runtime == "torch":
+        parts = ("unet", "text_encoder", "vae")
+        sizes = {p: _torch_weights_bytes(variant.path / p) for p in parts}
+    else:
+        parts = ("unet", "text_encoder", "vae_decoder", "vae_encoder")
+        sizes = {p: sum(f.stat().st_size for f in (variant.path / p).glob("openvino_model.*")) for p in parts}
+    return sizes["unet"], sum(sizes.values())

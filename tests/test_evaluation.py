@@ -1,0 +1,282 @@
+"""sd_ovopt.evaluation: fidelity metrics, typed errors for bad input, `sd-ovopt bench` end to end (tiny model)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd_ovopt.cli import main
+from sd_ovopt.errors import ShapeMismatchError
+from sd_ovopt.evaluation import image_fidelity, prompt_accuracy
+
+# -- fidelity metrics ---------------------------------------------------------------------------------
+
+
+def test_identical_images_have_infinite_psnr_and_ssim_one():
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    result = image_fidelity(image, image.copy())
+    assert math.isinf(result.psnr_db) and result.ssim == 1.0
+
+
+def test_psnr_matches_its_formula_on_a_known_offset():
+    reference = np.full((16, 16, 3), 100, np.uint8)
+    image = reference + 10  # every pixel off by 10: MSE = 100
+    result = image_fidelity(image, reference)
+    assert result.psnr_db == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-9)
+    assert result.ssim < 1.0
+
+
+def test_float_uint8_and_pil_inputs_give_the_same_numbers():
+    rng = np.random.default_rng(1)
+    reference = rng.random((32, 32, 3))
+    image = np.clip(reference + rng.normal(0, 0.05, reference.shape), 0, 1)
+    as_uint8 = (image * 255).round().astype(np.uint8)
+    ref_uint8 = (reference * 255).round().astype(np.uint8)
+    a = image_fidelity(image, reference)
+    b = image_fidelity(as_uint8, ref_uint8)
+    c = image_fidelity(Image.fromarray(as_uint8), Image.fromarray(ref_uint8))
+    assert a == b == c
+
+
+def test_more_noise_means_lower_psnr_and_ssim():
+    rng = np.random.default_rng(2)
+    reference = rng.random((32, 32, 3))
+    scores = [
+        image_fidelity(np.clip(reference + rng.normal(0, sigma, reference.shape), 0, 1), reference)
+        for sigma in (0.01, 0.05, 0.2)
+    ]
+    assert scores[0].psnr_db > scores[1].psnr_db > scores[2].psnr_db
+    assert scores[0].ssim > scores[1].ssim > scores[2].ssim
+
+
+def test_fidelity_refuses_images_of_different_sizes():
+    with pytest.raises(ShapeMismatchError, match="differ in size"):
+        image_fidelity(np.zeros((32, 32, 3), np.uint8), np.zeros((16, 16, 3), np.uint8))
+
+
+def test_prompt_accuracy_counts_what_the_judge_accepts():
+    images = [np.zeros((8, 8, 3), np.uint8)] * 4
+    prompts = ["a red circle", "a blue square", "a red square", "a cat"]
+    assert prompt_accuracy(images, prompts, lambda image, prompt: "red" in prompt) == 0.5
+
+
+# -- bad input: typed errors, exit code 2, before anything slow -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--variants", "ov-int9"], "unknown variant"),
+        (["--variants", "ov-int8-qat"], "needs an exported QAT pipeline"),
+        (["--qat-model", "{tmp}/no-such-qat"], "does not exist"),
+        (["--steps", "0"], "steps=0"),
+        (["--tome-ratio", "0.9"], "ToMeConfig.ratio"),
+        (["--judge", "no_colon"], "MODULE:FUNCTION"),
+        (["--prompts", "{tmp}/missing.txt"], "prompt file"),
+        (["--height", "30"], "multiple of"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(tiny_saved, tmp_path, capsys, extra, message):
+    args = ["bench", "--model", str(tiny_saved), "--output", str(tmp_path / "out")]
+    args += [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "sd-ovopt bench: error" in err and message in err
+    assert not (tmp_path / "out" / "models").exists()
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    assert main(["bench", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_default_variants_add_qat_only_when_a_qat_model_is_given():
+    from sd_ovopt.evaluation.variants import DEFAULT_VARIANTS, resolve_variants
+
+    assert resolve_variants(None, qat_model=None) == DEFAULT_VARIANTS
+    assert resolve_variants(None, qat_model="x")[-1] == "ov-int8-qat"
+    assert resolve_variants(["ov-f32", "ov-f32"], qat_model=None) == ("ov-f32",)
+
+
+def test_peak_memory_probe_runs_in_a_process_of_its_own(tiny_saved):
+    from sd_ovopt.evaluation.memory import measure_peak_memory
+    from sd_ovopt.evaluation.timing import Call
+    from sd_ovopt.evaluation.variants import BuiltVariant
+
+    variant = BuiltVariant("pytorch-fp32", "torch", tiny_saved, None)
+    peak = measure_peak_memory(
+        variant, Call(steps=2, guidance_scale=7.5, height=32, width=32), prompt="a", seed=0
+    )
+    assert peak.error is None, peak.error
+    assert peak.peak_bytes >= peak.baseline_bytes > 100 * 2**20  # torch alone is more than 100 MiB
+    if sys.platform == "linux":
+        assert peak.method == "VmHWM"
+
+
+# -- `sd-ovopt bench` end to end on the tiny pipeline ---------------------------------------------------
+
+# ov-tome-int8 is the int8 path with apply_tome around it (ToMe + INT8 export is tested in test_quantization);
+# it runs in the slow test below, with the peak-memory probes, to keep this file CI-sized.
+VARIANTS = ["pytorch-fp32", "ov-f32", "ov-bf16", "ov-int8-ptq", "optimum-int8-hybrid"]
+PROMPTS = ["a red circle on a blue background", "a photo of an astronaut riding a horse"]
+
+
+def _cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_saved, tmp_path_factory):
+    """One `sd-ovopt bench` run (memory probes off: tested above) and what it wrote, read at once."""
+    tmp = tmp_path_factory.mktemp("bench")
+    (tmp / "bench_judge.py").write_text("def judge(image, prompt):\n    return 'red' in prompt\n")
+    (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    out = tmp / "out"
+    args = ["bench", "--model", str(tiny_saved), "--output", str(out), "--variants", *VARIANTS]
+    args += ["--prompts", str(tmp / "prompts.txt"), "--steps", "2", "--rounds", "2", "--num-samples", "4"]
+    args += ["--judge", "bench_judge:judge", "--no-memory"]
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+        mp.syspath_prepend(str(tmp))
+        code = main(args)
+    assert code == 0
+    return {
+        "out": out,
+        "stdout": stdout.getvalue(),
+        "json": json.loads((out / "results.json").read_text()),
+        "markdown": (out / "results.md").read_text(),
+        "chart": Image.open(out / "chart.png").size,
+        "grid": Image.open(out / "grid.png").size,
+    }
+
+
+def _rows(bench):
+    return {row["name"]: row for row in bench["json"]["variants"]}
+
+
+def _psnr(row) -> float:
+    return float(row["psnr_db"])  # "inf" for identical images
+
+
+def test_bench_writes_all_four_outputs(bench):
+    assert set(bench["json"]["outputs"]) == {"json", "markdown", "chart", "grid"}
+    for name in ("results.json", "results.md", "chart.png", "grid.png"):
+        assert (bench["out"] / name).is_file()
+    assert "# sd-ovopt bench: tiny-sd" in bench["stdout"]  # the table is printed
+
+
+def test_json_has_every_requested_variant_with_latency_and_size(bench):
+    rows = _rows(bench)
+    assert list(rows) == VARIANTS
+    expected_bf16 = "ok" if _cpu_has_bf16() else "skipped"
+    assert rows["ov-bf16"]["status"] == expected_bf16
+    for name, row in rows.items():
+        if row["status"] != "ok":
+            assert row["reason"]
+            continue
+        assert row["status"] == "ok", (name, row["reason"])
+        assert len(row["pipeline_s"]) == 2 * len(PROMPTS) and row["pipeline_median_s"] > 0
+        assert len(row["unet_step_s"]) == 2 and row["unet_step_median_s"] > 0
+        assert row["unet_bytes"] > 0 and row["total_bytes"] >= row["unet_bytes"]
+    assert rows["pytorch-fp32"]["pipeline_speedup_vs_pytorch-fp32"] == pytest.approx(1.0)
+    assert rows["optimum-int8-hybrid"]["unet_step_speedup_vs_peer"] == pytest.approx(1.0)
+    assert rows["ov-int8-ptq"]["unet_bytes"] < 0.5 * rows["ov-f32"]["unet_bytes"]
+    settings, machine = bench["json"]["settings"], bench["json"]["machine"]
+    assert settings["height"] == settings["width"] == 32 and settings["prompts"] == PROMPTS
+    assert machine["versions"]["openvino"] and machine["usable_cpus"] >= 1
+
+
+def test_fidelity_ov_f32_matches_pytorch_and_int8_is_lower(bench):
+    rows = _rows(bench)
+    assert bench["json"]["reference"] == "pytorch-fp32"
+    assert _psnr(rows["ov-f32"]) > 35 and rows["ov-f32"]["ssim"] > 0.99
+    for name in ("ov-int8-ptq", "optimum-int8-hybrid"):
+        assert 10 < _psnr(rows[name]) < _psnr(rows["ov-f32"]), name
+        assert 0 < rows[name]["ssim"] <= rows["ov-f32"]["ssim"], name
+    assert rows["pytorch-fp32"]["psnr_db"] is None  # the reference is not scored against itself
+
+
+def test_prompt_accuracy_comes_from_the_judge(bench):
+    for row in _rows(bench).values():
+        if row["status"] == "ok":
+            assert row["prompt_accuracy"] == 0.5  # the judge accepts the prompt with "red"
+    assert bench["json"]["settings"]["judge"] == "judge"
+
+
+def test_markdown_has_a_row_per_variant(bench):
+    lines = bench["markdown"].splitlines()
+    for name in VARIANTS:
+        rows = [line for line in lines if line.startswith(f"| {name} |")]
+        if _rows(bench)[name]["status"] == "ok":
+            assert len(rows) == 2, name  # speed table and footprint table
+        else:
+            assert any(line.startswith(f"- `{name}`") for line in lines), name
+    assert "vs PyTorch FP32" in bench["markdown"] and "vs peer" in bench["markdown"]
+
+
+def test_pngs_have_the_expected_sizes(bench):
+    from sd_ovopt.evaluation.report import GRID_CAPTION, GRID_CELL_MIN, GRID_HEADER
+
+    ok = [row for row in _rows(bench).values() if row["status"] == "ok"]
+    cell = GRID_CELL_MIN  # 32-pixel images enlarged 4x
+    assert bench["grid"] == (cell * len(ok), GRID_HEADER + len(PROMPTS) * (GRID_CAPTION + cell))
+    width, height = bench["chart"]
+    assert width == 4 * 400 and height == round(100 * (1.5 + 0.4 * len(ok)))  # 4 panels, a bar per variant
+    per_variant = sorted(p.name for p in (bench["out"] / "images" / "ov-f32").iterdir())
+    assert per_variant == ["00-seed0.png", "01-seed0.png"]
+
+
+def test_rerun_reuses_built_models_and_runs_a_qat_folder(bench):
+    out = bench["out"]
+    args = ["bench", "--model", bench["json"]["model"], "--output", str(out), "--no-memory"]
+    args += ["--variants", "pytorch-fp32", "ov-int8-ptq", "ov-int8-qat", "--steps", "2", "--rounds", "1"]
+    args += ["--num-samples", "4", "--qat-model", str(out / "models" / "ov-int8-ptq")]
+    args += ["--prompts", str(out.parent / "prompts.txt")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())["variants"]}
+    assert rows["ov-int8-ptq"]["reused"] is True
+    assert rows["ov-int8-qat"]["status"] == "ok" and rows["ov-int8-qat"]["unet_step_median_s"] > 0
+    # the QAT row here is the PTQ folder itself, so its images are the same
+    assert rows["ov-int8-qat"]["psnr_db"] == rows["ov-int8-ptq"]["psnr_db"]
+
+
+def test_a_run_with_nothing_runnable_still_reports_why(tiny_saved, tmp_path):
+    if _cpu_has_bf16():
+        pytest.skip("this CPU runs bf16, so ov-bf16 would be built (slow)")
+    from sd_ovopt.evaluation import run_benchmark
+
+    result = run_benchmark(tiny_saved, tmp_path / "out", variants=["ov-bf16"], steps=1, show_progress=False)
+    row = result.variant("ov-bf16")
+    assert row.status == "skipped" and "BF16" in row.reason
+    assert set(result.outputs) == {"json", "markdown", "chart"}  # no images, so no grid
+    assert "- `ov-bf16` (skipped)" in (tmp_path / "out" / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_runs_every_default_variant_with_memory(tiny_saved, tmp_path):
+    from sd_ovopt.evaluation import DEFAULT_VARIANTS
+
+    out = tmp_path / "out"
+    args = ["bench", "--model", str(tiny_saved), "--output", str(out), "--steps", "2", "--rounds", "1"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([*args, "--num-samples", "4"]) == 0
+    rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())["variants"]}
+    assert tuple(rows) == DEFAULT_VARIANTS
+    for name, row in rows.items():
+        if row["status"] != "ok":
+            assert name == "ov-bf16" and not _cpu_has_bf16()
+            continue
+        assert row["peak_rss_bytes"] >= row["baseline_rss_bytes"] > 0, name
+        assert row["pipeline_median_s"] > 0 and row["unet_bytes"] > 0, name
+    assert 10 < float(rows["ov-tome-int8"]["psnr_db"]) < float(rows["ov-f32"]["psnr_db"])
+    assert (out / "grid.png").is_file() and (out / "chart.png").is_file()
