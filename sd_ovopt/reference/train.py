@@ -148,6 +148,7 @@ def _train_unet(
     empty_ids: Any,
     work: Path,
     steps: int,
+    schedule_steps: int,
     batch_size: int,
     seed: int,
     device: str,
@@ -193,7 +194,7 @@ def _train_unet(
         x0, ids, noise, t = x0.to(device), ids.to(device), noise.to(device), t.to(device)
         noisy = scheduler.add_noise(x0, noise, t)
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, 6e-4)
+            group["lr"] = _lr(step, schedule_steps, 6e-4)
         hidden = text_encoder(ids)[0]
         pred = unet(noisy, t, hidden).sample
         weight = torch.clamp(snr[t], max=5.0) / snr[t]
@@ -229,6 +230,7 @@ def train_reference(
     num_images: int = 20000,
     vae_steps: int = 1000,
     unet_steps: int = 3000,
+    lr_schedule_steps: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
     device: str | None = None,
@@ -270,7 +272,15 @@ def train_reference(
     input_ids = tokenize(texts)
     empty_ids = tokenize([""])[0]
     unet, text_encoder = _train_unet(
-        latents, input_ids, empty_ids, work, unet_steps, batch_size, seed, device
+        latents,
+        input_ids,
+        empty_ids,
+        work,
+        unet_steps,
+        lr_schedule_steps or unet_steps,
+        batch_size,
+        seed,
+        device,
     )
 
     scheduler = DDIMScheduler(**_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
@@ -291,6 +301,7 @@ def train_reference(
             "num_images": num_images,
             "vae_steps": vae_steps,
             "unet_steps": unet_steps,
+            "lr_schedule_steps": lr_schedule_steps or unet_steps,
             "batch_size": batch_size,
             "seed": seed,
             "device": device,
@@ -310,6 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int, default=20000)
     parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument(
+        "--lr-schedule-steps",
+        type=int,
+        default=None,
+        help="length of the UNet's cosine learning-rate schedule (default: --unet-steps); longer stops early",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -323,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_images=args.num_images,
             vae_steps=args.vae_steps,
             unet_steps=args.unet_steps,
+            lr_schedule_steps=args.lr_schedule_steps,
             batch_size=args.batch_size,
             seed=args.seed,
             device=args.device,
