@@ -1,4 +1,4 @@
-"""sd_ovopt.evaluation: fidelity metrics, typed errors for bad input, `sd-ovopt bench` end to end (tiny model)."""
+"""sd_ovopt.evaluation: fidelity metrics, typed errors for bad input, `sd-ovopt bench` end to end (reference model)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from PIL import Image
 from sd_ovopt.cli import main
 from sd_ovopt.errors import ShapeMismatchError
 from sd_ovopt.evaluation import image_fidelity, prompt_accuracy
+from sd_ovopt.reference import held_out_prompts, reference_model_dir
 
 # -- fidelity metrics ---------------------------------------------------------------------------------
 
@@ -120,12 +121,12 @@ def test_peak_memory_probe_runs_in_a_process_of_its_own(tiny_saved):
         assert peak.method == "VmHWM"
 
 
-# -- `sd-ovopt bench` end to end on the tiny pipeline ---------------------------------------------------
+# -- `sd-ovopt bench` end to end on the shipped reference model, scored by its judge ---------------------
 
 # ov-tome-int8 is the int8 path with apply_tome around it (ToMe + INT8 export is tested in test_quantization);
 # it runs in the slow test below, with the peak-memory probes, to keep this file CI-sized.
 VARIANTS = ["pytorch-fp32", "ov-f32", "ov-bf16", "ov-int8-ptq", "optimum-int8-hybrid"]
-PROMPTS = ["a red circle on a blue background", "a photo of an astronaut riding a horse"]
+PROMPTS = [spec.prompt for spec in held_out_prompts()[:2]]
 
 
 def _cpu_has_bf16() -> bool:
@@ -135,18 +136,16 @@ def _cpu_has_bf16() -> bool:
 
 
 @pytest.fixture(scope="module")
-def bench(tiny_saved, tmp_path_factory):
+def bench(tmp_path_factory):
     """One `sd-ovopt bench` run (memory probes off: tested above) and what it wrote, read at once."""
     tmp = tmp_path_factory.mktemp("bench")
-    (tmp / "bench_judge.py").write_text("def judge(image, prompt):\n    return 'red' in prompt\n")
     (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     out = tmp / "out"
-    args = ["bench", "--model", str(tiny_saved), "--output", str(out), "--variants", *VARIANTS]
-    args += ["--prompts", str(tmp / "prompts.txt"), "--steps", "2", "--rounds", "2", "--num-samples", "4"]
-    args += ["--judge", "bench_judge:judge", "--no-memory"]
+    args = ["bench", "--model", str(reference_model_dir()), "--output", str(out), "--variants", *VARIANTS]
+    args += ["--prompts", str(tmp / "prompts.txt"), "--steps", "8", "--rounds", "2", "--num-samples", "4"]
+    args += ["--guidance-scale", "4", "--judge", "sd_ovopt.reference:score_image", "--no-memory"]
     stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
-        mp.syspath_prepend(str(tmp))
+    with contextlib.redirect_stdout(stdout):
         code = main(args)
     assert code == 0
     return {
@@ -171,7 +170,7 @@ def test_bench_writes_all_four_outputs(bench):
     assert set(bench["json"]["outputs"]) == {"json", "markdown", "chart", "grid"}
     for name in ("results.json", "results.md", "chart.png", "grid.png"):
         assert (bench["out"] / name).is_file()
-    assert "# sd-ovopt bench: tiny-sd" in bench["stdout"]  # the table is printed
+    assert "# sd-ovopt bench: shapes-sd" in bench["stdout"]  # the table is printed
 
 
 def test_json_has_every_requested_variant_with_latency_and_size(bench):
@@ -206,10 +205,18 @@ def test_fidelity_ov_f32_matches_pytorch_and_int8_is_lower(bench):
 
 
 def test_prompt_accuracy_comes_from_the_judge(bench):
-    for row in _rows(bench).values():
-        if row["status"] == "ok":
-            assert row["prompt_accuracy"] == 0.5  # the judge accepts the prompt with "red"
-    assert bench["json"]["settings"]["judge"] == "judge"
+    """Each variant's accuracy is the reference judge's verdict on the images it saved."""
+    from sd_ovopt.reference import score_image
+
+    for name, row in _rows(bench).items():
+        if row["status"] != "ok":
+            continue
+        images = sorted((bench["out"] / "images" / name).iterdir())
+        verdicts = [
+            score_image(Image.open(path), prompt) for path, prompt in zip(images, PROMPTS, strict=True)
+        ]
+        assert row["prompt_accuracy"] == pytest.approx(sum(verdicts) / len(verdicts)), name
+    assert bench["json"]["settings"]["judge"] == "score_image"
 
 
 def test_markdown_has_a_row_per_variant(bench):
