@@ -10,8 +10,13 @@ skipped, so a killed run resumes where it stopped. Stages:
 2. ``calibrate``: record UNet inputs from real pipeline runs (``collect_calibration``).
 3. ``int8``: ``quantize_unet`` (full mode) and export with int8 weight compression of the other parts.
 4. ``tome-int8``: the same with ToMe (ratio 0.4) applied before quantization, as the seed did.
-5. ``time``: one UNet call per variant, interleaved: PyTorch FP32, OV FP32 (f32 and, where supported,
-   bf16 hint), OV INT8, OV ToMe+INT8.
+5. ``peer-hybrid``: the peer users would pick instead, optimum-intel's 8-bit "hybrid" quantization of the
+   same FP32 UNet IR with the same calibration inputs. It calls the two functions optimum-intel's
+   ``OVQuantizer`` runs for a diffusion pipeline's UNet (``_get_hybrid_mixed_quantization_config`` and
+   ``_mixed_quantization``), which skips re-exporting and re-calibrating a 3.4 GB model through optimum.
+6. ``time``: one UNet call per variant, interleaved: PyTorch FP32, OV FP32 (f32 and, where supported,
+   bf16 hint), OV INT8, OV ToMe+INT8, the peer; plus the text encoder and VAE decoder (PyTorch and OV
+   f32), so that a 50-step pipeline latency can be extrapolated: 50 x UNet + text encoder + VAE decoder.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ from pathlib import Path
 
 HEIGHT = WIDTH = 512
 PROMPTS = ["a photo of an astronaut riding a horse", "a red circle on a blue background"]
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def _peak_gib() -> float:
@@ -102,6 +114,71 @@ def stage_tome_int8(work: Path, args: argparse.Namespace) -> dict:
     return _quantize_and_export(work, "tome-int8", args.tome_ratio)
 
 
+def stage_peer_hybrid(work: Path, args: argparse.Namespace) -> dict:
+    import nncf
+    import openvino as ov
+    import torch
+    from optimum.intel import OVWeightQuantizationConfig
+    from optimum.intel.openvino.quantization import (
+        _get_hybrid_mixed_quantization_config,
+        _mixed_quantization,
+    )
+
+    calibration = [{k: v.numpy() for k, v in item.items()} for item in torch.load(work / "calibration.pt")]
+    model = ov.Core().read_model(work / "fp32" / "unet" / "openvino_model.xml")
+    config = _get_hybrid_mixed_quantization_config(
+        model, OVWeightQuantizationConfig(bits=8, quant_method="hybrid", num_samples=len(calibration))
+    )
+    t0 = time.perf_counter()
+    quantized = _mixed_quantization(model, config, nncf.Dataset(calibration))
+    t_quant = time.perf_counter() - t0
+    out = work / "peer-hybrid" / "unet"
+    out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, out / "openvino_model.xml", compress_to_fp16=False)
+    return {
+        "quantize_s": round(t_quant, 1),
+        "sizes_gb": _dir_gb(work / "peer-hybrid", ("unet",)),
+        "peak_gib": _peak_gib(),
+    }
+
+
+def _time_parts(work: Path, repeats: int) -> dict:
+    """Text encoder + VAE decoder, PyTorch FP32 vs OpenVINO f32: the non-UNet share of a pipeline call."""
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    from sd_ovopt.testing import sd15_pipeline
+
+    pipe = sd15_pipeline()
+    ids = np.zeros((2, 77), dtype=np.int64)
+    latent = np.random.default_rng(0).standard_normal((1, 4, HEIGHT // 8, WIDTH // 8), dtype=np.float32)
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    ov_text = core.compile_model(work / "fp32" / "text_encoder" / "openvino_model.xml", "CPU", config)
+    ov_vae = core.compile_model(work / "fp32" / "vae_decoder" / "openvino_model.xml", "CPU", config)
+
+    def torch_parts() -> None:
+        with torch.no_grad():
+            pipe.text_encoder(torch.from_numpy(ids))
+            pipe.vae.decode(torch.from_numpy(latent))
+
+    def ov_parts() -> None:
+        ov_text(ids)
+        ov_vae(latent)
+
+    runners = {"pytorch": torch_parts, "openvino": ov_parts}
+    for run in runners.values():
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeats):
+        for key, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - t0)
+    return {k: round(statistics.median(v), 3) for k, v in times.items()}
+
+
 def stage_time(work: Path, args: argparse.Namespace) -> dict:
     import numpy as np
     import openvino as ov
@@ -116,6 +193,9 @@ def stage_time(work: Path, args: argparse.Namespace) -> dict:
         "encoder_hidden_states": rng.standard_normal((2, 77, 768), dtype=np.float32),
     }
     torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    parts = _time_parts(
+        work, args.repeats
+    )  # first, so that its PyTorch pipeline is freed before the UNets load
     unet = sd15_unet()
 
     def run_torch() -> None:
@@ -128,7 +208,7 @@ def stage_time(work: Path, args: argparse.Namespace) -> dict:
     runners = {"pytorch-fp32": run_torch}
     used = {"pytorch-fp32": "f32"}
     for hint in hints:
-        for name in ("fp32", "int8", "tome-int8"):
+        for name in ("fp32", "int8", "tome-int8", "peer-hybrid"):
             compiled = core.compile_model(
                 work / name / "unet" / "openvino_model.xml",
                 "CPU",
@@ -147,14 +227,21 @@ def stage_time(work: Path, args: argparse.Namespace) -> dict:
             times[key].append(time.perf_counter() - t0)
     base = statistics.median(times["pytorch-fp32"])
     ov_base = statistics.median(times["ov-fp32-f32"])
+    peer = statistics.median(times["ov-peer-hybrid-f32"])
     return {
         "cpu_capabilities": capabilities,
+        "cpu": _cpu_name(),
+        "parts_s": parts,
         "rows": {
             k: {
                 "min_s": round(min(v), 3),
                 "median_s": round(statistics.median(v), 3),
                 "vs_pytorch_fp32": round(base / statistics.median(v), 2),
                 "vs_ov_fp32_f32": round(ov_base / statistics.median(v), 2),
+                "vs_peer": round(peer / statistics.median(v), 2),
+                "pipeline_50_steps_s": round(
+                    50 * statistics.median(v) + parts["pytorch" if k == "pytorch-fp32" else "openvino"], 1
+                ),
                 "runtime_precision": used[k],
             }
             for k, v in times.items()
@@ -167,6 +254,7 @@ STAGES = {
     "calibrate": stage_calibrate,
     "int8": stage_int8,
     "tome-int8": stage_tome_int8,
+    "peer-hybrid": stage_peer_hybrid,
     "time": stage_time,
 }
 
@@ -214,12 +302,18 @@ def main() -> None:
     )
     q = results["int8"]
     print(f"quantize_unet: {q['quantize_s']:.0f} s, peak {q['quantize_peak_gib']:.1f} GiB")
-    print("\n| variant | runtime precision | min s | median s | vs PyTorch FP32 | vs OV FP32 (f32) |")
-    print("|---|---|---|---|---|---|")
-    for key, row in results["time"]["rows"].items():
+    timing = results["time"]
+    print(f"\nCPU: {timing['cpu']}; text encoder + VAE decoder: {timing['parts_s']} s")
+    print(
+        "\n| variant | runtime precision | UNet step min s | median s | 50-step pipeline s (extrapolated) "
+        "| vs PyTorch FP32 | vs OV FP32 (f32) | vs optimum-intel hybrid 8-bit |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for key, row in timing["rows"].items():
         print(
             f"| {key} | {row['runtime_precision']} | {row['min_s']} | {row['median_s']} | "
-            f"{row['vs_pytorch_fp32']}x | {row['vs_ov_fp32_f32']}x |"
+            f"{row['pipeline_50_steps_s']} | {row['vs_pytorch_fp32']}x | {row['vs_ov_fp32_f32']}x | "
+            f"{row['vs_peer']}x |"
         )
 
 
