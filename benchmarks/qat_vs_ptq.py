@@ -40,6 +40,8 @@ def _stage_train(work: Path, args: argparse.Namespace) -> None:
         gradient_accumulation_steps=1,
         checkpointing_steps=max(args.steps // 4, 1),
         ema_decay=0.99,
+        task_loss_weight=args.task_weight,
+        distillation_loss_weight=args.distillation_weight,
     )
     t0 = time.perf_counter()
     train_qat(
@@ -155,6 +157,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--tome-ratio", type=float, default=None)
+    parser.add_argument("--task-weight", type=float, default=1.0, help="loss weight on the noise target")
+    parser.add_argument("--distillation-weight", type=float, default=1.0, help="loss weight on the teacher")
     args = parser.parse_args()
     if args.model is None:
         from sd_ovopt.reference import reference_model_dir
