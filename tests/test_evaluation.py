@@ -246,7 +246,14 @@ def test_rerun_reuses_built_models_and_runs_a_qat_folder(bench):
     out = bench["out"]
     args = ["bench", "--model", bench["json"]["model"], "--output", str(out), "--no-memory"]
     args += ["--variants", "pytorch-fp32", "ov-int8-ptq", "ov-int8-qat", "--steps", "8", "--rounds", "1"]
-    args += ["--num-samples", "4", "--guidance-scale", "4", "--qat-model", str(out / "models" / "ov-int8-ptq")]
+    args += [
+        "--num-samples",
+        "4",
+        "--guidance-scale",
+        "4",
+        "--qat-model",
+        str(out / "models" / "ov-int8-ptq"),
+    ]
     args += ["--prompts", str(out.parent / "prompts.txt")]
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(args) == 0
