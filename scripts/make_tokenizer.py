@@ -9,6 +9,7 @@ tokenizes (byte by byte). Run from the repository root:
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -105,21 +106,34 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """The pieces byte-pair encoding with ``ranks`` splits ``word`` into (CLIP's algorithm)."""
+    parts = [*word[:-1], word[-1] + "</w>"]
+    while len(parts) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        parts = [*parts[:i], parts[i] + parts[i + 1], *parts[i + 2 :]]
+    return parts
+
+
 def main() -> None:
     symbols = list(bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols]
     merges: list[tuple[str, str]] = []
-    seen = set(vocab_list)
+    ranks: dict[tuple[str, str], int] = {}
     for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
+        # Merge whatever the earlier merges leave of this word, left to right, so that it becomes one
+        # token; new merges rank after every earlier one, so earlier words still encode whole.
+        parts = _bpe(word, ranks)
         left = parts[0]
         for right in parts[1:]:
-            merged = left + right
-            if merged not in seen:
-                merges.append((left, right))
-                vocab_list.append(merged)
-                seen.add(merged)
-            left = merged
+            ranks[(left, right)] = len(merges)
+            merges.append((left, right))
+            left = left + right
+            if left not in vocab_list:
+                vocab_list.append(left)
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sd_ovopt.errors import SdOvOptError
+from sd_ovopt.errors import OutputExistsError, SdOvOptError
 
 __all__ = ["main"]
 
@@ -211,6 +211,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="OpenVINO precision of the INT8 variants and the peer (default f32)",
     )
     p.add_argument("--judge", default=None, help="MODULE:FUNCTION judging (image, prompt) -> bool")
+    p.add_argument(
+        "--held-out-prompts",
+        action="store_true",
+        help="evaluate the reference model's 144 held-out prompts with its judge (instead of --prompts/--judge)",
+    )
+    p.add_argument(
+        "--unet-error-samples",
+        type=int,
+        default=0,
+        help="compare each variant's UNet with PyTorch FP32 on N recorded inputs (default 0: off)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
     p.add_argument("--rebuild", action="store_true", help="build every model again, even if built before")
     p.set_defaults(func=_run_bench)
@@ -233,11 +244,17 @@ def _load_judge(spec: str) -> Any:
 def _run_bench(args: argparse.Namespace) -> int:
     from sd_ovopt.evaluation import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS, run_benchmark
 
+    prompts = DEFAULT_PROMPTS if args.prompts is None else _read_prompts(args.prompts)
+    judge = None if args.judge is None else _load_judge(args.judge)
+    if args.held_out_prompts:
+        from sd_ovopt.reference import held_out_prompts, score_image
+
+        prompts, judge = [spec.prompt for spec in held_out_prompts()], score_image
     result = run_benchmark(
         args.model,
         args.output,
         variants=args.variants,
-        prompts=DEFAULT_PROMPTS if args.prompts is None else _read_prompts(args.prompts),
+        prompts=prompts,
         seeds=args.seeds,
         steps=args.steps,
         rounds=args.rounds,
@@ -246,7 +263,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         width=args.width,
         tome_ratio=args.tome_ratio,
         qat_model=args.qat_model,
-        judge=None if args.judge is None else _load_judge(args.judge),
+        judge=judge,
         calibration_prompts=DEFAULT_CALIBRATION_PROMPTS
         if args.calibration_prompts is None
         else _read_prompts(args.calibration_prompts),
@@ -254,6 +271,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         calibration_steps=args.calibration_steps,
         precision=args.precision,
         unet_only=args.unet_only,
+        unet_error_samples=args.unet_error_samples,
         measure_memory=not args.no_memory,
         rebuild=args.rebuild,
     )
@@ -363,32 +381,50 @@ def _run_train_qat(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="offline end-to-end run on the shipped reference model: export, generate, judge, save PNG",
+        help="offline end-to-end run on the shipped reference model: export, generate a grid, judge each image",
     )
     p.add_argument("--output-dir", default="demo_output", help="where to write (default demo_output/)")
-    p.add_argument("--prompt", default="a large red circle on a white background, center")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a shapes-dataset prompt; repeat for several (default: 8 held-out prompts, one per colour-shape mix)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from sd_ovopt.export.pipeline import export_pipeline
-    from sd_ovopt.reference.judge import judge_image
+    from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
+    from sd_ovopt.reference import generate_images, held_out_prompts, judge_image, make_grid, parse_prompt
     from sd_ovopt.reference.model import reference_model_dir
 
+    prompts = args.prompt or [spec.prompt for spec in held_out_prompts()[::18]]
+    for prompt in prompts:
+        parse_prompt(prompt)  # the judge reads only the dataset's prompts: refuse others before exporting
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--output-dir {out} is a file; pass a folder (an existing one is reused).")
     model_dir = export_pipeline(reference_model_dir(), out / "shapes-ov", overwrite=True)
     print(f"exported the shipped reference model to {model_dir}")
-    path = generate_image(
-        model_dir, args.prompt, out / "demo.png", seed=args.seed, steps=args.steps, guidance_scale=4.0
-    )
-    image = Image.open(path)
-    seen = judge_image(image)
-    print(f"image saved: {path} ({image.width}x{image.height})")
-    print(f"the judge sees: a {seen.colour} {seen.shape} on a {seen.background} background, {seen.position}")
+    pipe = SdOvOptPipeline.from_pretrained(model_dir, precision="f32")
+    pipe.set_progress_bar_config(disable=True)
+    images = generate_images(pipe, prompts, seed=args.seed, num_inference_steps=args.steps)
+    hits = 0
+    for i, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
+        seen = judge_image(image)
+        ok = seen.matches(prompt)
+        hits += ok
+        image.save(out / f"demo-{i:02d}.png")
+        print(
+            f"{'ok  ' if ok else 'MISS'} {prompt!r} -> the judge sees: a {seen.colour} {seen.shape} "
+            f"on a {seen.background} background, {seen.position}"
+        )
+    grid = out / "demo_grid.png"
+    make_grid(images, columns=min(len(images), 4), scale=4).save(grid)
+    print(f"{hits}/{len(prompts)} images show the colour and shape asked for; grid saved: {grid}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -10,8 +11,11 @@ import pytest
 from sd_ovopt.errors import InvalidConfigError, OutputExistsError
 from sd_ovopt.reference.judge import judge_image, prompt_accuracy
 from sd_ovopt.reference.shapes import (
+    BACKGROUNDS,
     COLOURS,
+    POSITIONS,
     SHAPES,
+    SIZES,
     ShapeSpec,
     all_prompts,
     held_out_prompts,
@@ -23,14 +27,41 @@ from sd_ovopt.reference.shapes import (
 )
 
 
-def test_prompt_split_holds_out_at_least_100_prompts_covering_every_colour_and_shape():
+def test_prompt_split_holds_out_144_prompts_covering_every_colour_and_shape():
     held, train = held_out_prompts(), train_prompts()
-    assert len(held) >= 100
+    assert len(held) >= 144
     assert not set(held) & set(train)
     assert len(held) + len(train) == len(all_prompts())
     pairs = {(s.colour, s.shape) for s in held}
     assert pairs == {(c, s) for c in COLOURS for s in SHAPES}
     assert {(s.colour, s.shape) for s in train} == pairs
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    list(itertools.combinations(("shape", "colour", "background", "size", "position"), 2)),
+)
+def test_held_out_prompts_are_unseen_combinations_of_values_seen_in_training(first, second):
+    """Every value of every attribute, and every pair of values, occurs in training prompts."""
+    every = {(getattr(s, first), getattr(s, second)) for s in all_prompts()}
+    trained = {(getattr(s, first), getattr(s, second)) for s in train_prompts()}
+    assert trained == every
+    for name, values in (("background", BACKGROUNDS), ("size", SIZES), ("position", POSITIONS)):
+        assert {getattr(s, name) for s in train_prompts()} == set(values)
+        assert {getattr(s, name) for s in held_out_prompts()} == set(values)  # and each is tested
+
+
+def test_every_word_of_the_prompt_grammar_is_one_token_and_no_prompt_is_truncated(caplog):
+    from sd_ovopt.reference.model import TEXT_LENGTH
+    from sd_ovopt.reference.train import reference_tokenizer
+
+    tokenizer = reference_tokenizer()
+    words = {w for spec in all_prompts() for w in spec.prompt.replace(",", " , ").split()}
+    assert {w: len(tokenizer.tokenize(w)) for w in words} == dict.fromkeys(words, 1)
+    with caplog.at_level("WARNING"):
+        lengths = [len(tokenizer(spec.prompt).input_ids) for spec in all_prompts()]
+    assert max(lengths) <= TEXT_LENGTH
+    assert not [r for r in caplog.records if "truncat" in r.getMessage().lower()]
 
 
 def test_specs_and_images_are_deterministic_from_the_seed():

@@ -110,6 +110,7 @@ def run_benchmark(
     calibration_steps: int | None = None,
     precision: str = "f32",
     unet_only: bool = False,
+    unet_error_samples: int = 0,
     measure_memory: bool = True,
     rebuild: bool = False,
     show_progress: bool = True,
@@ -144,6 +145,9 @@ def run_benchmark(
         precision: OpenVINO precision of the INT8 variants and the peer (``"f32"``: the non-quantized ops
             match PyTorch; ``"default"``: the CPU's choice, bf16 where supported).
         unet_only: Time UNet steps only: no pipeline calls, images, fidelity or grid.
+        unet_error_samples: With ``pytorch-fp32`` among the variants, compare every variant's UNet with
+            it on this many inputs recorded along its sampling of the first prompts (0: not measured;
+            each costs PyTorch UNet calls, so keep it 0 for full-size models on small machines).
         measure_memory: Measure peak memory (one extra process per variant).
         rebuild: Build every model again even if an equal build exists.
         show_progress: Show progress bars.
@@ -161,6 +165,12 @@ def run_benchmark(
     from sd_ovopt.evaluation.variants import build_variants, check_qat_model, resolve_variants
 
     source = _check_model(model)
+    if (
+        not isinstance(unet_error_samples, int)
+        or isinstance(unet_error_samples, bool)
+        or unet_error_samples < 0
+    ):
+        raise InvalidConfigError(f"unet_error_samples={unet_error_samples!r}; it must be an integer >= 0.")
     calibration_steps = steps if calibration_steps is None else calibration_steps
     numbers = {
         "steps": steps,
@@ -211,9 +221,18 @@ def run_benchmark(
     ready = [item for item in built if isinstance(item, BuiltVariant)]
     if measure_memory:
         _measure_memory(rows, ready, call, pairs[0], unet_only=unet_only)
-    images = _time(rows, ready, call, pairs, rounds=rounds, unet_only=unet_only, show_progress=show_progress)
+    images = _time(
+        rows,
+        ready,
+        call,
+        pairs,
+        rounds=rounds,
+        unet_only=unet_only,
+        show_progress=show_progress,
+        unet_error_samples=unet_error_samples,
+    )
     reference = next((n for n in (REFERENCE, "ov-f32") if images.get(n)), None)
-    _score(rows, images, reference, [p for p, _ in pairs], judge)
+    _score(rows, images, reference, pairs, judge)
 
     result = BenchmarkResult(
         model=str(source),
@@ -226,6 +245,7 @@ def run_benchmark(
             "seeds": list(seeds),
             "unet_batch": call.unet_batch,
             "unet_only": unet_only,
+            "unet_error_samples": unet_error_samples,
             "qat_model": None if qat_model is None else str(qat_model),
             "judge": None if judge is None else getattr(judge, "__qualname__", repr(judge)),
         },
@@ -280,6 +300,7 @@ def _time(
     rounds: int,
     unet_only: bool,
     show_progress: bool,
+    unet_error_samples: int = 0,
 ) -> dict[str, list[Any]]:
     """Load every ready variant into this process, time them interleaved; return first-round images."""
     from sd_ovopt.evaluation.timing import time_variants
@@ -289,6 +310,8 @@ def _time(
     pipes = {item.name: (load_variant(item, **size), item.runtime) for item in ready}
     for name, (pipe, runtime) in pipes.items():
         rows[name].runtime_precision = _runtime_precision(pipe, runtime)
+    if REFERENCE in pipes and unet_error_samples:
+        _unet_error(rows, pipes, [p for p, _ in pairs], call, unet_error_samples)
     t0 = time.perf_counter()
     timings, images = time_variants(
         pipes, pairs, call, rounds=rounds, unet_only=unet_only, show_progress=show_progress
@@ -309,13 +332,52 @@ def _runtime_precision(pipe: Any, runtime: str) -> str:
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
+#: The UNet-error column records the sampling trajectories of up to this many benchmark prompts.
+_UNET_ERROR_PROMPTS = 8
+
+
+def _unet_error(
+    rows: dict[str, VariantResult],
+    pipes: dict[str, tuple[Any, str]],
+    prompts: list[str],
+    call: Call,
+    samples: int,
+) -> None:
+    """Each variant's UNet against the PyTorch FP32 UNet on ``samples`` inputs spread evenly over the
+    reference's own sampling trajectories of the first benchmark prompts."""
+    import numpy as np
+
+    from sd_ovopt.evaluation.timing import unet_outputs
+    from sd_ovopt.quantization import collect_calibration
+
+    reference = pipes[REFERENCE][0]
+    inputs = collect_calibration(
+        reference,
+        list(dict.fromkeys(prompts))[:_UNET_ERROR_PROMPTS],
+        num_inference_steps=call.steps,
+        guidance_scale=call.guidance_scale,
+        height=call.height,
+        width=call.width,
+        show_progress=False,
+    )
+    inputs = [{k: v.numpy() for k, v in item.items()} for item in inputs[:: -(-len(inputs) // samples)]]
+    expected = unet_outputs(reference, "torch", inputs)
+    for name, (pipe, runtime) in pipes.items():
+        got = unet_outputs(pipe, runtime, inputs)
+        errors = [
+            np.linalg.norm(g - e) / max(np.linalg.norm(e), 1e-12) for g, e in zip(got, expected, strict=True)
+        ]
+        rows[name].unet_rel_error = float(np.mean(errors))
+
+
 def _score(
     rows: dict[str, VariantResult],
     images: dict[str, list[Any]],
     reference: str | None,
-    prompts: list[str],
+    pairs: list[tuple[str, int]],
     judge: Judge | None,
 ) -> None:
+    prompts = [p for p, _ in pairs]
     for name, imgs in images.items():
         if not imgs:
             continue
@@ -328,3 +390,8 @@ def _score(
             rows[name].ssim = statistics.fmean(s.ssim for s in scores)
         if judge is not None:
             rows[name].prompt_accuracy = prompt_accuracy(imgs, prompts, judge)
+            for seed in dict.fromkeys(s for _, s in pairs):
+                picked = [i for i, (_, s) in enumerate(pairs) if s == seed]
+                rows[name].prompt_accuracy_by_seed[str(seed)] = prompt_accuracy(
+                    [imgs[i] for i in picked], [prompts[i] for i in picked], judge
+                )

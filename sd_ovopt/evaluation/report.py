@@ -14,11 +14,12 @@ from sd_ovopt.evaluation.variants import PEER, REFERENCE
 if TYPE_CHECKING:
     from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult
 
-__all__ = ["GRID_CAPTION", "GRID_CELL_MIN", "GRID_HEADER", "markdown_table", "write_report"]
+__all__ = ["GRID_CAPTION", "GRID_CELL_MIN", "GRID_HEADER", "GRID_ROWS_MAX", "markdown_table", "write_report"]
 
 GRID_HEADER = 28  # pixels of the variant-name band on top of the grid
 GRID_CAPTION = 20  # pixels of the prompt/seed band above each row
 GRID_CELL_MIN = 128  # small images are enlarged (nearest neighbour) by an integer factor to at least this
+GRID_ROWS_MAX = 24  # the grid shows the first (prompt, seed) pairs; every image is saved under images/
 _MISSING = "–"
 
 
@@ -52,11 +53,18 @@ def _speed_rows(result: BenchmarkResult, ok: list[VariantResult]) -> list[str]:
     return lines
 
 
+def _accuracy(r: VariantResult) -> str:
+    text = _fmt(r.prompt_accuracy, ".1%")
+    if len(r.prompt_accuracy_by_seed) > 1:
+        text += " (" + " / ".join(format(v, ".1%") for v in r.prompt_accuracy_by_seed.values()) + ")"
+    return text
+
+
 def _footprint_rows(ok: list[VariantResult]) -> list[str]:
     lines = [
         "| variant | peak RSS GiB (variant's own) | UNet on disk MB | weights on disk MB "
-        "| PSNR dB (worst) | SSIM | prompt accuracy |",
-        "|---|---|---|---|---|---|---|",
+        "| PSNR dB (worst) | SSIM | prompt accuracy (per seed) | UNet rel. error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in ok:
         own = (
@@ -72,7 +80,7 @@ def _footprint_rows(ok: list[VariantResult]) -> list[str]:
         )
         lines.append(
             f"| {r.name} | {memory} | {_fmt(r.unet_bytes, '.1f', 1e-6)} | {_fmt(r.total_bytes, '.1f', 1e-6)} "
-            f"| {psnr} | {_fmt(r.ssim, '.4f')} | {_fmt(r.prompt_accuracy, '.0%')} |"
+            f"| {psnr} | {_fmt(r.ssim, '.4f')} | {_accuracy(r)} | {_fmt(r.unet_rel_error, '.4f')} |"
         )
     return lines
 
@@ -231,7 +239,7 @@ def write_report(
     outputs = {"json": out / "results.json", "markdown": out / "results.md", "chart": out / "chart.png"}
     if any(images.values()):
         outputs["grid"] = out / "grid.png"
-        _write_grid(images, pairs, outputs["grid"])
+        _write_grid(images, pairs[:GRID_ROWS_MAX], outputs["grid"])
         for name, imgs in images.items():
             folder = out / "images" / name
             folder.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,10 @@ class VariantResult:
 
     ``psnr_db`` and ``ssim`` are means over the (prompt, seed) pairs against the reference variant's
     image; ``psnr_db`` averages the pairs whose images differ (``inf`` when every pair is identical),
-    ``psnr_min_db`` is the worst pair. ``status`` is ``"ok"``, ``"skipped"`` or ``"failed"`` (see ``reason``).
+    ``psnr_min_db`` is the worst pair. ``prompt_accuracy_by_seed`` holds the accuracy of each seed's images
+    (its spread is the seed-to-seed noise of the accuracy). ``unet_rel_error`` is the mean relative L2
+    error of the variant's UNet against the PyTorch FP32 UNet on inputs recorded along the reference's
+    sampling trajectories of the benchmark prompts. ``status`` is ``"ok"``, ``"skipped"`` or ``"failed"`` (see ``reason``).
     """
 
     name: str
@@ -52,6 +55,8 @@ class VariantResult:
     psnr_min_db: float | None = None
     ssim: float | None = None
     prompt_accuracy: float | None = None
+    prompt_accuracy_by_seed: dict[str, float] = field(default_factory=dict)
+    unet_rel_error: float | None = None
 
     @property
     def pipeline_median_s(self) -> float | None:

@@ -164,3 +164,26 @@ def time_variants(
                 timings[name].unet_step_s.append(time.perf_counter() - t0)
                 bar.update()
     return timings, images
+
+
+def unet_outputs(pipe: Any, runtime: str, inputs: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+    """The UNet's noise prediction for each recorded input (``sample``, ``timestep``,
+    ``encoder_hidden_states``), as float32 arrays; OpenVINO inputs are cast to the IR's own types."""
+    if runtime == "torch":
+        import torch
+
+        with torch.no_grad():
+            return [
+                pipe.unet(**{k: torch.as_tensor(v) for k, v in item.items()}, return_dict=False)[0]
+                .float()
+                .numpy()
+                for item in inputs
+            ]
+    pipe.unet.compile()
+    compiled = pipe.unet.request
+    types = {port.get_any_name(): port.get_element_type().to_dtype() for port in compiled.inputs}
+    outputs = []
+    for item in inputs:
+        arrays = {k: np.asarray(v, dtype=types[k]) for k, v in item.items() if k in types}
+        outputs.append(np.asarray(compiled(arrays)[0], dtype=np.float32))
+    return outputs

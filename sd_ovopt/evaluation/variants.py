@@ -20,6 +20,8 @@ from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError, ShapeMismatc
 __all__ = [
     "DEFAULT_VARIANTS",
     "PEER",
+    "PEERS",
+    "PEER_FULL",
     "REFERENCE",
     "VARIANTS",
     "BuildSettings",
@@ -43,6 +45,7 @@ VARIANTS: dict[str, str] = {
     "ov-int8-qat": "OpenVINO INT8 (QAT)",
     "ov-tome-int8": "OpenVINO ToMe + INT8 (PTQ)",
     "optimum-int8-hybrid": "optimum-intel 8-bit hybrid (peer)",
+    "optimum-int8-full": "optimum-intel full INT8 (peer)",
 }
 #: Run when no list is given; ``ov-int8-qat`` joins when a QAT folder is given.
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(name for name in VARIANTS if name != "ov-int8-qat")
@@ -50,6 +53,9 @@ DEFAULT_VARIANTS: tuple[str, ...] = tuple(name for name in VARIANTS if name != "
 REFERENCE = "pytorch-fp32"
 #: What a user would pick instead of sd_ovopt: optimum-intel's own hybrid 8-bit quantization.
 PEER = "optimum-int8-hybrid"
+#: optimum-intel's full INT8 UNet (``OVQuantizationConfig(bits=8)`` through ``OVQuantizer``).
+PEER_FULL = "optimum-int8-full"
+PEERS = (PEER, PEER_FULL)
 _INT8 = ("ov-int8-ptq", "ov-tome-int8")
 #: optimum-intel calibrates by calling the pipeline with its default number of steps.
 _PEER_STEPS = 50
@@ -231,29 +237,43 @@ class _Builder:
         keys = (*self._CALIBRATION, "tome_ratio") if tome else self._CALIBRATION
         return self.folder(name, keys, build)
 
-    def peer(self) -> tuple[Path, float, bool]:
+    def peer(self, name: str) -> tuple[Path, float, bool]:
+        """optimum-intel's hybrid 8-bit (weights int8, activations of the non-MatMul ops int8) or full INT8."""
         s = self.settings
 
         def build(path: Path) -> None:
-            from optimum.intel import OVStableDiffusionPipeline, OVWeightQuantizationConfig
+            from optimum.intel import (
+                OVConfig,
+                OVQuantizationConfig,
+                OVQuantizer,
+                OVStableDiffusionPipeline,
+                OVWeightQuantizationConfig,
+            )
 
             passes = -(
                 -s.num_samples // (len(s.calibration_prompts) * _PEER_STEPS)
             )  # as many samples as ours
-            config = OVWeightQuantizationConfig(
-                bits=8,
-                quant_method="hybrid",
-                dataset=list(s.calibration_prompts) * passes,
-                num_samples=s.num_samples,
-            )
+            dataset = list(s.calibration_prompts) * passes
             with atomic_output_dir(path, overwrite=True) as tmp:
-                peer = OVStableDiffusionPipeline.from_pretrained(
-                    str(self.model), export=True, quantization_config=config, local_files_only=True
-                )
-                peer.save_pretrained(tmp)
+                if name == PEER:
+                    config = OVWeightQuantizationConfig(
+                        bits=8, quant_method="hybrid", dataset=dataset, num_samples=s.num_samples
+                    )
+                    peer = OVStableDiffusionPipeline.from_pretrained(
+                        str(self.model), export=True, quantization_config=config, local_files_only=True
+                    )
+                    peer.save_pretrained(tmp)
+                else:  # the path of `optimum-cli export openvino --quant-mode int8`
+                    peer = OVStableDiffusionPipeline.from_pretrained(
+                        str(self.model), export=True, compile=False, local_files_only=True
+                    )
+                    config = OVQuantizationConfig(bits=8, dataset=dataset, num_samples=s.num_samples)
+                    OVQuantizer(peer).quantize(
+                        ov_config=OVConfig(quantization_config=config), save_directory=tmp
+                    )
                 del peer
 
-        return self.folder(PEER, ("calibration_prompts", "num_samples"), build)
+        return self.folder(name, ("calibration_prompts", "num_samples"), build)
 
 
 def _bf16_missing() -> str | None:
@@ -332,9 +352,9 @@ def build_variants(
             out.append(
                 BuiltVariant(name, "sd_ovopt", check_qat_model(qat_model, settings), settings.precision)
             )
-        elif name == PEER:
+        elif name in PEERS:
             try:
-                path, build_s, reused = builder.peer()
+                path, build_s, reused = builder.peer(name)
             except Exception as exc:  # third-party code: record why, keep the other variants
                 logger.warning("the optimum-intel peer could not be built: %s", exc)
                 out.append(Unavailable(name, "failed", f"optimum-intel: {type(exc).__name__}: {exc}"))

@@ -1,6 +1,6 @@
 """Score a pipeline on the held-out prompts with the judge, and draw a grid of its images.
 
-    python -m sd_ovopt.reference.evaluate                       # the shipped model, PyTorch
+    python -m sd_ovopt.reference.evaluate                       # the shipped model, PyTorch, seeds 0 and 1
     python -m sd_ovopt.reference.evaluate --model shapes-ov     # a folder written by export_pipeline
     python -m sd_ovopt.reference.evaluate --grid docs/reference_grid.png
 
@@ -141,26 +141,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--precision", default="f32", help="OpenVINO inference precision (exported folders)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grid", default=None, help="write a PNG grid of the first 48 images here")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1],
+        help="noise seeds; each scores every prompt (default 0 1)",
+    )
+    parser.add_argument(
+        "--grid", default=None, help="write a PNG grid of the first 48 images (first seed) here"
+    )
     parser.add_argument("--json", default=None, help="write the scores as JSON here")
     args = parser.parse_args(argv)
     try:
         pipe = _load(args.model, args.precision)
         prompts = [spec.prompt for spec in held_out_prompts()]
-        images = generate_images(
-            pipe, prompts, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance_scale
-        )
+        by_seed = {
+            seed: generate_images(
+                pipe, prompts, seed=seed, num_inference_steps=args.steps, guidance_scale=args.guidance_scale
+            )
+            for seed in args.seeds
+        }
     except SdOvOptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    score = score_images(images, prompts)
-    text = json.dumps({"model": args.model or "shipped", **score.to_dict()}, indent=2)
+    scores = {seed: score_images(images, prompts) for seed, images in by_seed.items()}
+    accuracies = [score.accuracy for score in scores.values()]
+    summary = {
+        "model": args.model or "shipped",
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "accuracy": sum(accuracies) / len(accuracies),
+        "accuracy_spread": max(accuracies) - min(accuracies),
+        "seeds": {str(seed): score.to_dict() for seed, score in scores.items()},
+    }
+    text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     if args.grid:
-        make_grid(images[:48], columns=12).save(args.grid)
+        make_grid(by_seed[args.seeds[0]][:48], columns=12).save(args.grid)
     return 0
 
 

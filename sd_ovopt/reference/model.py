@@ -20,7 +20,8 @@ __all__ = [
     "reference_pipeline",
 ]
 
-# Our prompts are at most 13 tokens with BOS/EOS: a 16-token context keeps cross-attention cheap.
+# Every word of the prompt grammar is one token: prompts are at most 13 tokens with BOS/EOS, so a
+# 16-token context truncates none and keeps cross-attention cheap.
 TEXT_LENGTH = 16
 
 # 32x32 images, 16x16 latents; self- and cross-attention at the full latent resolution (256 tokens), so
@@ -51,7 +52,7 @@ REFERENCE_VAE_CONFIG: dict[str, Any] = {
 }
 
 REFERENCE_TEXT_ENCODER_CONFIG: dict[str, Any] = {
-    "vocab_size": 798,  # the shipped tokenizer's size
+    "vocab_size": 779,  # the shipped tokenizer's size (scripts/make_tokenizer.py)
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,

@@ -4,8 +4,10 @@ Every image is a pure function of its :class:`ShapeSpec`, and every spec a pure 
 dataset is reproducible bit for bit. ``write_dataset`` writes the layout diffusers' text-to-image training
 reads: an image folder with ``metadata.jsonl`` (``file_name``, ``text``, plus the attributes).
 
-The prompt space (colour x shape x background x size x position) is split once and for all: every fifth
-prompt, in a fixed order, is held out of training, so the model is scored on prompts it never saw.
+The prompt space (colour x shape x background x size x position, 720 prompts) is split once and for all:
+for each colour-shape pair, 6 of its 30 (background, size, position) settings are held out of training
+(144 prompts in all). Held-out prompts are unseen *combinations*: every colour, shape, background, size and
+position, and every colour-shape pair, also occurs in training.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ POSITIONS: dict[str, tuple[float, float]] = {
     "bottom left": (0.15, 0.85),
     "bottom right": (0.85, 0.85),
 }
-_HELD_OUT_EVERY = 5
+_HELD_OUT_PER_PAIR = 6  # of the 30 (background, size, position) settings of each colour-shape pair
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,19 @@ def all_prompts() -> list[ShapeSpec]:
 
 
 def held_out_prompts() -> list[ShapeSpec]:
-    """The prompts never used for training (one in five; every colour-shape pair occurs)."""
-    return all_prompts()[_HELD_OUT_EVERY - 1 :: _HELD_OUT_EVERY]
+    """The 144 prompts never used for training: 6 per colour-shape pair, in ``all_prompts`` order.
+
+    Pair ``k`` (in shape-major order) holds out settings ``r = 7k, 7k+1, ..., 7k+5`` (mod 30), where
+    setting ``r`` is position ``r % 5``, background ``r % 3`` and size ``r % 2``: six distinct settings per
+    pair, and across pairs every position, background and size is held out about equally often.
+    """
+    positions, backgrounds, sizes = list(POSITIONS), list(BACKGROUNDS), list(SIZES)
+    held: set[ShapeSpec] = set()
+    for k, (shape, colour) in enumerate(itertools.product(SHAPES, COLOURS)):
+        for j in range(_HELD_OUT_PER_PAIR):
+            r = (7 * k + j) % 30
+            held.add(ShapeSpec(shape, colour, backgrounds[r % 3], sizes[r % 2], positions[r % 5]))
+    return [spec for spec in all_prompts() if spec in held]
 
 
 def train_prompts() -> list[ShapeSpec]:
