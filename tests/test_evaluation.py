@@ -125,7 +125,7 @@ def test_peak_memory_probe_runs_in_a_process_of_its_own(tiny_saved):
 
 # ov-tome-int8 is the int8 path with apply_tome around it (ToMe + INT8 export is tested in test_quantization);
 # it runs in the slow test below, with the peak-memory probes, to keep this file CI-sized.
-VARIANTS = ["pytorch-fp32", "ov-f32", "ov-bf16", "ov-int8-ptq", "optimum-int8-hybrid"]
+VARIANTS = ["pytorch-fp32", "ov-f32", "ov-bf16", "ov-int8-ptq", "optimum-int8-hybrid", "optimum-int8-full"]
 PROMPTS = [spec.prompt for spec in held_out_prompts()[:2]]
 
 
@@ -144,6 +144,7 @@ def bench(tmp_path_factory):
     args = ["bench", "--model", str(reference_model_dir()), "--output", str(out), "--variants", *VARIANTS]
     args += ["--prompts", str(tmp / "prompts.txt"), "--steps", "8", "--rounds", "2", "--num-samples", "4"]
     args += ["--guidance-scale", "4", "--judge", "sd_ovopt.reference:score_image", "--no-memory"]
+    args += ["--seeds", "0", "1", "--unet-error-samples", "4"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(args)
@@ -262,6 +263,48 @@ def test_rerun_reuses_built_models_and_runs_a_qat_folder(bench):
     assert rows["ov-int8-qat"]["status"] == "ok" and rows["ov-int8-qat"]["unet_step_median_s"] > 0
     # the QAT row here is the PTQ folder itself, so its images are the same
     assert rows["ov-int8-qat"]["psnr_db"] == rows["ov-int8-ptq"]["psnr_db"]
+
+
+def test_accuracy_per_seed_and_unet_error_against_pytorch(bench):
+    rows = _rows(bench)
+    for name in ("pytorch-fp32", "ov-f32", "ov-int8-ptq", "optimum-int8-full"):
+        by_seed = rows[name]["prompt_accuracy_by_seed"]
+        assert set(by_seed) == {"0", "1"}, name
+        assert rows[name]["prompt_accuracy"] == pytest.approx(sum(by_seed.values()) / 2), name
+    assert rows["pytorch-fp32"]["unet_rel_error"] == 0.0
+    assert rows["ov-f32"]["unet_rel_error"] < 1e-3
+    assert rows["ov-f32"]["unet_rel_error"] < rows["ov-int8-ptq"]["unet_rel_error"] < 0.5
+    assert 0 < rows["optimum-int8-full"]["unet_rel_error"] < 0.5
+    assert "UNet rel. error" in bench["markdown"]
+
+
+def test_a_variant_is_one_registration(tiny_saved, tmp_path):
+    from sd_ovopt.errors import InvalidConfigError
+    from sd_ovopt.evaluation import VariantSpec, register_variant, run_benchmark
+    from sd_ovopt.evaluation import variants as registry
+
+    spec = VariantSpec("pytorch-copy", "PyTorch again", "torch", lambda b: (b.model, None, False))
+    register_variant(spec)
+    try:
+        with pytest.raises(InvalidConfigError, match="registered already"):
+            register_variant(spec)
+        result = run_benchmark(
+            tiny_saved,
+            tmp_path / "out",
+            variants=["pytorch-copy"],
+            steps=1,
+            rounds=1,
+            measure_memory=False,
+            show_progress=False,
+        )
+        row = result.variant("pytorch-copy")
+        assert row.status == "ok" and row.label == "PyTorch again" and row.pipeline_s
+    finally:
+        registry._REGISTRY.pop("pytorch-copy")
+    with pytest.raises(InvalidConfigError, match="runtime"):
+        register_variant(VariantSpec("x", "x", "onnx", lambda b: (b.model, None, False)))
+    with pytest.raises(InvalidConfigError, match="unknown settings"):
+        run_benchmark(tiny_saved, tmp_path / "out2", stepz=2)
 
 
 def test_a_run_with_nothing_runnable_still_reports_why(tiny_saved, tmp_path):

@@ -20,9 +20,13 @@ _LAZY = {
     "DEFAULT_PROMPTS": "sd_ovopt.evaluation.benchmark",
     "DEFAULT_VARIANTS": "sd_ovopt.evaluation.variants",
     "PEER": "sd_ovopt.evaluation.variants",
+    "PEER_FULL": "sd_ovopt.evaluation.variants",
     "REFERENCE": "sd_ovopt.evaluation.variants",
     "VARIANTS": "sd_ovopt.evaluation.variants",
     "BenchmarkResult": "sd_ovopt.evaluation.results",
+    "BenchmarkSettings": "sd_ovopt.evaluation.benchmark",
+    "VariantSpec": "sd_ovopt.evaluation.variants",
+    "register_variant": "sd_ovopt.evaluation.variants",
     "Fidelity": "sd_ovopt.evaluation.fidelity",
     "VariantResult": "sd_ovopt.evaluation.results",
     "image_fidelity": "sd_ovopt.evaluation.fidelity",
@@ -36,23 +40,40 @@ __all__ = [
     "DEFAULT_PROMPTS",
     "DEFAULT_VARIANTS",
     "PEER",
+    "PEER_FULL",
     "REFERENCE",
     "VARIANTS",
     "BenchmarkResult",
+    "BenchmarkSettings",
     "Fidelity",
     "VariantResult",
+    "VariantSpec",
     "image_fidelity",
     "markdown_table",
     "prompt_accuracy",
+    "register_variant",
     "run_benchmark",
 ]
 
 if TYPE_CHECKING:
-    from sd_ovopt.evaluation.benchmark import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS, run_benchmark
+    from sd_ovopt.evaluation.benchmark import (
+        DEFAULT_CALIBRATION_PROMPTS,
+        DEFAULT_PROMPTS,
+        BenchmarkSettings,
+        run_benchmark,
+    )
     from sd_ovopt.evaluation.fidelity import Fidelity, image_fidelity, prompt_accuracy
     from sd_ovopt.evaluation.report import markdown_table
     from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult
-    from sd_ovopt.evaluation.variants import DEFAULT_VARIANTS, PEER, REFERENCE, VARIANTS
+    from sd_ovopt.evaluation.variants import (
+        DEFAULT_VARIANTS,
+        PEER,
+        PEER_FULL,
+        REFERENCE,
+        VARIANTS,
+        VariantSpec,
+        register_variant,
+    )
 
 
 def __getattr__(name: str) -> Any:

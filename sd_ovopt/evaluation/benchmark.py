@@ -8,7 +8,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ from sd_ovopt.errors import InvalidConfigError, NotAPipelineError, OutputExistsE
 from sd_ovopt.evaluation.fidelity import Judge, image_fidelity, prompt_accuracy
 from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult, machine_info
 from sd_ovopt.evaluation.timing import Call
-from sd_ovopt.evaluation.variants import REFERENCE, VARIANTS, BuildSettings, BuiltVariant, Unavailable
+from sd_ovopt.evaluation.variants import REFERENCE, BuildSettings, BuiltVariant, Unavailable, variant_labels
 
-__all__ = ["DEFAULT_CALIBRATION_PROMPTS", "DEFAULT_PROMPTS", "run_benchmark"]
+__all__ = ["DEFAULT_CALIBRATION_PROMPTS", "DEFAULT_PROMPTS", "BenchmarkSettings", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,26 +62,6 @@ def _check_model(model: Any) -> Path:
     return path
 
 
-def _check_values(prompts: Any, seeds: Any, numbers: dict[str, Any], judge: Any, **choices: Any) -> None:
-    from sd_ovopt.tome.config import ToMeConfig
-
-    for name, value in (("prompts", prompts), ("calibration_prompts", choices["calibration_prompts"])):
-        if isinstance(value, str) or not value or not all(isinstance(p, str) and p for p in value):
-            raise InvalidConfigError(f"{name}={value!r}; pass a non-empty list of non-empty strings.")
-    if isinstance(seeds, int) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise InvalidConfigError(f"seeds={seeds!r}; pass a non-empty list of integers >= 0.")
-    for name, value in numbers.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidConfigError(f"{name}={value!r}; it must be an integer >= 1.")
-    if judge is not None and not callable(judge):
-        raise InvalidConfigError(
-            f"judge must be a callable (image, prompt) -> bool, got {type(judge).__name__}."
-        )
-    if choices["precision"] not in _PRECISIONS:
-        raise InvalidConfigError(f"precision={choices['precision']!r}; use one of {_PRECISIONS}.")
-    ToMeConfig(ratio=choices["tome_ratio"])  # raises for a ratio out of range
-
-
 def _output_dir(output_dir: str | Path) -> Path:
     out = Path(output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
@@ -90,43 +70,11 @@ def _output_dir(output_dir: str | Path) -> Path:
     return out
 
 
-def run_benchmark(
-    model: str | Path,
-    output_dir: str | Path,
-    *,
-    variants: Sequence[str] | None = None,
-    prompts: Sequence[str] = DEFAULT_PROMPTS,
-    seeds: Sequence[int] = (0,),
-    steps: int = 20,
-    rounds: int = 3,
-    guidance_scale: float = 7.5,
-    height: int | None = None,
-    width: int | None = None,
-    tome_ratio: float = 0.4,
-    qat_model: str | Path | None = None,
-    judge: Judge | None = None,
-    calibration_prompts: Sequence[str] = DEFAULT_CALIBRATION_PROMPTS,
-    num_samples: int = 200,
-    calibration_steps: int | None = None,
-    precision: str = "f32",
-    unet_only: bool = False,
-    unet_error_samples: int = 0,
-    measure_memory: bool = True,
-    rebuild: bool = False,
-    show_progress: bool = True,
-) -> BenchmarkResult:
-    """Compare PyTorch FP32, sd_ovopt's OpenVINO variants and optimum-intel's 8-bit path on one model.
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What one benchmark run compares and how (frozen, validated; ``run_benchmark`` takes it).
 
-    Builds each variant from the local diffusers folder ``model`` into ``output_dir/models`` (reused on
-    the next run when the settings are the same), measures each variant's peak memory in a process of
-    its own, then times all variants in one process, interleaved, warm-up excluded: full-pipeline
-    latency for ``steps`` steps and the latency of one UNet step. Every image is compared with the
-    PyTorch FP32 image of the same prompt and seed (PSNR, SSIM), and judged when ``judge`` is given.
-    Writes ``results.json``, ``results.md``, ``chart.png`` and ``grid.png`` into ``output_dir``.
-
-    Args:
-        model: Local folder written by ``StableDiffusionPipeline.save_pretrained``.
-        output_dir: Where results, images and built models go (an existing folder is reused).
+    Attributes:
         variants: Names from :data:`sd_ovopt.evaluation.VARIANTS` (default: all but ``ov-int8-qat``,
             which joins when ``qat_model`` is given).
         prompts: Evaluation prompts; every prompt runs with every seed.
@@ -138,11 +86,10 @@ def run_benchmark(
         width: Image width (default: the model's native size).
         tome_ratio: ToMe ratio of ``ov-tome-int8``.
         qat_model: A folder exported from a quantization-aware-trained UNet (``ov-int8-qat``).
-        judge: ``judge(image, prompt) -> bool``; fills the prompt-accuracy column.
-        calibration_prompts: PTQ calibration prompts (ours and the peer's).
-        num_samples: UNet calls recorded for calibration (ours and the peer's).
+        calibration_prompts: PTQ calibration prompts (ours and the peers').
+        num_samples: UNet calls recorded for calibration (ours and the peers').
         calibration_steps: Steps per calibration prompt (default: ``steps``).
-        precision: OpenVINO precision of the INT8 variants and the peer (``"f32"``: the non-quantized ops
+        precision: OpenVINO precision of the INT8 variants and the peers (``"f32"``: the non-quantized ops
             match PyTorch; ``"default"``: the CPU's choice, bf16 where supported).
         unet_only: Time UNet steps only: no pipeline calls, images, fidelity or grid.
         unet_error_samples: With ``pytorch-fp32`` among the variants, compare every variant's UNet with
@@ -151,6 +98,76 @@ def run_benchmark(
         measure_memory: Measure peak memory (one extra process per variant).
         rebuild: Build every model again even if an equal build exists.
         show_progress: Show progress bars.
+    """
+
+    variants: tuple[str, ...] | None = None
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 20
+    rounds: int = 3
+    guidance_scale: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    tome_ratio: float = 0.4
+    qat_model: str | Path | None = None
+    calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS
+    num_samples: int = 200
+    calibration_steps: int | None = None
+    precision: str = "f32"
+    unet_only: bool = False
+    unet_error_samples: int = 0
+    measure_memory: bool = True
+    rebuild: bool = False
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        from sd_ovopt._validation import check_int
+        from sd_ovopt.tome.config import ToMeConfig
+
+        for name in ("prompts", "calibration_prompts"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not value or not all(isinstance(p, str) and p for p in value):
+                raise InvalidConfigError(f"{name}={value!r}; pass a non-empty list of non-empty strings.")
+            object.__setattr__(self, name, tuple(value))
+        seeds = self.seeds
+        if isinstance(seeds, int) or not seeds or not all(isinstance(v, int) and v >= 0 for v in seeds):
+            raise InvalidConfigError(f"seeds={seeds!r}; pass a non-empty list of integers >= 0.")
+        object.__setattr__(self, "seeds", tuple(seeds))
+        if self.variants is not None and not isinstance(self.variants, str):
+            object.__setattr__(self, "variants", tuple(self.variants))
+        for name in ("steps", "rounds", "num_samples"):
+            check_int(name, getattr(self, name), minimum=1)
+        if self.calibration_steps is not None:
+            check_int("calibration_steps", self.calibration_steps, minimum=1)
+        check_int("unet_error_samples", self.unet_error_samples, minimum=0)
+        if self.precision not in _PRECISIONS:
+            raise InvalidConfigError(f"precision={self.precision!r}; use one of {_PRECISIONS}.")
+        ToMeConfig(ratio=self.tome_ratio)  # raises for a ratio out of range
+
+
+def run_benchmark(
+    model: str | Path,
+    output_dir: str | Path,
+    settings: BenchmarkSettings | None = None,
+    *,
+    judge: Judge | None = None,
+    **overrides: Any,
+) -> BenchmarkResult:
+    """Compare PyTorch FP32, sd_ovopt's OpenVINO variants and optimum-intel's 8-bit paths on one model.
+
+    Builds each variant from the local diffusers folder ``model`` into ``output_dir/models`` (reused on
+    the next run when the settings are the same), measures each variant's peak memory in a process of
+    its own, then times all variants in one process, interleaved, warm-up excluded: full-pipeline
+    latency for ``steps`` steps and the latency of one UNet step. Every image is compared with the
+    PyTorch FP32 image of the same prompt and seed (PSNR, SSIM), and judged when ``judge`` is given.
+    Writes ``results.json``, ``results.md``, ``chart.png`` and ``grid.png`` into ``output_dir``.
+
+    Args:
+        model: Local folder written by ``StableDiffusionPipeline.save_pretrained``.
+        output_dir: Where results, images and built models go (an existing folder is reused).
+        settings: What to compare and how (default ``BenchmarkSettings()``).
+        judge: ``judge(image, prompt) -> bool``; fills the prompt-accuracy column.
+        **overrides: Fields of :class:`BenchmarkSettings` to change, e.g. ``steps=2``.
 
     Returns:
         The :class:`BenchmarkResult` (also written as ``results.json``).
@@ -160,92 +177,72 @@ def run_benchmark(
         >>> result = run_benchmark("tiny-sd", "bench", variants=["pytorch-fp32", "ov-f32"], steps=2)  # doctest: +SKIP
         >>> result.speedup("ov-f32", "pytorch-fp32")  # doctest: +SKIP
     """
+    import dataclasses
+
     from sd_ovopt._loading import check_image_size
     from sd_ovopt.evaluation.report import write_report
     from sd_ovopt.evaluation.variants import build_variants, check_qat_model, resolve_variants
 
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(BenchmarkSettings)}
+    if unknown:
+        raise InvalidConfigError(
+            f"run_benchmark got unknown settings {sorted(unknown)}; see BenchmarkSettings."
+        )
+    cfg = dataclasses.replace(settings or BenchmarkSettings(), **overrides)
+    if judge is not None and not callable(judge):
+        raise InvalidConfigError(
+            f"judge must be a callable (image, prompt) -> bool, got {type(judge).__name__}."
+        )
     source = _check_model(model)
-    if (
-        not isinstance(unet_error_samples, int)
-        or isinstance(unet_error_samples, bool)
-        or unet_error_samples < 0
-    ):
-        raise InvalidConfigError(f"unet_error_samples={unet_error_samples!r}; it must be an integer >= 0.")
-    calibration_steps = steps if calibration_steps is None else calibration_steps
-    numbers = {
-        "steps": steps,
-        "rounds": rounds,
-        "num_samples": num_samples,
-        "calibration_steps": calibration_steps,
-    }
-    _check_values(
-        prompts,
-        seeds,
-        numbers,
-        judge,
-        calibration_prompts=calibration_prompts,
-        precision=precision,
-        tome_ratio=tome_ratio,
-    )
-    names = resolve_variants(variants, qat_model=qat_model)
+    names = resolve_variants(cfg.variants, qat_model=cfg.qat_model)
     native, vae_scale = _geometry(source)
-    height, width = height or native, width or native
+    height, width = cfg.height or native, cfg.width or native
     check_image_size(height, width, vae_scale_factor=vae_scale)
-    settings = BuildSettings(
+    build = BuildSettings(
         height=height,
         width=width,
-        guidance_scale=float(guidance_scale),
-        tome_ratio=float(tome_ratio),
-        calibration_prompts=tuple(calibration_prompts),
-        num_samples=num_samples,
-        calibration_steps=calibration_steps,
-        precision=precision,
+        guidance_scale=float(cfg.guidance_scale),
+        tome_ratio=float(cfg.tome_ratio),
+        calibration_prompts=cfg.calibration_prompts,
+        num_samples=cfg.num_samples,
+        calibration_steps=cfg.steps if cfg.calibration_steps is None else cfg.calibration_steps,
+        precision=cfg.precision,
     )
-    if qat_model is not None:
-        qat_model = check_qat_model(qat_model, settings)
+    qat_model = None if cfg.qat_model is None else check_qat_model(cfg.qat_model, build)
     out = _output_dir(output_dir)
-    call = Call(steps=steps, guidance_scale=float(guidance_scale), height=height, width=width)
-    pairs = [(p, s) for p in prompts for s in seeds]
+    call = Call(steps=cfg.steps, guidance_scale=float(cfg.guidance_scale), height=height, width=width)
+    pairs = [(p, s) for p in cfg.prompts for s in cfg.seeds]
 
     built = build_variants(
         source,
         out / "models",
         names,
-        settings,
+        build,
         qat_model=qat_model,
-        rebuild=rebuild,
-        show_progress=show_progress,
+        rebuild=cfg.rebuild,
+        show_progress=cfg.show_progress,
     )
     gc.collect()  # the PyTorch pipeline and calibration data of the builds are gone now
     rows = _rows(built)
     ready = [item for item in built if isinstance(item, BuiltVariant)]
-    if measure_memory:
-        _measure_memory(rows, ready, call, pairs[0], unet_only=unet_only)
-    images = _time(
-        rows,
-        ready,
-        call,
-        pairs,
-        rounds=rounds,
-        unet_only=unet_only,
-        show_progress=show_progress,
-        unet_error_samples=unet_error_samples,
-    )
+    if cfg.measure_memory:
+        _measure_memory(rows, ready, call, pairs[0], unet_only=cfg.unet_only)
+    images = _time(rows, ready, call, pairs, cfg)
     reference = next((n for n in (REFERENCE, "ov-f32") if images.get(n)), None)
     _score(rows, images, reference, pairs, judge)
 
     result = BenchmarkResult(
         model=str(source),
         settings={
-            **asdict(settings),
-            "calibration_prompts": list(settings.calibration_prompts),
-            "steps": steps,
-            "rounds": rounds,
-            "prompts": list(prompts),
-            "seeds": list(seeds),
+            **asdict(build),
+            "calibration_prompts": list(build.calibration_prompts),
+            "steps": cfg.steps,
+            "rounds": cfg.rounds,
+            "prompts": list(cfg.prompts),
+            "seeds": list(cfg.seeds),
             "unet_batch": call.unet_batch,
-            "unet_only": unet_only,
-            "unet_error_samples": unet_error_samples,
+            "unet_only": cfg.unet_only,
+            "unet_error_samples": cfg.unet_error_samples,
             "qat_model": None if qat_model is None else str(qat_model),
             "judge": None if judge is None else getattr(judge, "__qualname__", repr(judge)),
         },
@@ -262,7 +259,7 @@ def _rows(built: Sequence[BuiltVariant | Unavailable]) -> dict[str, VariantResul
 
     rows = {}
     for item in built:
-        row = VariantResult(name=item.name, label=VARIANTS[item.name])
+        row = VariantResult(name=item.name, label=variant_labels()[item.name])
         if isinstance(item, Unavailable):
             row.status, row.reason = item.status, item.reason
         else:
@@ -296,11 +293,7 @@ def _time(
     ready: list[BuiltVariant],
     call: Call,
     pairs: list[tuple[str, int]],
-    *,
-    rounds: int,
-    unet_only: bool,
-    show_progress: bool,
-    unet_error_samples: int = 0,
+    cfg: BenchmarkSettings,
 ) -> dict[str, list[Any]]:
     """Load every ready variant into this process, time them interleaved; return first-round images."""
     from sd_ovopt.evaluation.timing import time_variants
@@ -310,11 +303,11 @@ def _time(
     pipes = {item.name: (load_variant(item, **size), item.runtime) for item in ready}
     for name, (pipe, runtime) in pipes.items():
         rows[name].runtime_precision = _runtime_precision(pipe, runtime)
-    if REFERENCE in pipes and unet_error_samples:
-        _unet_error(rows, pipes, [p for p, _ in pairs], call, unet_error_samples)
+    if REFERENCE in pipes and cfg.unet_error_samples:
+        _unet_error(rows, pipes, [p for p, _ in pairs], call, cfg.unet_error_samples)
     t0 = time.perf_counter()
     timings, images = time_variants(
-        pipes, pairs, call, rounds=rounds, unet_only=unet_only, show_progress=show_progress
+        pipes, pairs, call, rounds=cfg.rounds, unet_only=cfg.unet_only, show_progress=cfg.show_progress
     )
     logger.info("timed %d variants in %.0f s", len(pipes), time.perf_counter() - t0)
     del pipes

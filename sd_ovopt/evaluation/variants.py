@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,28 +27,19 @@ __all__ = [
     "BuildSettings",
     "BuiltVariant",
     "Unavailable",
+    "VariantSpec",
     "build_variants",
     "check_qat_model",
+    "default_variants",
     "disk_size",
     "load_variant",
+    "register_variant",
     "resolve_variants",
+    "variant_labels",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Every variant the harness knows, with the label its table shows.
-VARIANTS: dict[str, str] = {
-    "pytorch-fp32": "PyTorch FP32 (diffusers)",
-    "ov-f32": "OpenVINO FP32 (f32 pinned)",
-    "ov-bf16": "OpenVINO bf16",
-    "ov-int8-ptq": "OpenVINO INT8 (PTQ)",
-    "ov-int8-qat": "OpenVINO INT8 (QAT)",
-    "ov-tome-int8": "OpenVINO ToMe + INT8 (PTQ)",
-    "optimum-int8-hybrid": "optimum-intel 8-bit hybrid (peer)",
-    "optimum-int8-full": "optimum-intel full INT8 (peer)",
-}
-#: Run when no list is given; ``ov-int8-qat`` joins when a QAT folder is given.
-DEFAULT_VARIANTS: tuple[str, ...] = tuple(name for name in VARIANTS if name != "ov-int8-qat")
 #: The image and speed reference (speed-ups are also reported against :data:`PEER`).
 REFERENCE = "pytorch-fp32"
 #: What a user would pick instead of sd_ovopt: optimum-intel's own hybrid 8-bit quantization.
@@ -56,9 +47,47 @@ PEER = "optimum-int8-hybrid"
 #: optimum-intel's full INT8 UNet (``OVQuantizationConfig(bits=8)`` through ``OVQuantizer``).
 PEER_FULL = "optimum-int8-full"
 PEERS = (PEER, PEER_FULL)
-_INT8 = ("ov-int8-ptq", "ov-tome-int8")
 #: optimum-intel calibrates by calling the pipeline with its default number of steps.
 _PEER_STEPS = 50
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """How the harness builds, loads and labels one variant: adding a variant is one :func:`register_variant`.
+
+    Attributes:
+        name: The variant's name (``--variants`` takes it).
+        label: What the table calls it.
+        runtime: ``"torch"``, ``"sd_ovopt"`` or ``"optimum"``: which loader :func:`load_variant` uses.
+        build: ``build(builder) -> (folder, build seconds, reused)``; ``builder`` is the shared
+            :class:`_Builder` (PyTorch pipeline, calibration data, settings, reuse records).
+        precision: The OpenVINO precision hint it runs with, from the settings (None for PyTorch).
+        unavailable: Why it cannot run on this machine (None when it can): it is then skipped.
+        default: Whether it runs when no variant list is given.
+    """
+
+    name: str
+    label: str
+    runtime: str
+    build: Callable[[_Builder], tuple[Path, float | None, bool]]
+    precision: Callable[[BuildSettings], str | None] = lambda settings: settings.precision
+    unavailable: Callable[[], str | None] = lambda: None
+    default: bool = True
+
+
+_REGISTRY: dict[str, VariantSpec] = {}
+
+
+def register_variant(spec: VariantSpec) -> VariantSpec:
+    """Add a variant to the harness (a name registered twice raises)."""
+    if spec.name in _REGISTRY:
+        raise InvalidConfigError(f"a benchmark variant named {spec.name!r} is registered already.")
+    if spec.runtime not in _LOADERS:
+        raise InvalidConfigError(
+            f"variant {spec.name!r}: runtime={spec.runtime!r}; use one of {list(_LOADERS)}."
+        )
+    _REGISTRY[spec.name] = spec
+    return spec
 
 
 @dataclass(frozen=True)
@@ -110,12 +139,14 @@ class Unavailable:
 def resolve_variants(names: Sequence[str] | None, *, qat_model: str | Path | None) -> tuple[str, ...]:
     """Validate variant names (default: :data:`DEFAULT_VARIANTS`, plus QAT when ``qat_model`` is given)."""
     if names is None:
-        return (*DEFAULT_VARIANTS, *(("ov-int8-qat",) if qat_model is not None else ()))
+        return (*default_variants(), *(("ov-int8-qat",) if qat_model is not None else ()))
     if isinstance(names, str) or not names:
-        raise InvalidConfigError(f"variants={names!r}; pass a non-empty list of names from {list(VARIANTS)}.")
-    unknown = [n for n in names if n not in VARIANTS]
+        raise InvalidConfigError(
+            f"variants={names!r}; pass a non-empty list of names from {list(_REGISTRY)}."
+        )
+    unknown = [n for n in names if n not in _REGISTRY]
     if unknown:
-        raise InvalidConfigError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}.")
+        raise InvalidConfigError(f"unknown variant(s) {unknown}; choose from {list(_REGISTRY)}.")
     if "ov-int8-qat" in names and qat_model is None:
         raise InvalidConfigError(
             "variant 'ov-int8-qat' needs an exported QAT pipeline: pass qat_model= (CLI: --qat-model DIR)."
@@ -132,9 +163,17 @@ class _Builder:
     """Builds the requested variants, sharing the PyTorch pipeline and the calibration data."""
 
     def __init__(
-        self, model: Path, work_dir: Path, settings: BuildSettings, *, rebuild: bool, progress: bool
+        self,
+        model: Path,
+        work_dir: Path,
+        settings: BuildSettings,
+        *,
+        rebuild: bool,
+        progress: bool,
+        qat_model: Path | None = None,
     ):
         self.model, self.work_dir, self.settings = model, work_dir, settings
+        self.qat_model = qat_model
         self.rebuild, self.progress = rebuild, progress
         self._pipe: Any = None
         self._calibration: list[Any] | None = None
@@ -331,38 +370,75 @@ def build_variants(
     model = Path(model).expanduser().resolve()
     work = Path(work_dir).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
-    builder = _Builder(model, work, settings, rebuild=rebuild, progress=show_progress)
+    builder = _Builder(
+        model,
+        work,
+        settings,
+        rebuild=rebuild,
+        progress=show_progress,
+        qat_model=None if qat_model is None else check_qat_model(qat_model, settings),
+    )
     out: list[BuiltVariant | Unavailable] = []
-    for name in names:
-        if name == "pytorch-fp32":
-            out.append(BuiltVariant(name, "torch", model, None))
-        elif name in ("ov-f32", "ov-bf16"):
-            reason = _bf16_missing() if name == "ov-bf16" else None
-            if reason is not None:
-                out.append(Unavailable(name, "skipped", reason))
-                continue
-            path, build_s, reused = builder.ov_f32()
-            out.append(BuiltVariant(name, "sd_ovopt", path, name[3:], build_s, reused))
-        elif name in _INT8:
-            path, build_s, reused = builder.int8(name)
-            out.append(BuiltVariant(name, "sd_ovopt", path, settings.precision, build_s, reused))
-        elif name == "ov-int8-qat":
-            if qat_model is None:
-                raise InvalidConfigError("variant 'ov-int8-qat' needs qat_model= (CLI: --qat-model DIR).")
-            out.append(
-                BuiltVariant(name, "sd_ovopt", check_qat_model(qat_model, settings), settings.precision)
-            )
-        elif name in PEERS:
-            try:
-                path, build_s, reused = builder.peer(name)
-            except Exception as exc:  # third-party code: record why, keep the other variants
-                logger.warning("the optimum-intel peer could not be built: %s", exc)
-                out.append(Unavailable(name, "failed", f"optimum-intel: {type(exc).__name__}: {exc}"))
-                continue
-            out.append(BuiltVariant(name, "optimum", path, settings.precision, build_s, reused))
-        else:
-            raise InvalidConfigError(f"unknown variant {name!r}; choose from {list(VARIANTS)}.")
+    for name in resolve_variants(names, qat_model=qat_model):
+        spec = _REGISTRY[name]
+        reason = spec.unavailable()
+        if reason is not None:
+            out.append(Unavailable(name, "skipped", reason))
+            continue
+        try:
+            path, build_s, reused = spec.build(builder)
+        except Exception as exc:
+            if spec.runtime != "optimum":
+                raise
+            # third-party code: record why, keep the other variants
+            logger.warning("the optimum-intel peer %s could not be built: %s", name, exc)
+            out.append(Unavailable(name, "failed", f"optimum-intel: {type(exc).__name__}: {exc}"))
+            continue
+        out.append(BuiltVariant(name, spec.runtime, path, spec.precision(settings), build_s, reused))
     return out
+
+
+def _load_torch(variant: BuiltVariant, **_: Any) -> Any:
+    import torch
+
+    from sd_ovopt._loading import load_sd_pipeline
+
+    pipe = load_sd_pipeline(variant.path)
+    if pipe.unet.dtype != torch.float32:  # e.g. a folder saved in float16
+        pipe = pipe.to(dtype=torch.float32)
+    return pipe
+
+
+def _load_sd_ovopt(variant: BuiltVariant, **_: Any) -> Any:
+    from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
+
+    return SdOvOptPipeline.from_pretrained(variant.path, precision=variant.precision or "f32")
+
+
+def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_scale: float) -> Any:
+    from optimum.intel import OVStableDiffusionPipeline
+
+    from sd_ovopt.pipelines.ov_pipeline import _quiet_safety_checker_warning
+
+    hint = {} if variant.precision in (None, "default") else {"INFERENCE_PRECISION_HINT": variant.precision}
+    with _quiet_safety_checker_warning():  # local folder: optimum's loader, no hub look-ups
+        pipe = OVStableDiffusionPipeline._from_pretrained(
+            model_id=str(variant.path),
+            config=OVStableDiffusionPipeline._load_config(str(variant.path)),
+            ov_config=hint,
+            compile=False,
+        )
+    if guidance_scale > 1:
+        pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)
+    pipe.compile()
+    return pipe
+
+
+_LOADERS: dict[str, Callable[..., Any]] = {
+    "torch": _load_torch,
+    "sd_ovopt": _load_sd_ovopt,
+    "optimum": _load_optimum,
+}
 
 
 def load_variant(variant: BuiltVariant, *, height: int, width: int, guidance_scale: float = 7.5) -> Any:
@@ -371,38 +447,9 @@ def load_variant(variant: BuiltVariant, *, height: int, width: int, guidance_sca
     The peer's folder has dynamic shapes; it is reshaped to the benchmark's static shape, as its users do
     for speed (optimum-intel's static UNet batch assumes guidance, so without guidance it stays dynamic).
     """
-    if variant.runtime == "torch":
-        import torch
-
-        from sd_ovopt._loading import load_sd_pipeline
-
-        pipe = load_sd_pipeline(variant.path)
-        if pipe.unet.dtype != torch.float32:  # e.g. a folder saved in float16
-            pipe = pipe.to(dtype=torch.float32)
-    elif variant.runtime == "sd_ovopt":
-        from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
-
-        pipe = SdOvOptPipeline.from_pretrained(variant.path, precision=variant.precision or "f32")
-    elif variant.runtime == "optimum":
-        from optimum.intel import OVStableDiffusionPipeline
-
-        from sd_ovopt.pipelines.ov_pipeline import _quiet_safety_checker_warning
-
-        hint = (
-            {} if variant.precision in (None, "default") else {"INFERENCE_PRECISION_HINT": variant.precision}
-        )
-        with _quiet_safety_checker_warning():  # local folder: optimum's loader, no hub look-ups
-            pipe = OVStableDiffusionPipeline._from_pretrained(
-                model_id=str(variant.path),
-                config=OVStableDiffusionPipeline._load_config(str(variant.path)),
-                ov_config=hint,
-                compile=False,
-            )
-        if guidance_scale > 1:
-            pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)
-        pipe.compile()
-    else:
-        raise InvalidConfigError(f"runtime={variant.runtime!r}; use 'torch', 'sd_ovopt' or 'optimum'.")
+    if variant.runtime not in _LOADERS:
+        raise InvalidConfigError(f"runtime={variant.runtime!r}; use one of {list(_LOADERS)}.")
+    pipe = _LOADERS[variant.runtime](variant, height=height, width=width, guidance_scale=guidance_scale)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -426,3 +473,51 @@ def disk_size(variant: BuiltVariant) -> tuple[int, int]:
         parts = ("unet", "text_encoder", "vae_decoder", "vae_encoder")
         sizes = {p: sum(f.stat().st_size for f in (variant.path / p).glob("openvino_model.*")) for p in parts}
     return sizes["unet"], sum(sizes.values())
+
+
+def _source(builder: _Builder) -> tuple[Path, float | None, bool]:
+    return builder.model, None, False
+
+
+def _qat(builder: _Builder) -> tuple[Path, float | None, bool]:
+    if builder.qat_model is None:
+        raise InvalidConfigError("variant 'ov-int8-qat' needs qat_model= (CLI: --qat-model DIR).")
+    return builder.qat_model, None, False
+
+
+for _spec in (
+    VariantSpec(REFERENCE, "PyTorch FP32 (diffusers)", "torch", _source, precision=lambda s: None),
+    VariantSpec(
+        "ov-f32", "OpenVINO FP32 (f32 pinned)", "sd_ovopt", _Builder.ov_f32, precision=lambda s: "f32"
+    ),
+    VariantSpec(
+        "ov-bf16",
+        "OpenVINO bf16",
+        "sd_ovopt",
+        _Builder.ov_f32,
+        precision=lambda s: "bf16",
+        unavailable=_bf16_missing,
+    ),
+    VariantSpec("ov-int8-ptq", "OpenVINO INT8 (PTQ)", "sd_ovopt", lambda b: b.int8("ov-int8-ptq")),
+    VariantSpec("ov-int8-qat", "OpenVINO INT8 (QAT)", "sd_ovopt", _qat, default=False),
+    VariantSpec("ov-tome-int8", "OpenVINO ToMe + INT8 (PTQ)", "sd_ovopt", lambda b: b.int8("ov-tome-int8")),
+    VariantSpec(PEER, "optimum-intel 8-bit hybrid (peer)", "optimum", lambda b: b.peer(PEER)),
+    VariantSpec(PEER_FULL, "optimum-intel full INT8 (peer)", "optimum", lambda b: b.peer(PEER_FULL)),
+):
+    register_variant(_spec)
+
+
+def variant_labels() -> dict[str, str]:
+    """Every registered variant's name and the label its table shows, in registration order."""
+    return {name: spec.label for name, spec in _REGISTRY.items()}
+
+
+def default_variants() -> tuple[str, ...]:
+    """The variants run when no list is given (``ov-int8-qat`` joins when a QAT folder is given)."""
+    return tuple(name for name, spec in _REGISTRY.items() if spec.default)
+
+
+#: Every variant the harness knows, with the label its table shows.
+VARIANTS: dict[str, str] = variant_labels()
+#: Run when no list is given; ``ov-int8-qat`` joins when a QAT folder is given.
+DEFAULT_VARIANTS: tuple[str, ...] = default_variants()

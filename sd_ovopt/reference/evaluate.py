@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd_ovopt.errors import SdOvOptError
+from sd_ovopt.errors import InvalidConfigError, SdOvOptError
 from sd_ovopt.reference.judge import judge_image
 from sd_ovopt.reference.shapes import held_out_prompts, parse_prompt
 
@@ -84,7 +84,9 @@ def generate_images(
 def score_images(images: Sequence[Image.Image], prompts: Sequence[str]) -> PromptScore:
     """Judge each image against its prompt."""
     if len(images) != len(prompts) or not prompts:
-        raise ValueError(f"need one image per prompt, got {len(images)} images for {len(prompts)} prompts")
+        raise InvalidConfigError(
+            f"need one image per prompt, got {len(images)} images for {len(prompts)} prompts; pass equal, non-empty lists"
+        )
     hits = {"both": 0, "colour": 0, "shape": 0, "position": 0}
     for image, prompt in zip(images, prompts, strict=True):
         seen, want = judge_image(image), parse_prompt(prompt)
@@ -107,7 +109,7 @@ def make_grid(images: Sequence[Image.Image], columns: int, *, scale: int = 3, ga
     from PIL import Image
 
     if not images:
-        raise ValueError("make_grid needs at least one image")
+        raise InvalidConfigError("make_grid needs at least one image; pass a non-empty list")
     w, h = images[0].size
     w, h = w * scale, h * scale
     rows = -(-len(images) // columns)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError
 from sd_ovopt.reference.shapes import BACKGROUNDS, COLOURS, coverage, parse_prompt
 
 if TYPE_CHECKING:
@@ -100,7 +101,9 @@ def judge_image(image: Image.Image | np.ndarray) -> Judgement:
     """Analyse one RGB image (PIL image or HxWx3 array, 0..255)."""
     rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float64)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image (H, W, 3), got an array of shape {rgb.shape}")
+        raise ShapeMismatchError(
+            f"expected an RGB image (H, W, 3), got an array of shape {rgb.shape}; pass a PIL image or HxWx3 array"
+        )
     h, w, _ = rgb.shape
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     bg_rgb = np.median(border, axis=0)
@@ -143,5 +146,5 @@ def prompt_accuracy(images: Iterable[Image.Image | np.ndarray], prompts: Sequenc
     """Fraction of ``images`` whose colour and shape match their prompt."""
     results = [score_image(img, p) for img, p in zip(images, prompts, strict=True)]
     if not results:
-        raise ValueError("prompt_accuracy needs at least one image")
+        raise InvalidConfigError("prompt_accuracy needs at least one image; pass a non-empty list")
     return sum(results) / len(results)
