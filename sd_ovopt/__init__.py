@@ -27,6 +27,7 @@ from sd_ovopt.errors import (
     OutputExistsError,
     SdOvOptError,
     ShapeMismatchError,
+    UnsafeOutputError,
     UnsupportedModelError,
 )
 
@@ -43,10 +44,13 @@ _LAZY = {
     "ToMeConfig": "sd_ovopt.tome.config",
     "WeightEMA": "sd_ovopt.quantization.qat",
     "apply_tome": "sd_ovopt.tome.patch",
+    "DEFAULT_CALIBRATION_PROMPTS": "sd_ovopt.recipe",
     "collect_calibration": "sd_ovopt.quantization.calibration",
     "export_pipeline": "sd_ovopt.export.pipeline",
     "get_tome_config": "sd_ovopt.tome.patch",
     "is_tome_applied": "sd_ovopt.tome.patch",
+    "optimize_pipeline": "sd_ovopt.recipe",
+    "quantize_pipeline_unet": "sd_ovopt.recipe",
     "quantize_unet": "sd_ovopt.quantization.ptq",
     "read_metadata": "sd_ovopt.export.metadata",
     "remove_tome": "sd_ovopt.tome.patch",
@@ -55,6 +59,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "DEFAULT_CALIBRATION_PROMPTS",
     "AlreadyAppliedError",
     "BenchmarkResult",
     "CorruptModelError",
@@ -74,6 +79,7 @@ __all__ = [
     "SdOvOptPipeline",
     "ShapeMismatchError",
     "ToMeConfig",
+    "UnsafeOutputError",
     "UnsupportedModelError",
     "WeightEMA",
     "__version__",
@@ -82,6 +88,8 @@ __all__ = [
     "export_pipeline",
     "get_tome_config",
     "is_tome_applied",
+    "optimize_pipeline",
+    "quantize_pipeline_unet",
     "quantize_unet",
     "read_metadata",
     "remove_tome",
@@ -100,6 +108,7 @@ if TYPE_CHECKING:
     from sd_ovopt.quantization.ptq import quantize_unet
     from sd_ovopt.quantization.qat import DistillationLoss, QATModel, WeightEMA
     from sd_ovopt.quantization.training import train_qat
+    from sd_ovopt.recipe import DEFAULT_CALIBRATION_PROMPTS, optimize_pipeline, quantize_pipeline_unet
     from sd_ovopt.tome.config import ToMeConfig
     from sd_ovopt.tome.patch import apply_tome, get_tome_config, is_tome_applied, remove_tome
 

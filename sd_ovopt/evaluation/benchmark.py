@@ -17,6 +17,7 @@ from sd_ovopt.evaluation.fidelity import Judge, image_fidelity, prompt_accuracy
 from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult, machine_info
 from sd_ovopt.evaluation.timing import Call
 from sd_ovopt.evaluation.variants import REFERENCE, BuildSettings, BuiltVariant, Unavailable, variant_labels
+from sd_ovopt.recipe import DEFAULT_CALIBRATION_PROMPTS as _RECIPE_PROMPTS
 
 __all__ = ["DEFAULT_CALIBRATION_PROMPTS", "DEFAULT_PROMPTS", "BenchmarkSettings", "run_benchmark"]
 
@@ -26,15 +27,9 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "a red circle on a blue background",
     "a photo of an astronaut riding a horse",
 )
-#: Calibration prompts differ from the evaluation prompts, so PTQ is not scored on what it saw.
-DEFAULT_CALIBRATION_PROMPTS: tuple[str, ...] = (
-    "a green square on a white background",
-    "a cat sitting on a sofa",
-    "a mountain lake at sunset",
-    "a bowl of fruit on a wooden table",
-    "a city street at night, rain",
-    "a portrait of an old fisherman",
-)
+#: Calibration prompts (the recipe's default set) differ from the evaluation prompts, so PTQ is not scored
+#: on what it saw.
+DEFAULT_CALIBRATION_PROMPTS: tuple[str, ...] = _RECIPE_PROMPTS
 _PRECISIONS = ("f32", "bf16", "f16", "default")  # sd_ovopt.pipelines.ov_pipeline.PRECISIONS, without optimum
 
 

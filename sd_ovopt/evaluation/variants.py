@@ -176,7 +176,6 @@ class _Builder:
         self.qat_model = qat_model
         self.rebuild, self.progress = rebuild, progress
         self._pipe: Any = None
-        self._calibration: list[Any] | None = None
 
     # -- shared inputs ----------------------------------------------------------------------------
     @property
@@ -186,26 +185,6 @@ class _Builder:
 
             self._pipe = load_sd_pipeline(self.model)
         return self._pipe
-
-    def calibration(self) -> list[Any]:
-        if self._calibration is None:
-            from sd_ovopt.quantization import collect_calibration
-
-            s = self.settings
-            # Cycle the prompts (each pass with new noise) until num_samples UNet calls are recorded, as the
-            # peer does, so both calibrate on the same number of samples.
-            passes = -(-s.num_samples // (len(s.calibration_prompts) * s.calibration_steps))
-            self._calibration = collect_calibration(
-                self.pipe,
-                list(s.calibration_prompts) * passes,
-                num_inference_steps=s.calibration_steps,
-                guidance_scale=s.guidance_scale,
-                height=s.height,
-                width=s.width,
-                max_samples=s.num_samples,
-                show_progress=self.progress,
-            )
-        return self._calibration
 
     # -- reuse ------------------------------------------------------------------------------------
     def _record(self, folder: str, keys: Sequence[str]) -> dict[str, Any]:
@@ -236,18 +215,16 @@ class _Builder:
     _SHAPE = ("height", "width", "guidance_scale")
     _CALIBRATION = (*_SHAPE, "calibration_prompts", "num_samples", "calibration_steps")
 
-    def export(self, path: Path, unet: Any = None) -> None:
-        from sd_ovopt.export.pipeline import export_pipeline
+    def export(self, path: Path) -> None:
+        from sd_ovopt.recipe import optimize_pipeline
 
         s = self.settings
-        export_pipeline(
+        optimize_pipeline(
             self.pipe,
             path,
+            guidance_scale=s.guidance_scale,
             height=s.height,
             width=s.width,
-            classifier_free_guidance=s.guidance_scale > 1,
-            unet=unet,
-            compress_weights=unet is not None,
             overwrite=True,
             show_progress=self.progress,
         )
@@ -255,23 +232,28 @@ class _Builder:
     def ov_f32(self) -> tuple[Path, float, bool]:
         return self.folder("ov-f32", self._SHAPE, self.export)
 
-    def int8(self, name: str) -> tuple[Path, float, bool]:
-        from sd_ovopt.quantization import QuantizationConfig, quantize_unet
-        from sd_ovopt.tome import ToMeConfig, apply_tome, remove_tome
+    def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
+        """The recipe's INT8 folder (:func:`sd_ovopt.optimize_pipeline`), ToMe merged first when asked."""
+        from sd_ovopt.quantization import QuantizationConfig
+        from sd_ovopt.recipe import optimize_pipeline
+        from sd_ovopt.tome import ToMeConfig
 
         s = self.settings
-        tome = ToMeConfig(ratio=s.tome_ratio) if name == "ov-tome-int8" else None
 
         def build(path: Path) -> None:
-            calibration = self.calibration()  # recorded without ToMe: the UNet's inputs, shared
-            if tome is not None:
-                apply_tome(self.pipe.unet, tome)
-            try:
-                qunet = quantize_unet(self.pipe, calibration, QuantizationConfig(subset_size=s.num_samples))
-                self.export(path, unet=qunet)
-            finally:
-                if tome is not None:
-                    remove_tome(self.pipe.unet)
+            optimize_pipeline(
+                self.pipe,
+                path,
+                tome=ToMeConfig(ratio=s.tome_ratio) if tome else None,
+                quantization=QuantizationConfig(subset_size=s.num_samples),
+                calibration_prompts=s.calibration_prompts,
+                calibration_steps=s.calibration_steps,
+                guidance_scale=s.guidance_scale,
+                height=s.height,
+                width=s.width,
+                overwrite=True,
+                show_progress=self.progress,
+            )
 
         keys = (*self._CALIBRATION, "tome_ratio") if tome else self._CALIBRATION
         return self.folder(name, keys, build)
@@ -498,9 +480,13 @@ for _spec in (
         precision=lambda s: "bf16",
         unavailable=_bf16_missing,
     ),
-    VariantSpec("ov-int8-ptq", "OpenVINO INT8 (PTQ)", "sd_ovopt", lambda b: b.int8("ov-int8-ptq")),
+    VariantSpec(
+        "ov-int8-ptq", "OpenVINO INT8 (PTQ)", "sd_ovopt", lambda b: b.int8("ov-int8-ptq", tome=False)
+    ),
     VariantSpec("ov-int8-qat", "OpenVINO INT8 (QAT)", "sd_ovopt", _qat, default=False),
-    VariantSpec("ov-tome-int8", "OpenVINO ToMe + INT8 (PTQ)", "sd_ovopt", lambda b: b.int8("ov-tome-int8")),
+    VariantSpec(
+        "ov-tome-int8", "OpenVINO ToMe + INT8 (PTQ)", "sd_ovopt", lambda b: b.int8("ov-tome-int8", tome=True)
+    ),
     VariantSpec(PEER, "optimum-intel 8-bit hybrid (peer)", "optimum", lambda b: b.peer(PEER)),
     VariantSpec(PEER_FULL, "optimum-intel full INT8 (peer)", "optimum", lambda b: b.peer(PEER_FULL)),
 ):

@@ -13,10 +13,11 @@ GPUs, or several CPU processes (gloo). The output folder::
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sd_ovopt._fs import check_safe_output_path
 from sd_ovopt._loading import check_image_size, load_sd_pipeline
 from sd_ovopt.errors import InvalidConfigError, NonFiniteLossError, OutputExistsError
-from sd_ovopt.quantization.calibration import collect_calibration
 from sd_ovopt.quantization.checkpoints import (
     CHECKPOINTS_DIR,
     checkpoint_info,
@@ -36,7 +37,6 @@ from sd_ovopt.quantization.checkpoints import (
     save_checkpoint,
 )
 from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
-from sd_ovopt.quantization.ptq import quantize_unet
 from sd_ovopt.quantization.qat import QATModel, check_no_gradient_checkpointing
 from sd_ovopt.quantization.qat_data import CaptionedImageFolder, encode_batch, sample_indices, step_generator
 from sd_ovopt.tome.config import ToMeConfig
@@ -54,12 +54,61 @@ _EVAL_STREAM = 2**31  # a generator key that no training step uses
 _RESUMABLE_CHANGES = {"max_train_steps", "checkpointing_steps", "checkpoints_total_limit"}
 
 
+_RUN_ENTRIES = (CHECKPOINTS_DIR, LOG_FILE, PTQ_EXPORT_DIR)  # what a run writes before its first checkpoint
+
+
+def _check_output_path(output_dir: str | Path, model: Any) -> Path:
+    source = model if isinstance(model, (str, Path)) else getattr(model, "name_or_path", None)
+    out = check_safe_output_path(output_dir, source=source)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(
+            f"output path {out} is a file; train-qat writes a run folder (checkpoints/, ov/, ...) there. "
+            "Pass the path of a new folder."
+        )
+    return out
+
+
+def _is_unused(out: Path) -> bool:
+    """Empty, or holding only what a run killed before its first checkpoint leaves (nothing to resume)."""
+    for entry in out.iterdir():
+        hidden_partial = entry.name.startswith(".") and (".partial" in entry.name or ".old-" in entry.name)
+        if entry.name not in _RUN_ENTRIES and not hidden_partial:
+            return False
+    return find_checkpoint(out) is None
+
+
 def _check_fresh_output(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.is_dir() and not _is_unused(out):
         raise OutputExistsError(
             f"output folder {out} already exists and is not empty. Resume the run in it with "
             "resume_from_checkpoint='latest' (CLI: --resume-from-checkpoint latest), or choose another folder."
         )
+
+
+def _discard_run_without_checkpoint(function: Any) -> Any:
+    """On any failure before the first checkpoint, remove what the run created, so that the corrected
+    command can simply run again (a run with a checkpoint is kept: it resumes)."""
+
+    @functools.wraps(function)
+    def wrapper(model: Any, train_data: Any, output_dir: Any, *args: Any, **kwargs: Any) -> Any:
+        out = Path(output_dir).expanduser().resolve() if str(output_dir).strip() else None
+        existed = out is not None and out.exists()
+        before = {name for name in _RUN_ENTRIES if out is not None and os.path.lexists(out / name)}
+        try:
+            return function(model, train_data, output_dir, *args, **kwargs)
+        except BaseException:
+            main = os.environ.get("RANK", "0") == "0"
+            if main and out is not None and out.is_dir() and find_checkpoint(out) is None:
+                if not existed:
+                    shutil.rmtree(out, ignore_errors=True)
+                for name in set(_RUN_ENTRIES) - before:
+                    if (out / name).is_dir():
+                        shutil.rmtree(out / name, ignore_errors=True)
+                    else:
+                        (out / name).unlink(missing_ok=True)
+            raise
+
+    return wrapper
 
 
 def _quantize_student(
@@ -69,14 +118,14 @@ def _quantize_student(
     tome: ToMeConfig | None,
     **calib: Any,
 ) -> torch.nn.Module:
-    from sd_ovopt.tome.patch import apply_tome
+    """The recipe's INT8 UNet, calibrated on the first distinct captions; the pipeline's UNet stays the
+    float, unmerged teacher."""
+    from sd_ovopt.recipe import quantize_pipeline_unet
 
     captions = list(dict.fromkeys(data.captions))[: calib.pop("prompts")]
-    calibration = collect_calibration(pipe, captions, show_progress=False, **calib)
-    student = copy.deepcopy(pipe.unet)  # the pipeline's UNet stays float and unmerged: the teacher
-    if tome is not None:
-        apply_tome(student, tome)
-    return quantize_unet(student, calibration, quantization)
+    return quantize_pipeline_unet(
+        pipe, tome=tome, quantization=quantization, calibration_prompts=captions, show_progress=False, **calib
+    )
 
 
 def _warn_config_changes(saved: dict[str, Any], config: QATConfig, world_size: int) -> None:
@@ -211,6 +260,7 @@ def _train_steps(
                 accelerator.wait_for_everyone()
 
 
+@_discard_run_without_checkpoint
 def train_qat(
     model: Any,
     train_data: str | Path,
@@ -282,7 +332,7 @@ def train_qat(
             raise InvalidConfigError(f"{name}={value!r}; it must be an integer >= {least}.")
     accelerator = Accelerator(cpu=cpu or not torch.accelerator.is_available())
     main, device = accelerator.is_main_process, accelerator.device
-    out = Path(output_dir).expanduser().resolve()
+    out = _check_output_path(output_dir, model)
     checkpoints = out / CHECKPOINTS_DIR
     resume = None if resume_from_checkpoint is None else find_checkpoint(out, resume_from_checkpoint)
     if resume_from_checkpoint is None:

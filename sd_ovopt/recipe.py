@@ -1,0 +1,202 @@
+"""The one recipe: ToMe, then calibration, then INT8 quantization, then export.
+
+Every caller (``sd-ovopt quantize``, the benchmark's INT8 variants, QAT's post-training start, the examples)
+goes through :func:`optimize_pipeline` or, when it needs the quantized UNet itself,
+:func:`quantize_pipeline_unet`. The order is fixed here once:
+
+1. ToMe is applied to the UNet that will be quantized (the merge is part of the graph NNCF sees).
+2. Calibration inputs are recorded along the sampling trajectory of that merged UNet, i.e. the inputs the
+   deployed model will really see (chosen by measurement: docs/benchmarks.md, "Calibration order").
+3. ``quantize_unet`` inserts INT8 quantizers and sets their ranges on those inputs.
+4. ``export_pipeline`` writes the OpenVINO folder with the INT8 weights compressed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sd_ovopt._fs import check_output_dir
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sd_ovopt.quantization.config import QuantizationConfig
+    from sd_ovopt.tome.config import ToMeConfig
+
+__all__ = ["DEFAULT_CALIBRATION_PROMPTS", "optimize_pipeline", "quantize_pipeline_unet"]
+
+#: Prompts calibration uses when none are given: varied subjects, styles and compositions, so that
+#: activation ranges cover what users ask for (none of them is a benchmark prompt).
+DEFAULT_CALIBRATION_PROMPTS: tuple[str, ...] = (
+    "a photo of a cat sitting on a sofa",
+    "a mountain lake at sunset, highly detailed",
+    "a bowl of fruit on a wooden table, still life painting",
+    "a city street at night in the rain, neon lights",
+    "a portrait of an old fisherman, oil painting",
+    "an astronaut riding a horse on mars",
+    "a red sports car on a coastal road",
+    "a cozy living room with a fireplace, interior design",
+    "a watercolor painting of a forest in autumn",
+    "a futuristic city skyline, digital art",
+    "a close-up photo of a dew drop on a leaf",
+    "a green square on a white background",
+    "a dog running on a beach, golden hour",
+    "a medieval castle on a hill, fantasy illustration",
+    "a plate of sushi, food photography",
+    "a black and white photo of a busy train station",
+)
+
+
+@contextlib.contextmanager
+def _unet_swapped(pipe: Any, unet: Any) -> Iterator[Any]:
+    original = pipe.unet
+    pipe.unet = unet
+    try:
+        yield pipe
+    finally:
+        pipe.unet = original
+
+
+def quantize_pipeline_unet(
+    pipeline: StableDiffusionPipeline,
+    *,
+    tome: ToMeConfig | None = None,
+    quantization: QuantizationConfig | None = None,
+    calibration: Sequence[Any] | None = None,
+    calibration_prompts: Sequence[str] | None = None,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    show_progress: bool = True,
+) -> torch.nn.Module:
+    """Return an INT8 copy of ``pipeline.unet`` (ToMe merged first when given); the pipeline is unchanged.
+
+    Args:
+        pipeline: A PyTorch ``StableDiffusionPipeline``.
+        tome: Token merging to bake into the quantized graph.
+        quantization: NNCF settings (default ``QuantizationConfig()``).
+        calibration: UNet inputs to calibrate on; recorded here when not given.
+        calibration_prompts: Prompts to record calibration along (default: :data:`DEFAULT_CALIBRATION_PROMPTS`).
+        num_inference_steps: Denoising steps of each calibration run.
+        guidance_scale: Guidance of the calibration runs (> 1 records the guidance batch).
+        height: Image height of the calibration runs (default: the pipeline's).
+        width: Image width of the calibration runs.
+        show_progress: Show a progress bar while recording.
+
+    Example:
+        >>> from sd_ovopt.recipe import quantize_pipeline_unet
+        >>> from sd_ovopt.testing import tiny_pipeline
+        >>> qunet = quantize_pipeline_unet(tiny_pipeline(), num_inference_steps=2)  # doctest: +SKIP
+    """
+    from sd_ovopt.quantization.calibration import collect_calibration
+    from sd_ovopt.quantization.config import QuantizationConfig
+    from sd_ovopt.quantization.ptq import quantize_unet
+    from sd_ovopt.tome.patch import apply_tome
+
+    quantization = quantization or QuantizationConfig()
+    student = copy.deepcopy(pipeline.unet)
+    if tome is not None:
+        apply_tome(student, tome)
+    if calibration is None:
+        prompts = list(calibration_prompts or DEFAULT_CALIBRATION_PROMPTS)
+        # Cycle the prompts (new noise each pass) until the quantizer's subset is filled.
+        passes = -(-quantization.subset_size // (len(prompts) * num_inference_steps))
+        with _unet_swapped(pipeline, student):
+            calibration = collect_calibration(
+                pipeline,
+                prompts * passes,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                max_samples=quantization.subset_size,
+                show_progress=show_progress,
+            )
+    return quantize_unet(student, calibration, quantization)
+
+
+def optimize_pipeline(
+    pipeline_or_path: StableDiffusionPipeline | str | Path,
+    output_dir: str | Path,
+    *,
+    tome: ToMeConfig | None = None,
+    quantization: QuantizationConfig | None = None,
+    calibration: Sequence[Any] | None = None,
+    calibration_prompts: Sequence[str] | None = None,
+    calibration_steps: int = 20,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    compress_weights: bool = True,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Export ``pipeline_or_path`` to an OpenVINO folder with ToMe and/or INT8 applied; return the folder.
+
+    With neither ``tome`` nor ``quantization`` this is a plain FP32 export. The pipeline passed in is left
+    as it was (its UNet is copied before merging and quantizing).
+
+    Args:
+        pipeline_or_path: A ``StableDiffusionPipeline`` or the local folder of one.
+        output_dir: Where to write (atomically; an existing non-empty folder needs ``overwrite``).
+        tome: Token merging baked into the exported UNet.
+        quantization: INT8 post-training quantization of the UNet (None: float UNet).
+        calibration: UNet inputs to calibrate on (recorded along the merged UNet's sampling when not given).
+        calibration_prompts: Prompts to record calibration along (default: :data:`DEFAULT_CALIBRATION_PROMPTS`).
+        calibration_steps: Denoising steps of each calibration run.
+        guidance_scale: Guidance the folder is exported (and calibrated) for: > 1 doubles the UNet batch.
+        height: Image height baked into the folder (default: the UNet's native size).
+        width: Image width baked into the folder.
+        compress_weights: Store the INT8 UNet's weights as int8 (4x smaller).
+        overwrite: Replace an existing output folder.
+        show_progress: Show progress bars.
+
+    Example:
+        >>> from sd_ovopt import QuantizationConfig, ToMeConfig, optimize_pipeline
+        >>> from sd_ovopt.testing import tiny_pipeline
+        >>> optimize_pipeline(
+        ...     tiny_pipeline(), "tiny-int8", tome=ToMeConfig(ratio=0.4), quantization=QuantizationConfig()
+        ... )  # doctest: +SKIP
+    """
+    from sd_ovopt._loading import load_sd_pipeline
+    from sd_ovopt.export.pipeline import export_pipeline
+
+    check_output_dir(output_dir, overwrite=overwrite)  # refuse before the slow part
+    pipe = load_sd_pipeline(pipeline_or_path)
+    shape = {"height": height, "width": width, "classifier_free_guidance": guidance_scale > 1}
+    if quantization is None:
+        unet = None
+        if tome is not None:
+            from sd_ovopt.tome.patch import apply_tome
+
+            unet = apply_tome(copy.deepcopy(pipe.unet), tome)
+        return export_pipeline(
+            pipe, output_dir, unet=unet, overwrite=overwrite, show_progress=show_progress, **shape
+        )
+    qunet = quantize_pipeline_unet(
+        pipe,
+        tome=tome,
+        quantization=quantization,
+        calibration=calibration,
+        calibration_prompts=calibration_prompts,
+        num_inference_steps=calibration_steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+        show_progress=show_progress,
+    )
+    return export_pipeline(
+        pipe,
+        output_dir,
+        unet=qunet,
+        compress_weights=compress_weights,
+        overwrite=overwrite,
+        show_progress=show_progress,
+        **shape,
+    )

@@ -1,0 +1,92 @@
+"""The one recipe: ToMe, calibration along the merged UNet's own sampling, INT8, export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sd_ovopt import QuantizationConfig, ToMeConfig, optimize_pipeline, quantize_pipeline_unet
+from sd_ovopt.quantization.ptq import get_quantization_config
+from sd_ovopt.tome import get_tome_config
+
+SIZE = 32
+
+
+def test_recipe_writes_a_tome_int8_folder_and_leaves_the_pipeline_as_it_was(tiny_pipe, tmp_path):
+    from sd_ovopt import SdOvOptPipeline, read_metadata
+
+    before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    out = optimize_pipeline(
+        tiny_pipe,
+        tmp_path / "ov",
+        tome=ToMeConfig(ratio=0.4),
+        quantization=QuantizationConfig(subset_size=8),
+        calibration_steps=2,
+        height=SIZE,
+        width=SIZE,
+        show_progress=False,
+    )
+    meta = read_metadata(out)
+    assert meta.tome["ratio"] == 0.4 and meta.quantization["unet"]["mode"] == "full"
+    assert get_tome_config(tiny_pipe.unet) is None and get_quantization_config(tiny_pipe.unet) is None
+    after = tiny_pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    pipe = SdOvOptPipeline.from_pretrained(out, precision="f32")
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.asarray(image).std() > 0
+
+
+def test_recipe_without_quantization_is_a_plain_export(tiny_pipe, tmp_path):
+    from sd_ovopt import read_metadata
+
+    out = optimize_pipeline(tiny_pipe, tmp_path / "ov", height=SIZE, width=SIZE, show_progress=False)
+    meta = read_metadata(out)
+    assert meta.tome is None and meta.quantization is None
+
+
+def test_calibration_is_recorded_along_the_merged_unets_own_sampling(tiny_pipe, monkeypatch):
+    """The UNet that runs during calibration is the merged student, not the pipeline's float UNet."""
+    from sd_ovopt.quantization import ptq
+
+    seen = {}
+
+    def fake_quantize(unet, calibration, config):
+        seen["unet"], seen["n"] = unet, len(calibration)
+        return unet
+
+    monkeypatch.setattr(ptq, "quantize_unet", fake_quantize)
+    from sd_ovopt.quantization import calibration as calibration_module
+
+    record = calibration_module.collect_calibration
+    during = {}
+
+    def spy(pipe, prompts, **kwargs):
+        during["unet"], during["prompts"] = pipe.unet, list(prompts)
+        return record(pipe, prompts, **kwargs)
+
+    monkeypatch.setattr(calibration_module, "collect_calibration", spy)
+    original = tiny_pipe.unet
+    student = quantize_pipeline_unet(
+        tiny_pipe,
+        tome=ToMeConfig(ratio=0.5),
+        quantization=QuantizationConfig(subset_size=5),
+        calibration_prompts=["a red circle", "a blue square"],
+        num_inference_steps=2,
+        show_progress=False,
+    )
+    assert during["unet"] is student and during["unet"] is not original  # sampled with the merged UNet
+    assert get_tome_config(student).ratio == 0.5 and get_tome_config(original) is None
+    assert seen["unet"] is student and seen["n"] == 5  # prompts cycled until the subset was full
+    assert during["prompts"] == ["a red circle", "a blue square"] * 2
+    assert tiny_pipe.unet is original
+
+
+def test_recipe_refuses_an_existing_output_before_the_slow_part(tiny_pipe, tmp_path):
+    from sd_ovopt import OutputExistsError
+
+    (tmp_path / "ov").mkdir()
+    (tmp_path / "ov" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        optimize_pipeline(tiny_pipe, tmp_path / "ov", quantization=QuantizationConfig(subset_size=2))
+    assert (tmp_path / "ov" / "keep.txt").read_text() == "mine"
