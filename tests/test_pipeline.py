@@ -65,7 +65,7 @@ def test_batch_two_export(tiny_pipe, tmp_path):
     from sd_ovopt import export_pipeline
 
     path = export_pipeline(tiny_pipe, tmp_path / "b2", batch_size=2, show_progress=False)
-    pipe = SdOvOptPipeline.from_pretrained(path)
+    pipe = SdOvOptPipeline.from_pretrained(path, precision="f32")
     images = pipe([PROMPT, "a green square"], generator=torch.Generator().manual_seed(0), **KW).images
     ref = tiny_pipe([PROMPT, "a green square"], generator=torch.Generator().manual_seed(0), **KW).images
     assert images.shape == (2, 32, 32, 3)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "convert_text_encoder",
+    "convert_tokenizer",
     "convert_unet",
     "convert_vae_decoder",
     "convert_vae_encoder",
@@ -73,9 +74,29 @@ class _VaeEncoderForExport(nn.Module):
 @contextlib.contextmanager
 def _tracing() -> Iterator[None]:
     """No grad, and the trace-time warnings that static-shape tracing makes harmless kept quiet."""
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), _quiet_library_notices():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
+
+
+@contextlib.contextmanager
+def _quiet_library_notices() -> Iterator[None]:
+    """Notices about library internals, not about anything the user did, kept quiet while we import or
+    trace: OpenVINO's converter uses torch.jit, which torch marks deprecated, and transformers' and
+    diffusers' deprecation notices; their errors still show."""
+    libraries = [logging.getLogger(name) for name in ("transformers", "diffusers")]
+    levels = [library.level for library in libraries]
+    for library in libraries:
+        library.setLevel(max(library.level, logging.ERROR))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
+            )
+            yield
+    finally:
+        for library, level in zip(libraries, levels, strict=True):
+            library.setLevel(level)
 
 
 def _convert(module: nn.Module, example: dict[str, torch.Tensor], input_spec: list, output_names: list[str]):
@@ -105,7 +126,7 @@ def unet_example_inputs(
     generator = torch.Generator().manual_seed(0)
     return {
         "sample": torch.randn(batch, config.in_channels, latent_height, latent_width, generator=generator),
-        "timestep": torch.tensor([500.0]),
+        "timestep": torch.tensor([500], dtype=torch.int64),
         "encoder_hidden_states": torch.randn(
             batch, text_length, config.cross_attention_dim, generator=generator
         ),
@@ -118,7 +139,8 @@ def convert_unet(
     """Trace ``unet`` at a static shape into an OpenVINO model with optimum-intel's input/output names.
 
     ``batch`` is the UNet batch: twice the number of images when classifier-free guidance is used.
-    ``timestep`` is a rank-1 f32 input of size 1, so fractional timesteps (Euler, DPM) are kept exact.
+    ``timestep`` is a rank-1 i64 input of size 1, the signature optimum-intel exports (and reshapes to)
+    and OpenVINO GenAI feeds; fractional timesteps (Euler, DPM) are truncated to integers, as there.
     """
     import openvino as ov
 
@@ -127,7 +149,7 @@ def convert_unet(
     )
     spec = [
         ("sample", list(example["sample"].shape), ov.Type.f32),
-        ("timestep", [1], ov.Type.f32),
+        ("timestep", [1], ov.Type.i64),
         ("encoder_hidden_states", list(example["encoder_hidden_states"].shape), ov.Type.f32),
     ]
     return _convert(_UNetForExport(unet), example, spec, ["out_sample"])
@@ -136,8 +158,9 @@ def convert_unet(
 @contextlib.contextmanager
 def _traceable_attention_masks() -> Iterator[None]:
     """Swap transformers' mask builders (vmap-based, not traceable) for optimum-intel's traceable ones."""
-    from optimum.exporters.openvino.patching_utils import eager_mask_without_vmap, sdpa_mask_without_vmap
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    with _quiet_library_notices():
+        from optimum.exporters.openvino.patching_utils import eager_mask_without_vmap, sdpa_mask_without_vmap
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     saved = {name: ALL_MASK_ATTENTION_FUNCTIONS[name] for name in ("sdpa", "eager")}
     ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa", sdpa_mask_without_vmap)
@@ -179,3 +202,18 @@ def convert_vae_encoder(vae: nn.Module, *, height: int, width: int) -> ov.Model:
     example = {"sample": torch.zeros(1, channels, height, width)}
     spec = [("sample", [-1, channels, height, width], ov.Type.f32)]
     return _convert(_VaeEncoderForExport(vae), example, spec, ["latent_parameters"])
+
+
+def convert_tokenizer(tokenizer: object) -> tuple[ov.Model, ov.Model | None]:
+    """Convert a Hugging Face tokenizer with ``openvino_tokenizers``: (tokenizer, detokenizer or ``None``).
+
+    These are the ``tokenizer/openvino_tokenizer.xml`` and ``openvino_detokenizer.xml`` that OpenVINO GenAI's
+    ``Text2ImagePipeline`` reads (torch-free deployment), as optimum-intel's own export writes them.
+    """
+    from openvino_tokenizers import convert_tokenizer as ov_convert_tokenizer
+
+    try:
+        encoder, decoder = ov_convert_tokenizer(tokenizer, with_detokenizer=True)
+    except NotImplementedError:  # no detokenizer for this tokenizer type; GenAI only needs the encoder
+        return ov_convert_tokenizer(tokenizer, with_detokenizer=False), None
+    return encoder, decoder

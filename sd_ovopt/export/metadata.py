@@ -19,7 +19,16 @@ __all__ = ["METADATA_FILE", "ExportMetadata", "library_versions", "read_metadata
 METADATA_FILE = "sd_ovopt.json"
 FORMAT_VERSION = 1
 
-_VERSIONED = ("sd_ovopt", "torch", "diffusers", "transformers", "openvino", "optimum-intel", "nncf")
+_VERSIONED = (
+    "sd_ovopt",
+    "torch",
+    "diffusers",
+    "transformers",
+    "openvino",
+    "openvino-tokenizers",  # wrote tokenizer/openvino_tokenizer.xml, which OpenVINO GenAI reads
+    "optimum-intel",
+    "nncf",
+)
 
 
 def library_versions() -> dict[str, str]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from sd_ovopt._fs import atomic_output_dir
+from sd_ovopt._fs import atomic_output_dir, check_output_dir
 from sd_ovopt._loading import check_image_size, load_sd_pipeline
 from sd_ovopt._nncf import import_nncf
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
@@ -26,6 +27,9 @@ __all__ = ["export_pipeline"]
 logger = logging.getLogger(__name__)
 
 OV_XML = "openvino_model.xml"
+#: What OpenVINO GenAI's ``Text2ImagePipeline`` reads in ``tokenizer/`` (optimum-intel writes the same names).
+OV_TOKENIZER_XML = "openvino_tokenizer.xml"
+OV_DETOKENIZER_XML = "openvino_detokenizer.xml"
 _WEIGHTS_DTYPES = ("f32", "f16")
 
 
@@ -35,6 +39,27 @@ def _save_part(model: Any, folder: Path, config: dict[str, Any], *, weights_dtyp
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, folder / OV_XML, compress_to_fp16=weights_dtype == "f16")
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=list) + "\n")
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """The Hugging Face tokenizer files, plus its OpenVINO conversion for OpenVINO GenAI."""
+    import openvino as ov
+
+    from sd_ovopt.export.convert import convert_tokenizer
+
+    tokenizer.save_pretrained(folder)
+    try:
+        encoder, decoder = convert_tokenizer(tokenizer)
+    except Exception as exc:  # openvino_tokenizers raises OVTypeError, ValueError, ... for what it lacks
+        warnings.warn(
+            f"the tokenizer ({type(tokenizer).__name__}) could not be converted to OpenVINO ({exc}); the "
+            "folder loads with SdOvOptPipeline and optimum-intel, but not with openvino_genai.Text2ImagePipeline.",
+            stacklevel=4,
+        )
+        return
+    ov.save_model(encoder, folder / OV_TOKENIZER_XML, compress_to_fp16=False)
+    if decoder is not None:
+        ov.save_model(decoder, folder / OV_DETOKENIZER_XML, compress_to_fp16=False)
 
 
 def export_pipeline(
@@ -56,9 +81,10 @@ def export_pipeline(
     """Export a Stable Diffusion pipeline to an OpenVINO folder with a static-shape UNet.
 
     The folder has optimum-intel's layout (``unet/``, ``text_encoder/``, ``vae_decoder/``, ``vae_encoder/``,
-    ``tokenizer/``, ``scheduler/``, ``model_index.json``) plus ``sd_ovopt.json``, which records what is
-    baked in. It loads with :class:`sd_ovopt.SdOvOptPipeline` and with optimum-intel's
-    ``OVStableDiffusionPipeline``. The write is atomic: on any error nothing is left at ``output_dir``.
+    ``tokenizer/`` with its OpenVINO conversion, ``scheduler/``, ``model_index.json``) plus ``sd_ovopt.json``,
+    which records what is baked in. It loads with :class:`sd_ovopt.SdOvOptPipeline`, with optimum-intel's
+    ``OVStableDiffusionPipeline`` and, without torch, with ``openvino_genai.Text2ImagePipeline``. The write
+    is atomic: on any error nothing is left at ``output_dir``.
 
     Args:
         pipeline_or_path: A ``StableDiffusionPipeline`` or the local folder of one.
@@ -96,6 +122,8 @@ def export_pipeline(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ShapeMismatchError(f"{name}={value!r}; it must be an integer >= 1.")
     pipe = load_sd_pipeline(pipeline_or_path)
+    source = pipeline_or_path if isinstance(pipeline_or_path, (str, Path)) else pipe.name_or_path
+    check_output_dir(output_dir, overwrite=overwrite, source=source)  # refuse before converting anything
     unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)
     vae_scale = pipe.vae_scale_factor
     height = height if height is not None else pipe.unet.config.sample_size * vae_scale
@@ -127,7 +155,9 @@ def export_pipeline(
         quantization=_quantization_record(quantization, compress_weights),
     )
     try:
-        return _write(pipe, unet, meta, output_dir, overwrite=overwrite, show_progress=show_progress)
+        return _write(
+            pipe, unet, meta, output_dir, overwrite=overwrite, show_progress=show_progress, source=source
+        )
     finally:
         if tome is not None and tome_before is None:
             remove_tome(unet)
@@ -171,6 +201,7 @@ def _write(
     *,
     overwrite: bool,
     show_progress: bool,
+    source: str | Path | None = None,
 ) -> Path:
     from sd_ovopt.export.convert import (
         convert_text_encoder,
@@ -218,7 +249,7 @@ def _write(
             dict(pipe.vae.config),
         ),
     }
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(output_dir, overwrite=overwrite, source=source) as tmp:
         progress = tqdm(parts.items(), desc="Exporting", unit="part", disable=not show_progress)
         for name, (convert, config) in progress:
             progress.set_postfix_str(name)
@@ -226,7 +257,7 @@ def _write(
             model = convert()
             _save_part(model, tmp / name, config, weights_dtype=meta.weights_dtype)
             del model
-        pipe.tokenizer.save_pretrained(tmp / "tokenizer")
+        _save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
         pipe.scheduler.save_pretrained(tmp / "scheduler")
         pipe.save_config(tmp)
         meta.save(tmp)

@@ -16,7 +16,8 @@ from typing import Any
 
 from optimum.intel import OVStableDiffusionPipeline
 
-from sd_ovopt._loading import read_model_index
+from sd_ovopt._loading import check_steps, read_model_index
+from sd_ovopt._precision import PRECISIONS, precision_config
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError, NotAPipelineError, ShapeMismatchError
 from sd_ovopt.export.metadata import ExportMetadata, read_metadata
 from sd_ovopt.tome.config import ToMeConfig
@@ -24,10 +25,6 @@ from sd_ovopt.tome.config import ToMeConfig
 __all__ = ["PRECISIONS", "SdOvOptPipeline"]
 
 logger = logging.getLogger(__name__)
-
-#: Accepted values of ``precision``: what OpenVINO computes non-quantized ops in. ``"default"`` lets the
-#: CPU plugin choose (bf16 on CPUs with AVX-512 BF16 or AMX, f32 elsewhere).
-PRECISIONS = ("f32", "bf16", "f16", "default")
 
 _REQUIRED_PARTS = ("unet", "text_encoder", "vae_decoder")
 
@@ -66,19 +63,24 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
 
     Example:
         >>> from sd_ovopt import SdOvOptPipeline
-        >>> pipe = SdOvOptPipeline.from_pretrained("tiny-ov", precision="f32")  # doctest: +SKIP
+        >>> pipe = SdOvOptPipeline.from_pretrained("tiny-ov")  # doctest: +SKIP
+        >>> pipe.inference_precision  # doctest: +SKIP
+        'bf16'
         >>> image = pipe("a red circle", num_inference_steps=20).images[0]  # doctest: +SKIP
     """
 
     _sd_ovopt_metadata: ExportMetadata | None = None
     _sd_ovopt_precision: str = "default"
+    #: The UNet's static ``sample`` shape as read from a folder without ``sd_ovopt.json`` (an IR traced at
+    #: one shape whose record was lost), before optimum-intel makes the inputs dynamic; ``None`` otherwise.
+    _sd_ovopt_static_sample: tuple[int, ...] | None = None
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
         cls,
         model_dir: str | Path,
         *,
-        precision: str = "f32",
+        precision: str | None = None,
         device: str = "CPU",
         ov_config: dict[str, Any] | None = None,
         compile: bool = True,
@@ -89,22 +91,18 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         Args:
             model_dir: A folder written by :func:`sd_ovopt.export_pipeline` (or by optimum-intel, in which
                 case shapes stay dynamic).
-            precision: ``"f32"`` (default, matches PyTorch), ``"bf16"``, ``"f16"`` or ``"default"`` (the
-                device's choice: bf16 on CPUs that support it). Quantized ops run in int8 regardless.
+            precision: What OpenVINO computes float ops in: ``"auto"`` (the default when neither this nor
+                ``ov_config``'s ``INFERENCE_PRECISION_HINT`` is given: bf16 where the CPU plugin reports
+                native BF16, f32 elsewhere), ``"f32"`` (matches PyTorch), ``"bf16"``, ``"f16"`` or
+                ``"default"`` (no hint: the plugin's choice). Quantized ops run in int8 regardless.
+                ``pipe.inference_precision`` reports what the compiled UNet uses.
             device: OpenVINO device name.
-            ov_config: Extra OpenVINO properties (``INFERENCE_PRECISION_HINT`` comes from ``precision``).
+            ov_config: Extra OpenVINO properties. An ``INFERENCE_PRECISION_HINT`` there (optimum-intel's
+                convention) is used when ``precision`` is not given; given both, they must agree.
             compile: Compile now (otherwise on the first call).
             **kwargs: Passed to optimum-intel (e.g. ``scheduler=``).
         """
-        if precision not in PRECISIONS:
-            raise InvalidConfigError(f"precision={precision!r}; use one of {PRECISIONS}.")
-        config = dict(ov_config or {})
-        if "INFERENCE_PRECISION_HINT" in config and precision != "default":
-            raise InvalidConfigError(
-                "ov_config sets INFERENCE_PRECISION_HINT and precision is set too; use precision= only."
-            )
-        if precision != "default":
-            config["INFERENCE_PRECISION_HINT"] = precision
+        config, precision = precision_config(precision, ov_config, device)
         path = Path(model_dir).expanduser()
         _check_folder(path)
         meta = read_metadata(path)
@@ -154,6 +152,10 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         """Refuse shapes other than the exported one (its UNet was traced at that shape)."""
         meta = self._sd_ovopt_metadata
         if meta is None:
+            inputs = self.unet.model.inputs if self.unet is not None else []
+            sample = next((i.get_partial_shape() for i in inputs if "sample" in i.get_names()), None)
+            if sample is not None and sample.is_static and self._sd_ovopt_static_sample is None:
+                self._sd_ovopt_static_sample = tuple(dim.get_length() for dim in sample)
             return super().reshape(batch_size, height, width, num_images_per_prompt, **kwargs)
         wanted = (batch_size, height, width, num_images_per_prompt)
         baked = (meta.batch_size, meta.height, meta.width, meta.num_images_per_prompt)
@@ -193,15 +195,84 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
 
     @property
     def inference_precision(self) -> str:
-        """The precision the compiled UNet computes float ops in, as OpenVINO reports it (e.g. ``"f32"``)."""
+        """The precision the compiled UNet computes float ops in, as OpenVINO reports it (e.g. ``"f32"``).
+
+        With ``precision="auto"`` this is ``"bf16"`` on CPUs with native BF16 and ``"f32"`` elsewhere; a
+        ``"bf16"`` request on a CPU without it reads ``"f32"`` here, because the plugin falls back.
+        """
         self.unet.compile()
         value = self.unet.request.get_property("INFERENCE_PRECISION_HINT")
         return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
     # -- calls -------------------------------------------------------------------------------------
+    def _check_inputs(self, kwargs: dict[str, Any], prompt: Any) -> None:
+        """What any folder needs: prompts, steps, and finite latents of the compiled shape."""
+        if prompt is None and kwargs.get("prompt_embeds") is None:
+            raise InvalidConfigError(
+                "prompt=None; pass a prompt (a string or a list of strings) or prompt_embeds."
+            )
+        if prompt is not None and not (
+            isinstance(prompt, str)
+            or (isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt))
+        ):
+            raise InvalidConfigError(
+                f"prompt={prompt!r} ({type(prompt).__name__}); pass a string or a non-empty list of strings."
+            )
+        if kwargs.get("timesteps") is None and kwargs.get("sigmas") is None:
+            check_steps(kwargs.get("num_inference_steps", 50))
+        latents = kwargs.get("latents")
+        if latents is not None:
+            import torch
+
+            values = torch.as_tensor(latents)
+            if not torch.isfinite(values).all():
+                raise InvalidConfigError(
+                    "latents hold NaN or infinite values, which give a black image. Pass finite noise, e.g. "
+                    "torch.randn(...), or omit latents and pass generator= instead."
+                )
+            wanted = self._latents_shape(kwargs, prompt)
+            if wanted is not None and tuple(values.shape) != wanted:
+                raise ShapeMismatchError(
+                    f"latents have shape {tuple(values.shape)}; this pipeline needs {wanted} (images, "
+                    "channels, height / vae_scale_factor, width / vae_scale_factor). Omit latents or pass that shape."
+                )
+
+    def _latents_shape(self, kwargs: dict[str, Any], prompt: Any) -> tuple[int, ...] | None:
+        channels = self.unet.config.get("in_channels", 4) if self.unet is not None else 4
+        meta = self._sd_ovopt_metadata
+        if meta is not None:
+            images = meta.batch_size * meta.num_images_per_prompt
+            return (images, channels, meta.latent_height, meta.latent_width)
+        batch = 1 if isinstance(prompt, str) or prompt is None else len(prompt)
+        images = batch * (kwargs.get("num_images_per_prompt") or 1)
+        scale = self.vae_scale_factor
+        default = self.unet.config.get("sample_size", 64) * scale if self.unet is not None else 512
+        height, width = kwargs.get("height") or default, kwargs.get("width") or default
+        return (images, channels, height // scale, width // scale)
+
+    def _check_static_unet(self, kwargs: dict[str, Any], prompt: Any) -> None:
+        """Without ``sd_ovopt.json``, compare the call with the UNet's static shape read from its IR."""
+        static = self._sd_ovopt_static_sample
+        if static is None or len(static) != 4:
+            return
+        images, _, latent_height, latent_width = self._latents_shape(kwargs, prompt)  # type: ignore[misc]
+        unet_batch = images * (2 if kwargs.get("guidance_scale", 7.5) > 1 else 1)
+        wanted = (unet_batch, latent_height, latent_width)
+        baked = (static[0], static[2], static[3])
+        if wanted != baked:
+            scale = self.vae_scale_factor
+            raise ShapeMismatchError(
+                f"this folder has no sd_ovopt.json, and its UNet was exported at a static shape: UNet batch "
+                f"{baked[0]} (images x 2 with guidance_scale > 1), {baked[1] * scale}x{baked[2] * scale} "
+                f"pixels. This call needs UNet batch {wanted[0]} at {wanted[1] * scale}x{wanted[2] * scale}. "
+                "Call with the exported shape, or export again (sd_ovopt.export_pipeline) at the shape you need."
+            )
+
     def _check_call(self, kwargs: dict[str, Any], prompt: Any) -> None:
+        self._check_inputs(kwargs, prompt)
         meta = self._sd_ovopt_metadata
         if meta is None:
+            self._check_static_unet(kwargs, prompt)
             return
         for name in ("height", "width"):
             value = kwargs.get(name)

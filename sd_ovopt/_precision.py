@@ -1,0 +1,84 @@
+"""Which precision OpenVINO computes float ops in: the accepted values, and what ``"auto"`` means here.
+
+Light to import (OpenVINO loads only when a device is queried), so the CLI and the benchmark settings can
+share :data:`PRECISIONS` without loading optimum-intel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sd_ovopt.errors import InvalidConfigError
+
+__all__ = ["HINT", "PRECISIONS", "precision_config", "resolve_precision"]
+
+#: Accepted values of ``precision``. ``"auto"`` (the default): bf16 where the CPU plugin reports native
+#: BF16 (AVX512-BF16 or AMX), f32 elsewhere. ``"default"`` sets no hint and lets the plugin choose.
+PRECISIONS = ("auto", "f32", "bf16", "f16", "default")
+
+#: The OpenVINO property that carries the precision (optimum-intel's users set it in ``ov_config``).
+HINT = "INFERENCE_PRECISION_HINT"
+
+
+def _optimization_capabilities(device: str) -> list[str]:
+    """What OpenVINO's ``device`` plugin computes natively, e.g. ``["FP32", "BF16", "INT8", ...]``."""
+    import openvino as ov
+
+    return [str(c) for c in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
+
+
+def resolve_precision(precision: str, device: str = "CPU") -> str:
+    """The precision ``precision`` stands for on ``device``.
+
+    ``"auto"`` becomes ``"bf16"`` on a CPU whose OpenVINO plugin reports native BF16 in
+    ``OPTIMIZATION_CAPABILITIES``, ``"f32"`` on other CPUs, and ``"default"`` (no hint: the plugin's own
+    choice, e.g. f16 on a GPU) on other devices. Every other accepted value is returned as it is.
+
+    Example:
+        >>> resolve_precision("f32")
+        'f32'
+        >>> resolve_precision("auto") in ("bf16", "f32")
+        True
+    """
+    if precision not in PRECISIONS:
+        raise InvalidConfigError(f"precision={precision!r}; use one of {PRECISIONS}.")
+    if precision != "auto":
+        return precision
+    if not device.upper().startswith("CPU"):
+        return "default"
+    return "bf16" if "BF16" in _optimization_capabilities(device) else "f32"
+
+
+def _hint_name(value: Any) -> str:
+    return str(value.get_type_name() if hasattr(value, "get_type_name") else value)
+
+
+def precision_config(
+    precision: str | None, ov_config: dict[str, Any] | None, device: str = "CPU"
+) -> tuple[dict[str, Any], str]:
+    """The OpenVINO properties to compile with, and the precision they ask for (``"default"``: no hint).
+
+    ``precision=None`` means not given: ``ov_config``'s ``INFERENCE_PRECISION_HINT`` (optimum-intel's
+    convention) is honoured if set, otherwise ``"auto"`` applies. Given both, they must agree.
+
+    Example:
+        >>> precision_config(None, {"INFERENCE_PRECISION_HINT": "f32"})
+        ({'INFERENCE_PRECISION_HINT': 'f32'}, 'f32')
+        >>> precision_config("bf16", None)
+        ({'INFERENCE_PRECISION_HINT': 'bf16'}, 'bf16')
+    """
+    if precision is not None and precision not in PRECISIONS:
+        raise InvalidConfigError(f"precision={precision!r}; use one of {PRECISIONS}.")
+    config = dict(ov_config or {})
+    if HINT in config:
+        hint = _hint_name(config[HINT])
+        if precision is not None and precision != hint:
+            raise InvalidConfigError(
+                f"precision={precision!r} and ov_config[{HINT!r}]={hint!r} disagree; pass only one of them "
+                f"(precision= takes {PRECISIONS}; the ov_config key is optimum-intel's convention)."
+            )
+        return config, hint
+    resolved = resolve_precision("auto" if precision is None else precision, device)
+    if resolved != "default":
+        config[HINT] = resolved
+    return config, resolved
