@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sd_ovopt._fs import read_json_object
 from sd_ovopt.errors import (
     CorruptModelError,
+    InvalidConfigError,
     ModelNotFoundError,
     NotAPipelineError,
     ShapeMismatchError,
@@ -17,9 +18,18 @@ from sd_ovopt.errors import (
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-__all__ = ["check_image_size", "find_unet", "load_sd_pipeline", "read_model_index"]
+__all__ = [
+    "MAX_IMAGE_SIDE",
+    "check_image_size",
+    "check_steps",
+    "find_unet",
+    "load_sd_pipeline",
+    "read_model_index",
+]
 
 _SUPPORTED = ("StableDiffusionPipeline",)
+#: The largest height or width accepted (Stable Diffusion 1.x/2.x is trained at 512 to 768 pixels).
+MAX_IMAGE_SIDE = 4096
 
 
 def read_model_index(path: str | Path) -> dict[str, Any]:
@@ -79,7 +89,8 @@ def load_sd_pipeline(source: Any) -> StableDiffusionPipeline:
 
 
 def check_image_size(height: int, width: int, *, vae_scale_factor: int) -> None:
-    """Raise ShapeMismatchError unless height and width are positive multiples of 8 and of the VAE factor."""
+    """Raise ShapeMismatchError unless height and width are positive multiples of 8 and of the VAE factor,
+    and at most :data:`MAX_IMAGE_SIDE`."""
     multiple = max(8, vae_scale_factor)
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
@@ -87,6 +98,21 @@ def check_image_size(height: int, width: int, *, vae_scale_factor: int) -> None:
                 f"{name}={value!r} is not a positive multiple of {multiple}. "
                 f"Use a {name} divisible by {multiple}, e.g. {max(multiple, round(value / multiple) * multiple) if isinstance(value, int) else 512}."
             )
+        if value > MAX_IMAGE_SIDE:
+            raise ShapeMismatchError(
+                f"{name}={value} is larger than {MAX_IMAGE_SIDE} pixels, the most sd_ovopt accepts (Stable "
+                "Diffusion 1.x/2.x is trained at 512 to 768; a larger UNet would not fit in memory). "
+                f"Use a {name} of at most {MAX_IMAGE_SIDE}."
+            )
+
+
+def check_steps(value: object, name: str = "num_inference_steps") -> int:
+    """Return ``value`` if it is an integer >= 1 (denoising steps); raise InvalidConfigError otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidConfigError(
+            f"{name}={value!r}; it must be an integer >= 1 (the number of denoising steps, e.g. 20)."
+        )
+    return value
 
 
 def find_unet(target: Any, *, user: str, hint: str = "") -> Any:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sd_ovopt._precision import PRECISIONS
 from sd_ovopt.errors import OutputExistsError, SdOvOptError
 
 __all__ = ["main"]
@@ -60,7 +61,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--precision", choices=("f32", "bf16", "f16", "default"), default="f32")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="OpenVINO inference precision (default auto: bf16 where the CPU has native BF16, else f32)",
+    )
     p.add_argument("--output", default="image.png", help="PNG file to write (default image.png)")
     p.set_defaults(func=_run_generate)
 
@@ -74,13 +80,20 @@ def generate_image(
     steps: int = 20,
     guidance_scale: float = 7.5,
     negative_prompt: str | None = None,
-    precision: str = "f32",
+    precision: str = "auto",
 ) -> Path:
     """Generate one image with an exported pipeline and save it as PNG; return the path written."""
     import torch
 
+    from sd_ovopt._loading import check_steps
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
 
+    check_steps(steps, "steps")
+    out = Path(output).expanduser().resolve()
+    if out.is_dir():
+        raise OutputExistsError(
+            f"--output {out} is a folder; pass a PNG file path, e.g. {out / 'image.png'}."
+        )
     pipe = SdOvOptPipeline.from_pretrained(model_dir, precision=precision)
     image = pipe(
         prompt,
@@ -89,11 +102,16 @@ def generate_image(
         guidance_scale=guidance_scale,
         generator=torch.Generator().manual_seed(seed),
     ).images[0]
-    out = Path(output).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputExistsError(f"--output {out}: a part of its folder is a file ({exc}).") from exc
     tmp = out.with_name(f".{out.name}.partial.png")
-    image.save(tmp)
-    tmp.replace(out)
+    try:
+        image.save(tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -138,7 +156,14 @@ def _read_prompts(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise ModelNotFoundError(f"prompt file {file} does not exist; write one prompt per line.")
-    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidConfigError(
+            f"prompt file {file} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 4]!r}). "
+            "Save it as UTF-8, one prompt per line."
+        ) from exc
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise InvalidConfigError(f"prompt file {file} has no prompts; write one prompt per line.")
     return prompts
@@ -146,13 +171,14 @@ def _read_prompts(path: str) -> list[str]:
 
 def _run_quantize(args: argparse.Namespace) -> int:
     from sd_ovopt._fs import check_output_dir
-    from sd_ovopt._loading import load_sd_pipeline
+    from sd_ovopt._loading import check_steps, load_sd_pipeline
     from sd_ovopt.export.pipeline import export_pipeline
     from sd_ovopt.quantization import QuantizationConfig, collect_calibration, quantize_unet
     from sd_ovopt.tome import ToMeConfig, apply_tome
 
     prompts = _read_prompts(args.prompts)
-    check_output_dir(args.out, overwrite=args.overwrite)  # fail before the slow part
+    check_steps(args.steps, "--steps")
+    check_output_dir(args.out, overwrite=args.overwrite, source=args.src)  # fail before the slow part
     tome = None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio)
     config = QuantizationConfig(mode=args.mode, subset_size=args.num_samples)
     pipe = load_sd_pipeline(args.src)
@@ -396,6 +422,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from sd_ovopt._loading import check_steps
     from sd_ovopt.export.pipeline import export_pipeline
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
     from sd_ovopt.reference import generate_images, held_out_prompts, judge_image, make_grid, parse_prompt
@@ -404,6 +431,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     prompts = args.prompt or [spec.prompt for spec in held_out_prompts()[::18]]
     for prompt in prompts:
         parse_prompt(prompt)  # the judge reads only the dataset's prompts: refuse others before exporting
+    check_steps(args.steps, "--steps")
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--output-dir {out} is a file; pass a folder (an existing one is reused).")
@@ -441,9 +469,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_notices() -> None:
+    """Without --verbose, the import-time notices of diffusers, transformers and torch (deprecations inside
+    them, duplicate distributions found) are not the user's to act on. What the user set is kept."""
+    import os
+
+    for name, value in (
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("TORCH_LOGS", "-torch"),
+    ):
+        os.environ.setdefault(name, value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sd-ovopt``; returns the exit code (2 for bad input)."""
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_library_notices()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)

@@ -19,6 +19,7 @@ __all__ = [
     "OutputExistsError",
     "SdOvOptError",
     "ShapeMismatchError",
+    "UnsafeOutputError",
     "UnsupportedModelError",
 ]
 
@@ -45,6 +46,11 @@ class ShapeMismatchError(SdOvOptError, ValueError):
 
 class OutputExistsError(SdOvOptError, FileExistsError):
     """An output folder already exists and is not empty, and overwriting was not requested."""
+
+
+class UnsafeOutputError(SdOvOptError, ValueError):
+    """An output path whose replacement would delete what is not ours: empty, the working directory or an
+    ancestor of it, the home directory, a filesystem root, or a folder equal to, inside or around the source."""
 
 
 class InvalidConfigError(SdOvOptError, ValueError):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sd_ovopt._loading import check_steps
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 
 __all__ = ["UNET_INPUTS", "collect_calibration", "validate_calibration"]
@@ -67,6 +68,7 @@ def collect_calibration(
         raise InvalidConfigError("prompts must be a non-empty list of strings.")
     if max_samples is not None and max_samples < 1:
         raise InvalidConfigError(f"max_samples={max_samples!r}; it must be >= 1 or None.")
+    check_steps(num_inference_steps)
     samples: list[dict[str, torch.Tensor]] = []
 
     def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -121,10 +123,23 @@ def validate_calibration(calibration: Iterable[Any], unet: torch.nn.Module) -> l
             )
         for key in UNET_INPUTS:
             value = item[key]
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            if not isinstance(value, torch.Tensor):
+                kind = type(value)
                 raise InvalidConfigError(
                     f"calibration[{i}]['{key}'] must be a floating-point torch.Tensor, got "
-                    f"{getattr(value, 'dtype', type(value).__name__)}."
+                    f"{kind.__module__}.{kind.__qualname__}"
+                    + (f" of {value.dtype}" if hasattr(value, "dtype") else "")
+                    + ". Convert it, e.g. torch.from_numpy(array)."
+                )
+            if not value.is_floating_point():
+                raise InvalidConfigError(
+                    f"calibration[{i}]['{key}'] must be a floating-point torch.Tensor, got a tensor of "
+                    f"{value.dtype}. Convert it with .float()."
+                )
+            if not torch.isfinite(value).all():
+                raise InvalidConfigError(
+                    f"calibration[{i}]['{key}'] holds NaN or infinite values; quantizer ranges set from it "
+                    "would make every output NaN. Remove that item or record the calibration again."
                 )
         sample, ehs = item["sample"], item["encoder_hidden_states"]
         if sample.ndim != 4 or sample.shape[1] != config.in_channels:

@@ -100,8 +100,10 @@ def load_checkpoint(path: Path, float_unet: torch.nn.Module) -> tuple[dict[str, 
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
+        # Not torch's message: it advises turning weights_only off, which would run code from the file.
         raise CorruptModelError(
-            f"cannot read {path / STATE_FILE}: {exc}. Resume from another checkpoint."
+            f"cannot read {path / STATE_FILE} ({type(exc).__name__}): it is truncated, or not a checkpoint "
+            "sd_ovopt wrote (code in it is never run). Resume from another checkpoint."
         ) from exc
     import_nncf()
     import nncf.torch

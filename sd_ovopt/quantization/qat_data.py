@@ -9,6 +9,7 @@ step sees, and its noise, are pure functions of the seed and the step (:func:`sa
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,11 @@ class CaptionedImageFolder:
 
     def _read(self, metadata: Path, caption_column: str) -> list[tuple[Path, str]]:
         items = []
-        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            lines = metadata.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InvalidDatasetError(f"{metadata} is not UTF-8 text ({exc}). {_LAYOUT}") from exc
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
@@ -72,7 +77,13 @@ class CaptionedImageFolder:
                     f"{metadata} line {number} needs string fields 'file_name' and {caption_column!r}, "
                     f"got {line.strip()[:120]!r}. {_LAYOUT}"
                 )
-            items.append((self.folder / name, caption))
+            path = Path(os.path.normpath(self.folder / name))
+            if self.folder not in path.parents:
+                raise InvalidDatasetError(
+                    f"{metadata} line {number}: file_name {name!r} leads outside {self.folder}; name images by "
+                    "their path inside the data folder, e.g. '0001.png' or 'images/0001.png'."
+                )
+            items.append((path, caption))
         if not items:
             raise InvalidDatasetError(f"{metadata} lists no images. {_LAYOUT}")
         missing = [str(path.relative_to(self.folder)) for path, _ in items if not path.is_file()]

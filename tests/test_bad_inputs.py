@@ -1,0 +1,319 @@
+"""Bad inputs, one row each: the call, the typed error it must raise, and nothing left on disk after it.
+
+Each row names what issue 13 found it to be before the fix: ``broken`` (attacker code ran, files were
+deleted, or the result was silently wrong), ``poor`` (a raw traceback or a confusing message) or
+``handled`` (already right; kept so it stays right). docs/reliability.md reports the counts.
+A row runs with a fresh sandbox as working directory (and its ``home/`` as home); the sandbox, the shared assets and the
+shared models must be exactly as before (no new, changed or removed file, hidden ones included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sd_ovopt import (
+    CorruptModelError,
+    InvalidConfigError,
+    InvalidDatasetError,
+    ModelNotFoundError,
+    NotAPipelineError,
+    OutputExistsError,
+    QATConfig,
+    SdOvOptPipeline,
+    ShapeMismatchError,
+    UnsafeOutputError,
+    collect_calibration,
+    export_pipeline,
+    quantize_unet,
+    train_qat,
+)
+from sd_ovopt.cli import build_parser, main
+from sd_ovopt.export.metadata import METADATA_FILE
+from sd_ovopt.quantization.qat_data import CaptionedImageFolder
+
+SIZE = 32
+TINY_RUN = {"calibration_prompts": 1, "calibration_steps": 1, "eval_samples": 1, "export": False}
+TINY_RUN["show_progress"] = False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class Ctx:
+    """What rows call with: the sandbox (cwd and home), shared models, and prepared bad assets."""
+
+    root: Path
+    pipe: Any  # the tiny PyTorch pipeline
+    saved: Path  # the tiny pipeline saved with save_pretrained
+    ov: Path  # the tiny pipeline exported at 32x32
+    ov_pipe: SdOvOptPipeline
+    ov_nometa_pipe: SdOvOptPipeline  # the same export without sd_ovopt.json
+    assets: Path
+
+    def cli(self, *argv: str) -> Any:
+        """Run a subcommand's function, so the typed error surfaces (main maps it to exit code 2)."""
+        args = build_parser().parse_args([str(a) for a in argv])
+        return args.func(args)
+
+    def item(self, **change: Any) -> dict[str, Any]:
+        """One valid UNet calibration input of the tiny pipeline, with ``change`` applied."""
+        unet = self.pipe.unet.config
+        item = {
+            "sample": torch.randn(2, unet.in_channels, 16, 16),
+            "timestep": torch.tensor([500.0]),
+            "encoder_hidden_states": torch.randn(2, 77, unet.cross_attention_dim),
+        }
+        return {**item, **change}
+
+
+def write_squares(folder: Path, count: int = 2) -> Path:
+    folder.mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        Image.new("RGB", (SIZE, SIZE), (200, 30 * i, 40)).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a red square {i}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def evil_checkpoint(path: Path, marker: Path) -> None:
+    """A checkpoint whose loading would create ``marker`` (any code would run the same way)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    path.write_bytes(pickle.dumps({"model": Payload(), "step": 1}))
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_saved, exported_tiny, tmp_path_factory):
+    from sd_ovopt.testing import tiny_pipeline
+
+    assets = tmp_path_factory.mktemp("assets")
+    (assets / "bad-prompts.txt").write_bytes(b"a red circle\n\xff\xfe caf\xe9\n")
+    (assets / "a-file").write_text("not a folder")
+    (assets / "a-folder").mkdir()
+    (assets / "a-folder" / "keep.txt").write_text("user data")
+    broken = write_squares(assets / "unreadable-image")
+    (broken / "0.png").write_bytes(b"not a png")
+    escaping = write_squares(assets / "escaping")
+    (escaping / "metadata.jsonl").write_text(json.dumps({"file_name": "../a-file", "text": "x"}) + "\n")
+    absolute = write_squares(assets / "absolute")
+    (absolute / "metadata.jsonl").write_text(
+        json.dumps({"file_name": str(assets / "a-file"), "text": "x"}) + "\n"
+    )
+    (assets / "not-utf8-data").mkdir()
+    (assets / "not-utf8-data" / "metadata.jsonl").write_bytes(b'{"file_name": "\xff.png"}\n')
+    nometa = assets / "tiny-ov-no-metadata"
+    shutil.copytree(exported_tiny, nometa)
+    (nometa / METADATA_FILE).unlink()
+    return {
+        "pipe": tiny_pipeline(),
+        "ov_pipe": SdOvOptPipeline.from_pretrained(exported_tiny),
+        "ov_nometa_pipe": SdOvOptPipeline.from_pretrained(nometa),
+        "assets": assets,
+    }
+
+
+def reference_unet_resume(ctx: Ctx) -> None:
+    from sd_ovopt.reference.train import TrainingConfig, _train_unet, reference_tokenizer
+
+    work = ctx.root / "work"
+    work.mkdir()
+    evil_checkpoint(work / "unet.pt", ctx.root / "PAYLOAD-RAN")
+    try:
+        _train_unet(None, [], None, reference_tokenizer(), work, TrainingConfig(), "cpu", False)
+    finally:
+        assert not (ctx.root / "PAYLOAD-RAN").exists(), "the checkpoint's code ran"
+        shutil.rmtree(work)
+
+
+def reference_vae_resume(ctx: Ctx) -> None:
+    from sd_ovopt.reference.train import TrainingConfig, _train_vae
+
+    work = ctx.root / "work"
+    work.mkdir()
+    evil_checkpoint(work / "vae.pt", ctx.root / "PAYLOAD-RAN")
+    try:
+        _train_vae(np.zeros((1, SIZE, SIZE, 3), np.uint8), work, TrainingConfig(), "cpu", False)
+    finally:
+        assert not (ctx.root / "PAYLOAD-RAN").exists(), "the checkpoint's code ran"
+        shutil.rmtree(work)
+
+
+def qat_checkpoint_resume(ctx: Ctx) -> None:
+    from sd_ovopt.quantization.checkpoints import INFO_FILE, STATE_FILE, load_checkpoint
+
+    folder = ctx.root / "checkpoint-1"
+    folder.mkdir()
+    (folder / INFO_FILE).write_text("{}")
+    evil_checkpoint(folder / STATE_FILE, ctx.root / "PAYLOAD-RAN")
+    try:
+        load_checkpoint(folder, ctx.pipe.unet)
+    finally:
+        assert not (ctx.root / "PAYLOAD-RAN").exists(), "the checkpoint's code ran"
+        shutil.rmtree(folder)
+
+
+def user_folder(ctx: Ctx, name: str) -> Path:
+    """A folder of the user's, made before the row's snapshot (under assets, shared by rows)."""
+    return ctx.assets / name
+
+
+S = "--steps"
+# (id, found as, issue item, call, expected error, message must contain)
+CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = [
+    # --- broken: code execution, data loss, silent garbage ---------------------------------------------
+    ("reference-train-unet.pt-payload", "broken", "1", reference_unet_resume, InvalidConfigError, "never run"),
+    ("reference-train-vae.pt-payload", "broken", "1", reference_vae_resume, InvalidConfigError, "never run"),
+    ("qat-checkpoint-payload", "broken", "1", qat_checkpoint_resume, CorruptModelError, "never run"),
+    ("export-to-empty-path", "broken", "2", lambda c: export_pipeline(c.pipe, "", overwrite=True), UnsafeOutputError, "empty"),
+    ("export-to-cwd", "broken", "2", lambda c: export_pipeline(c.pipe, ".", overwrite=True), UnsafeOutputError, "working directory"),
+    ("export-to-cwd-ancestor", "broken", "2", lambda c: export_pipeline(c.pipe, "..", overwrite=True), UnsafeOutputError, "ancestor"),
+    ("export-to-home", "broken", "2", lambda c: export_pipeline(c.pipe, "~", overwrite=True), UnsafeOutputError, "home"),
+    ("export-to-root", "broken", "2", lambda c: export_pipeline(c.pipe, "/", overwrite=True), UnsafeOutputError, "root"),
+    ("cli-export-src-onto-itself", "broken", "2", lambda c: c.cli("export", c.saved, c.saved, "--overwrite"), UnsafeOutputError, "is the source"),
+    ("cli-export-into-src", "broken", "2", lambda c: c.cli("export", c.saved, c.saved / "ov", "--overwrite"), UnsafeOutputError, "inside the source"),
+    ("cli-export-around-src", "broken", "2", lambda c: c.cli("export", c.saved, c.saved.parent, "--overwrite"), UnsafeOutputError, "contains the source"),
+    ("cli-quantize-onto-src", "broken", "2", lambda c: c.cli("quantize", c.saved, c.saved, "--prompts", c.assets / "a-file", "--overwrite"), UnsafeOutputError, "source"),
+    ("calibration-nan", "broken", "3", lambda c: quantize_unet(c.pipe, [c.item(sample=torch.full((2, 4, 16, 16), float("nan")))]), InvalidConfigError, "calibration[0]['sample']"),
+    ("calibration-inf", "broken", "3", lambda c: quantize_unet(c.pipe, [c.item(), c.item(encoder_hidden_states=torch.full((2, 77, 32), float("inf")))]), InvalidConfigError, "calibration[1]['encoder_hidden_states']"),
+    ("pipeline-steps-0", "broken", "4", lambda c: c.ov_pipe("a red circle", num_inference_steps=0), InvalidConfigError, "num_inference_steps=0"),
+    ("pipeline-steps-negative", "broken", "4", lambda c: c.ov_pipe("a red circle", num_inference_steps=-2), InvalidConfigError, "num_inference_steps=-2"),
+    ("calibration-steps-0", "broken", "4", lambda c: collect_calibration(c.pipe, ["a"], num_inference_steps=0), InvalidConfigError, "num_inference_steps=0"),
+    ("cli-generate-steps-0", "broken", "4", lambda c: c.cli("generate", c.ov, "a", S, "0", "--output", c.root / "x.png"), InvalidConfigError, "steps=0"),
+    ("cli-generate-steps-negative", "broken", "4", lambda c: c.cli("generate", c.ov, "a", S, "-1", "--output", c.root / "x.png"), InvalidConfigError, "steps=-1"),
+    ("cli-quantize-steps-0", "broken", "4", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.assets / "a-file", S, "0"), InvalidConfigError, "--steps=0"),
+    ("cli-demo-steps-0", "broken", "4", lambda c: c.cli("demo", "--output-dir", c.root / "d", S, "0"), InvalidConfigError, "--steps=0"),
+    ("cli-generate-output-is-a-folder", "broken", "5", lambda c: c.cli("generate", c.ov, "a", S, "1", "--output", c.assets / "a-folder"), OutputExistsError, "is a folder"),
+    ("cli-quantize-prompts-not-utf8", "broken", "6", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.assets / "bad-prompts.txt"), InvalidConfigError, "not UTF-8"),
+    ("cli-demo-output-dir-is-a-file", "broken", "7", lambda c: c.cli("demo", "--output-dir", c.assets / "a-file"), OutputExistsError, "is a file"),
+    ("train-qat-unreadable-image", "broken", "8", lambda c: train_qat(c.saved, c.assets / "unreadable-image", c.root / "run", QATConfig(max_train_steps=1), **TINY_RUN), InvalidDatasetError, "cannot read image"),
+    ("train-data-file-name-escapes", "broken", "8", lambda c: CaptionedImageFolder(c.assets / "escaping", resolution=SIZE), InvalidDatasetError, "leads outside"),
+    ("train-data-file-name-absolute", "broken", "8", lambda c: CaptionedImageFolder(c.assets / "absolute", resolution=SIZE), InvalidDatasetError, "leads outside"),
+    # --- poor: raw tracebacks, confusing messages -------------------------------------------------------
+    ("no-metadata-other-size", "poor", "shapes", lambda c: c.ov_nometa_pipe("a", height=64, width=64, num_inference_steps=1), ShapeMismatchError, "no sd_ovopt.json"),
+    ("no-metadata-other-batch", "poor", "shapes", lambda c: c.ov_nometa_pipe(["a", "b"], num_inference_steps=1), ShapeMismatchError, "UNet batch 2"),
+    ("latents-wrong-shape", "poor", "shapes", lambda c: c.ov_pipe("a", latents=torch.randn(1, 4, 8, 8), num_inference_steps=1), ShapeMismatchError, "(1, 4, 16, 16)"),
+    ("prompt-int", "poor", "prompt", lambda c: c.ov_pipe(5, num_inference_steps=1), InvalidConfigError, "prompt=5"),
+    ("prompt-none", "poor", "prompt", lambda c: c.ov_pipe(None, num_inference_steps=1), InvalidConfigError, "prompt=None"),
+    ("prompt-list-with-int", "poor", "prompt", lambda c: c.ov_pipe(["a", 3], num_inference_steps=1), InvalidConfigError, "list of strings"),
+    ("latents-nan", "poor", "latents", lambda c: c.ov_pipe("a", latents=torch.full((1, 4, 16, 16), float("nan")), num_inference_steps=1), InvalidConfigError, "NaN"),
+    ("latents-inf", "poor", "latents", lambda c: c.ov_pipe("a", latents=torch.full((1, 4, 16, 16), float("inf")), num_inference_steps=1), InvalidConfigError, "infinite"),
+    ("export-absurd-size", "poor", "size", lambda c: export_pipeline(c.pipe, c.root / "o", height=28672, width=28672), ShapeMismatchError, "at most 4096"),
+    ("calibration-numpy", "poor", "numpy", lambda c: quantize_unet(c.pipe, [c.item(sample=np.zeros((2, 4, 16, 16), np.float32))]), InvalidConfigError, "numpy.ndarray"),
+    ("cli-train-qat-output-is-a-file", "poor", "train-qat", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "escaping", "--output", c.assets / "a-file"), OutputExistsError, "is a file"),
+    ("train-qat-output-is-a-file-on-resume", "poor", "train-qat", lambda c: train_qat(c.saved, c.assets / "escaping", c.assets / "a-file", resume_from_checkpoint="latest"), OutputExistsError, "is a file"),
+    ("train-data-metadata-not-utf8", "poor", "train-qat", lambda c: CaptionedImageFolder(c.assets / "not-utf8-data", resolution=SIZE), InvalidDatasetError, "not UTF-8"),
+    # --- handled already: kept right ------------------------------------------------------------------
+    ("export-missing-model", "handled", "-", lambda c: export_pipeline(c.root / "missing", c.root / "o"), ModelNotFoundError, "does not exist"),
+    ("export-not-a-pipeline", "handled", "-", lambda c: export_pipeline(c.assets / "a-folder", c.root / "o"), NotAPipelineError, "model_index.json"),
+    ("export-over-user-folder", "handled", "-", lambda c: export_pipeline(c.pipe, c.assets / "a-folder"), OutputExistsError, "not empty"),
+    ("export-size-not-multiple-of-8", "handled", "-", lambda c: export_pipeline(c.pipe, c.root / "o", height=30), ShapeMismatchError, "multiple of 8"),
+    ("export-batch-0", "handled", "-", lambda c: export_pipeline(c.pipe, c.root / "o", batch_size=0), ShapeMismatchError, "batch_size=0"),
+    ("load-missing-folder", "handled", "-", lambda c: SdOvOptPipeline.from_pretrained(c.root / "missing"), ModelNotFoundError, "does not exist"),
+    ("load-bad-precision", "handled", "-", lambda c: SdOvOptPipeline.from_pretrained(c.ov, precision="f8"), InvalidConfigError, "precision"),
+    ("pipeline-other-size", "handled", "-", lambda c: c.ov_pipe("a", height=64, num_inference_steps=1), ShapeMismatchError, "height=64"),
+    ("calibration-empty", "handled", "-", lambda c: quantize_unet(c.pipe, []), InvalidConfigError, "empty"),
+    ("calibration-wrong-shape", "handled", "-", lambda c: quantize_unet(c.pipe, [c.item(sample=torch.randn(2, 3, 16, 16))]), ShapeMismatchError, "shape"),
+    ("cli-quantize-missing-prompts", "handled", "-", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.root / "none.txt"), ModelNotFoundError, "does not exist"),
+    ("train-qat-used-output", "handled", "-", lambda c: train_qat(c.saved, c.assets / "escaping", c.assets / "a-folder"), OutputExistsError, "resume"),
+    ("train-data-no-captions", "handled", "-", lambda c: CaptionedImageFolder(c.assets / "a-folder", resolution=SIZE), InvalidDatasetError, "metadata.jsonl"),
+]  # fmt: skip
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folders`` (hidden ones too) with its size and modification time."""
+    found = {}
+    for folder in folders:
+        for path in [folder, *folder.rglob("*")]:
+            info = path.lstat()
+            found[str(path)] = (info.st_size, info.st_mtime_ns if path.is_file() else 0)
+    return found
+
+
+@pytest.mark.parametrize(("name", "kind", "item", "call", "error", "match"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_a_typed_error_and_leaves_nothing(
+    name, kind, item, call, error, match, shared, tiny_saved, exported_tiny, tmp_path, monkeypatch
+):
+    root = tmp_path / "sandbox"
+    (root / "user-file.txt").parent.mkdir()
+    (root / "user-file.txt").write_text("the user's work")
+    monkeypatch.chdir(root)
+    (root / "home").mkdir()
+    monkeypatch.setenv("HOME", str(root / "home"))
+    ctx = Ctx(
+        root,
+        shared["pipe"],
+        tiny_saved,
+        exported_tiny,
+        shared["ov_pipe"],
+        shared["ov_nometa_pipe"],
+        shared["assets"],
+    )
+    watched = (root, shared["assets"], tiny_saved, exported_tiny)
+    before = snapshot(*watched)
+    with pytest.raises(error, match=None) as raised:
+        call(ctx)
+    assert match in str(raised.value), f"{name}: {raised.value}"
+    assert snapshot(*watched) == before, f"{name} left something on disk"
+
+
+def test_the_cli_maps_each_row_to_exit_code_2(shared, tiny_saved, tmp_path, capsys):
+    """Two rows through ``main``: the typed error becomes a one-line message and exit code 2."""
+    assert main(["export", str(tiny_saved), str(tiny_saved), "--overwrite"]) == 2
+    assert "is the source model" in capsys.readouterr().err
+    prompts = shared["assets"] / "bad-prompts.txt"
+    assert main(["quantize", str(tiny_saved), str(tmp_path / "q"), "--prompts", str(prompts)]) == 2
+    err = capsys.readouterr().err
+    assert "sd-ovopt quantize: error: " in err and "Traceback" not in err
+
+
+def test_counts():
+    kinds = [c[1] for c in CASES]
+    assert len({c[0] for c in CASES}) == len(CASES)
+    assert kinds.count("broken") >= 9 and kinds.count("poor") >= 10 and kinds.count("handled") >= 10
+
+
+def test_conversion_shows_no_library_deprecation_notices(shared):
+    """torch.jit's FutureWarnings and transformers'/diffusers' notices during export are not the user's."""
+    import logging
+    import warnings
+
+    from sd_ovopt.export.convert import convert_text_encoder, convert_vae_decoder
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    libraries = [logging.getLogger(name) for name in ("transformers", "diffusers")]
+    for library in libraries:
+        library.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            convert_vae_decoder(shared["pipe"].vae, latent_height=16, latent_width=16)
+            convert_text_encoder(shared["pipe"].text_encoder, text_length=77)
+    finally:
+        for library in libraries:
+            library.removeHandler(handler)
+    assert not [str(w.message) for w in seen if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not [record.getMessage() for record in records]
