@@ -136,7 +136,11 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", help="local folder written by StableDiffusionPipeline.save_pretrained")
     p.add_argument("out", help="output folder for the OpenVINO pipeline")
-    p.add_argument("--prompts", required=True, help="text file, one calibration prompt per line")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="text file, one calibration prompt per line (default: sd_ovopt's own calibration prompt set)",
+    )
     p.add_argument("--num-samples", type=int, default=200, help="UNet calls to record (default 200)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps per calibration prompt")
     p.add_argument("--mode", choices=("full", "hybrid"), default="full")
@@ -151,11 +155,11 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_prompts(path: str) -> list[str]:
-    from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError
+    from sd_ovopt.errors import InvalidConfigError
 
     file = Path(path)
     if not file.is_file():
-        raise ModelNotFoundError(f"prompt file {file} does not exist; write one prompt per line.")
+        raise InvalidConfigError(f"prompt file {file} does not exist; write one prompt per line.")
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -171,32 +175,21 @@ def _read_prompts(path: str) -> list[str]:
 
 def _run_quantize(args: argparse.Namespace) -> int:
     from sd_ovopt._fs import check_output_dir
-    from sd_ovopt._loading import check_steps, load_sd_pipeline
-    from sd_ovopt.export.pipeline import export_pipeline
-    from sd_ovopt.quantization import QuantizationConfig, collect_calibration, quantize_unet
-    from sd_ovopt.tome import ToMeConfig, apply_tome
+    from sd_ovopt._loading import check_steps
+    from sd_ovopt.quantization import QuantizationConfig
+    from sd_ovopt.recipe import optimize_pipeline
+    from sd_ovopt.tome import ToMeConfig
 
-    prompts = _read_prompts(args.prompts)
+    prompts = None if args.prompts is None else _read_prompts(args.prompts)
     check_steps(args.steps, "--steps")
     check_output_dir(args.out, overwrite=args.overwrite, source=args.src)  # fail before the slow part
-    tome = None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio)
-    config = QuantizationConfig(mode=args.mode, subset_size=args.num_samples)
-    pipe = load_sd_pipeline(args.src)
-    if tome is not None:
-        apply_tome(pipe.unet, tome)  # calibrate and quantize the merged graph
-    calibration = collect_calibration(
-        pipe,
-        prompts,
-        num_inference_steps=args.steps,
-        height=args.height,
-        width=args.width,
-        max_samples=args.num_samples,
-    )
-    qunet = quantize_unet(pipe, calibration, config)
-    path = export_pipeline(
-        pipe,
+    path = optimize_pipeline(
+        args.src,
         args.out,
-        unet=qunet,
+        tome=None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio),
+        quantization=QuantizationConfig(mode=args.mode, subset_size=args.num_samples),
+        calibration_prompts=prompts,
+        calibration_steps=args.steps,
         height=args.height,
         width=args.width,
         compress_weights=not args.no_compress_weights,

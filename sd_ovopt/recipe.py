@@ -167,8 +167,9 @@ def optimize_pipeline(
     from sd_ovopt._loading import load_sd_pipeline
     from sd_ovopt.export.pipeline import export_pipeline
 
-    check_output_dir(output_dir, overwrite=overwrite)  # refuse before the slow part
     pipe = load_sd_pipeline(pipeline_or_path)
+    source = pipeline_or_path if isinstance(pipeline_or_path, (str, Path)) else pipe.name_or_path
+    check_output_dir(output_dir, overwrite=overwrite, source=source or None)  # refuse before the slow part
     shape = {"height": height, "width": width, "classifier_free_guidance": guidance_scale > 1}
     if quantization is None:
         unet = None

@@ -235,7 +235,7 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("pipeline-other-size", "handled", "-", lambda c: c.ov_pipe("a", height=64, num_inference_steps=1), ShapeMismatchError, "height=64"),
     ("calibration-empty", "handled", "-", lambda c: quantize_unet(c.pipe, []), InvalidConfigError, "empty"),
     ("calibration-wrong-shape", "handled", "-", lambda c: quantize_unet(c.pipe, [c.item(sample=torch.randn(2, 3, 16, 16))]), ShapeMismatchError, "shape"),
-    ("cli-quantize-missing-prompts", "handled", "-", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.root / "none.txt"), ModelNotFoundError, "does not exist"),
+    ("cli-quantize-missing-prompts", "handled", "-", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.root / "none.txt"), InvalidConfigError, "does not exist"),
     ("train-qat-used-output", "handled", "-", lambda c: train_qat(c.saved, c.assets / "escaping", c.assets / "a-folder"), OutputExistsError, "resume"),
     ("train-data-no-captions", "handled", "-", lambda c: CaptionedImageFolder(c.assets / "a-folder", resolution=SIZE), InvalidDatasetError, "metadata.jsonl"),
 ]  # fmt: skip

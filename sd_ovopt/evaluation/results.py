@@ -90,7 +90,9 @@ class BenchmarkResult:
         for row in self.variants:
             if row.name == name:
                 return row
-        raise KeyError(f"no variant {name!r} in this result; it has {[r.name for r in self.variants]}")
+        raise InvalidConfigError(
+            f"no variant {name!r} in this result; it has {[r.name for r in self.variants]}"
+        )
 
     def speedup(self, name: str, against: str, metric: str = "pipeline") -> float | None:
         """Median latency of ``against`` divided by that of ``name`` (``metric``: pipeline or unet_step)."""

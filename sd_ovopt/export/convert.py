@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from sd_ovopt.errors import UnsupportedModelError
+
 if TYPE_CHECKING:
     import openvino as ov
 
@@ -110,8 +112,9 @@ def _convert(module: nn.Module, example: dict[str, torch.Tensor], input_spec: li
     finally:
         module.train(was_training)
     if len(model.outputs) != len(output_names):
-        raise RuntimeError(
-            f"expected {len(output_names)} outputs, the converted model has {len(model.outputs)}"
+        raise UnsupportedModelError(
+            f"expected {len(output_names)} outputs, the converted model has {len(model.outputs)}; "
+            "export a module whose forward returns exactly those tensors"
         )
     for output, name in zip(model.outputs, output_names, strict=True):
         output.get_tensor().set_names({name})

@@ -311,6 +311,8 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
     def __call__(self, prompt: str | list[str] | None = None, *args: Any, **kwargs: Any):
         """Generate images; see ``diffusers.StableDiffusionPipeline.__call__`` for the arguments."""
         if args:
-            raise TypeError("pass every argument after the prompt by keyword (height=, width=, ...)")
+            raise InvalidConfigError(
+                f"got {len(args)} positional argument(s) after the prompt; pass them by keyword (height=, width=, ...)"
+            )
         self._check_call(kwargs, prompt)
         return super().__call__(prompt, **kwargs)
