@@ -15,14 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sd_ovopt import (
-    SdOvOptPipeline,
-    ToMeConfig,
-    apply_tome,
-    collect_calibration,
-    export_pipeline,
-    quantize_unet,
-)
+from sd_ovopt import QuantizationConfig, SdOvOptPipeline, ToMeConfig, export_pipeline, optimize_pipeline
 
 
 def main() -> None:
@@ -51,13 +44,15 @@ def main() -> None:
 
     reference = generate(pipe)
     fp32 = export_pipeline(pipe, args.out / "fp32", overwrite=True, **size)
-    apply_tome(pipe, ToMeConfig(ratio=0.4))
-    calibration = collect_calibration(
-        pipe, [args.prompt, "a green square"], num_inference_steps=args.steps, **size
-    )
-    qunet = quantize_unet(pipe, calibration)
-    int8 = export_pipeline(
-        pipe, args.out / "tome-int8", unet=qunet, compress_weights=True, overwrite=True, **size
+    int8 = optimize_pipeline(  # ToMe, calibration along the merged UNet's sampling, INT8, export
+        pipe,
+        args.out / "tome-int8",
+        tome=ToMeConfig(ratio=0.4),
+        quantization=QuantizationConfig(subset_size=32),
+        calibration_prompts=[args.prompt, "a green square"],
+        calibration_steps=args.steps,
+        overwrite=True,
+        **size,
     )
 
     for name, path in (("fp32", fp32), ("tome-int8", int8)):
