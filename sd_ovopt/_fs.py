@@ -32,6 +32,7 @@ from sd_ovopt.errors import CorruptModelError, OutputExistsError, UnsafeOutputEr
 
 __all__ = [
     "STALE_AFTER_S",
+    "atomic_file",
     "atomic_output_dir",
     "check_output_dir",
     "check_safe_output_path",
@@ -200,3 +201,23 @@ def atomic_output_dir(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` to write one file to; move it into place only if the block
+    succeeds, so a failure or a kill leaves the previous file (or none), never a half-written one.
+
+    ``suffix`` is kept at the end of the temporary name for writers that pick a format by it (``.png``).
+
+    Example:
+        >>> with atomic_file("results.json") as tmp:  # doctest: +SKIP
+        ...     tmp.write_text("{}")
+    """
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

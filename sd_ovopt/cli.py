@@ -106,12 +106,10 @@ def generate_image(
         out.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise OutputExistsError(f"--output {out}: a part of its folder is a file ({exc}).") from exc
-    tmp = out.with_name(f".{out.name}.partial.png")
-    try:
+    from sd_ovopt._fs import atomic_file
+
+    with atomic_file(out, suffix=out.suffix) as tmp:
         image.save(tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -226,9 +226,10 @@ def _write_grid(images: dict[str, list[Any]], pairs: Sequence[tuple[str, int]], 
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    from sd_ovopt._fs import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_report(

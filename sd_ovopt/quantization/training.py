@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sd_ovopt._fs import check_safe_output_path
+from sd_ovopt._fs import atomic_file, check_safe_output_path
 from sd_ovopt._loading import check_image_size, load_sd_pipeline
 from sd_ovopt.errors import InvalidConfigError, NonFiniteLossError, OutputExistsError
 from sd_ovopt.quantization.checkpoints import (
@@ -429,9 +429,8 @@ def train_qat(
                 overwrite=True,
                 show_progress=show_progress,
             )
-        tmp = out / f".{REPORT_FILE}.partial"
-        tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, out / REPORT_FILE)
+        with atomic_file(out / REPORT_FILE) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         logger.info("QAT report: %s", report)
     accelerator.wait_for_everyone()
     accelerator.end_training()

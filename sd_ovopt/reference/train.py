@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from sd_ovopt._config import JsonConfig
-from sd_ovopt._fs import atomic_output_dir, check_output_dir
+from sd_ovopt._fs import atomic_file, atomic_output_dir, check_output_dir
 from sd_ovopt.errors import InvalidConfigError, SdOvOptError
 from sd_ovopt.reference.model import (
     REFERENCE_TEXT_ENCODER_CONFIG,
@@ -106,9 +106,8 @@ def _save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write a checkpoint of tensors and numbers; a kill mid-write leaves the previous one intact."""
     import torch
 
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path, device: str) -> dict[str, Any]:
@@ -250,9 +249,8 @@ def _cached_latents(vae: Any, images: np.ndarray, work: Path, device: str) -> An
             x = (data[i : i + 256].float() / 127.5 - 1).to(device)
             out.append(vae.encode(x).latent_dist.mean.float().cpu())
     latents = torch.cat(out).contiguous()
-    tmp = path.with_name(path.name + ".partial")
-    save_file({"latents": latents}, str(tmp), metadata={"key": key})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({"latents": latents}, str(tmp), metadata={"key": key})
     logger.info("latents: %d encoded in %.1f s, cached in %s", len(latents), time.time() - t0, path)
     return latents
 
