@@ -2,7 +2,7 @@
 
     python -m sd_ovopt.reference.evaluate                       # the shipped model, PyTorch, seeds 0 and 1
     python -m sd_ovopt.reference.evaluate --model shapes-ov     # a folder written by export_pipeline
-    python -m sd_ovopt.reference.evaluate --grid docs/reference_grid.png
+    python -m sd_ovopt.reference.evaluate --grid docs/images/reference_grid.png
 
 Works with a diffusers ``StableDiffusionPipeline`` or an ``SdOvOptPipeline``: each prompt gets its own
 generator seeded ``seed + index``, so one prompt gives the same image however the prompts are batched.
