@@ -98,7 +98,8 @@ def markdown_table(result: BenchmarkResult) -> str:
         "interleaved rounds, warm-up excluded. OpenVINO INT8 variants and the peer run with precision "
         f"hint `{s['precision']}`.",
         "",
-        f"Machine: {m.get('cpu')}, {m.get('usable_cpus')} usable CPUs, {m.get('memory')}; OpenVINO "
+        f"Machine: {m.get('cpu')} ({', '.join(m.get('isa') or []) or 'ISA not read'}), "
+        f"{m.get('usable_cpus')} usable CPUs, {m.get('memory')}; OpenVINO "
         f"{versions.get('openvino')} (CPU capabilities {', '.join(m.get('openvino_capabilities', []))}), "
         f"torch {versions.get('torch')} ({m.get('torch_threads')} threads), optimum-intel "
         f"{versions.get('optimum-intel')}, NNCF {versions.get('nncf')}.",

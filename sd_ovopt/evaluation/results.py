@@ -159,8 +159,11 @@ def machine_info() -> dict[str, Any]:
     memory = meminfo.get("MemTotal", "")
     if memory.endswith(" kB"):
         memory = f"{int(memory[:-3]) / 2**20:.1f} GiB RAM"
+    from sd_ovopt._hardware import cpu_isa
+
     return {
         "cpu": meminfo.get("model name", cpu),
+        "isa": cpu_isa(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory": memory or None,
