@@ -301,7 +301,7 @@ def _add_train_qat(sub: argparse._SubParsersAction) -> None:
         "train-qat",
         help="quantization-aware training (distillation + EMA) on accelerate, then an INT8 OpenVINO export",
         description="Options left out take QATConfig's defaults. Several processes: accelerate launch "
-        "[--multi_gpu --num_processes N] -m sd_ovopt.quantization.train_qat ... (add --cpu for CPU processes).",
+        "[--multi_gpu --num_processes N] -m sd_ovopt train-qat ... (add --cpu for CPU processes).",
     )
     p.add_argument(
         "--model", required=True, help="local folder written by StableDiffusionPipeline.save_pretrained"
@@ -412,6 +412,29 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_demo)
 
 
+_DEMO_PAIRS = (
+    ("circle", "red"),
+    ("square", "green"),
+    ("triangle", "blue"),
+    ("diamond", "yellow"),
+    ("circle", "purple"),
+    ("square", "cyan"),
+    ("triangle", "red"),
+    ("diamond", "green"),
+)
+
+
+def _demo_prompts(held_out: list[Any]) -> list[str]:
+    """Eight held-out prompts: every shape twice, six colours, backgrounds and sizes varied."""
+    prompts = []
+    for i, (shape, colour) in enumerate(_DEMO_PAIRS):
+        candidates = [s for s in held_out if s.shape == shape and s.colour == colour]
+        background = ("white", "black", "gray")[i % 3]
+        preferred = [s for s in candidates if s.background == background] or candidates
+        prompts.append(preferred[i % len(preferred)].prompt)
+    return prompts
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from sd_ovopt._loading import check_steps
     from sd_ovopt.export.pipeline import export_pipeline
@@ -419,14 +442,19 @@ def _run_demo(args: argparse.Namespace) -> int:
     from sd_ovopt.reference import generate_images, held_out_prompts, judge_image, make_grid, parse_prompt
     from sd_ovopt.reference.model import reference_model_dir
 
-    prompts = args.prompt or [spec.prompt for spec in held_out_prompts()[::18]]
+    prompts = args.prompt or _demo_prompts(held_out_prompts())
     for prompt in prompts:
         parse_prompt(prompt)  # the judge reads only the dataset's prompts: refuse others before exporting
     check_steps(args.steps, "--steps")
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--output-dir {out} is a file; pass a folder (an existing one is reused).")
-    model_dir = export_pipeline(reference_model_dir(), out / "shapes-ov", overwrite=True)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # loading bars: noise in a demo
+    transformers_logging.disable_progress_bar()
+    model_dir = export_pipeline(reference_model_dir(), out / "shapes-ov", overwrite=True, show_progress=False)
     print(f"exported the shipped reference model to {model_dir}")
     pipe = SdOvOptPipeline.from_pretrained(model_dir, precision="f32")
     pipe.set_progress_bar_config(disable=True)

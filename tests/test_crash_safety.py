@@ -134,11 +134,12 @@ def write_squares(folder: Path, count: int = 2) -> Path:
     return folder
 
 
+@pytest.mark.slow  # three train-qat processes (~2 min); tests/quantization/test_qat.py covers resume by default
 def test_a_killed_qat_run_reruns_before_its_first_checkpoint_and_resumes_after_it(tiny_saved, tmp_path):
     data = write_squares(tmp_path / "data")
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "sd_ovopt.quantization.train_qat", "--model", str(tiny_saved),
+        sys.executable, "-m", "sd_ovopt", "train-qat", "--model", str(tiny_saved),
         "--train-data", str(data), "--output", str(out), "--max-train-steps", "3", "--checkpointing-steps", "1",
         "--gradient-accumulation-steps", "1", "--calibration-prompts", "1", "--calibration-steps", "1",
         "--eval-samples", "1", "--no-export", "--no-progress",

@@ -142,7 +142,7 @@ def bench(tmp_path_factory):
     (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     out = tmp / "out"
     args = ["bench", "--model", str(reference_model_dir()), "--output", str(out), "--variants", *VARIANTS]
-    args += ["--prompts", str(tmp / "prompts.txt"), "--steps", "8", "--rounds", "2", "--num-samples", "4"]
+    args += ["--prompts", str(tmp / "prompts.txt"), "--steps", "6", "--rounds", "2", "--num-samples", "4"]
     args += ["--guidance-scale", "4", "--judge", "sd_ovopt.reference:score_image", "--no-memory"]
     args += ["--seeds", "0", "1", "--unet-error-samples", "4"]
     stdout = io.StringIO()

@@ -65,7 +65,7 @@ def write_squares(folder, count=8):
 
 
 def run_cli(*args):
-    cmd = [sys.executable, "-m", "sd_ovopt.quantization.train_qat", *args]
+    cmd = [sys.executable, "-m", "sd_ovopt", "train-qat", *args]
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -452,6 +452,7 @@ def test_the_run_exports_an_int8_pipeline_that_generates(runs):
     assert not (runs["resumed"] / "ov").exists()  # --no-export
 
 
+@pytest.mark.slow  # two accelerate processes (~1.5 min)
 def test_two_cpu_processes_train_and_agree_on_weights(tiny_saved, data_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -459,7 +460,7 @@ def test_two_cpu_processes_train_and_agree_on_weights(tiny_saved, data_dir, tmp_
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-        "-m", "sd_ovopt.quantization.train_qat", "--cpu",
+        "-m", "sd_ovopt", "train-qat", "--cpu",
     ]  # fmt: skip
     args = [*run_args(tiny_saved, data_dir, tmp_path / "ddp", steps=2), "--no-export"]
     out = subprocess.run([*launch, *args], env=ENV, capture_output=True, text=True, timeout=900)
