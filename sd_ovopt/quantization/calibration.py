@@ -107,20 +107,62 @@ def collect_calibration(
     return samples
 
 
+def _as_tensor(value: Any) -> Any:
+    """numpy arrays and numbers become tensors; anything else is left for the type check to name."""
+    import numpy as np
+
+    if isinstance(value, (np.ndarray, np.generic)):
+        return torch.from_numpy(np.asarray(value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor([value])
+    return value
+
+
+def _as_input_dict(i: int, item: Any) -> dict[str, Any]:
+    """One calibration item as ``{sample, timestep, encoder_hidden_states}``: a dict, or a positional
+    ``(sample, timestep, encoder_hidden_states)`` tuple as the UNet is called; numpy arrays become tensors,
+    and the timestep (int or float: tensor, numpy or Python number) becomes float32 of shape [1], what
+    the traced UNet takes."""
+    if isinstance(item, (tuple, list)) and len(item) == len(UNET_INPUTS):
+        item = dict(zip(UNET_INPUTS, item, strict=True))
+    if not isinstance(item, dict) or set(UNET_INPUTS) - set(item):
+        raise InvalidConfigError(
+            f"calibration[{i}] must be a dict with keys {UNET_INPUTS} or a (sample, timestep, "
+            f"encoder_hidden_states) tuple; got {sorted(item) if isinstance(item, dict) else type(item).__name__}."
+        )
+    out = {key: _as_tensor(item[key]) for key in UNET_INPUTS}
+    timestep = out["timestep"]
+    if isinstance(timestep, torch.Tensor) and not timestep.is_floating_point() and not timestep.is_complex():
+        if timestep.dtype == torch.bool:
+            raise InvalidConfigError(f"calibration[{i}]['timestep'] is a bool tensor; pass the step number.")
+        timestep = timestep.float()
+    if isinstance(timestep, torch.Tensor) and timestep.is_floating_point():
+        flat = timestep.reshape(-1)
+        if flat.numel() == 0 or not bool((flat == flat[0]).all()):
+            raise ShapeMismatchError(
+                f"calibration[{i}]['timestep'] has {flat.numel()} different values; one UNet call has one "
+                "timestep (pass a number or a tensor of equal values)."
+            )
+        timestep = flat[:1].to(torch.float32)
+    out["timestep"] = timestep
+    return out
+
+
 def validate_calibration(calibration: Iterable[Any], unet: torch.nn.Module) -> list[dict[str, torch.Tensor]]:
-    """Check calibration items against ``unet`` and return them as a list of input dicts."""
+    """Check calibration items against ``unet`` and return them as a list of input dicts.
+
+    Items are dicts or positional ``(sample, timestep, encoder_hidden_states)`` tuples; tensors or numpy
+    arrays; the timestep may be an integer (what diffusers schedulers give) or a float, a tensor, a numpy
+    value or a Python number.
+    """
     items = list(calibration)
     if not items:
         raise InvalidConfigError(
             "calibration is empty. Pass UNet inputs, e.g. sd_ovopt.collect_calibration(pipeline, prompts)."
         )
     config = unet.config
+    items = [_as_input_dict(i, item) for i, item in enumerate(items)]
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or set(UNET_INPUTS) - set(item):
-            raise InvalidConfigError(
-                f"calibration[{i}] must be a dict with keys {UNET_INPUTS}; got "
-                f"{sorted(item) if isinstance(item, dict) else type(item).__name__}."
-            )
         for key in UNET_INPUTS:
             value = item[key]
             if not isinstance(value, torch.Tensor):

@@ -211,3 +211,29 @@ def test_hybrid_mode_keeps_matmul_activations_float(pipe, calibration, qunet, tm
     )
     assert 0 < hybrid_fq < full_fq
     assert counts.get("Constant:u8", 0) + counts.get("Constant:i8", 0) > 20  # matmul weights compressed
+
+
+def test_calibration_takes_integer_timesteps_numpy_and_positional_tuples(pipe, calibration):
+    """What diffusers schedulers give (int64 timesteps) and how the UNet is called (positional) both work."""
+    from sd_ovopt.quantization.calibration import validate_calibration
+
+    item = calibration[0]
+    step = int(item["timestep"].item())
+    forms = [
+        {**item, "timestep": torch.tensor(step, dtype=torch.int64)},  # 0-d int64, as schedulers give
+        {**item, "timestep": torch.tensor([step, step])},  # one per batch row
+        {**item, "timestep": np.int64(step)},
+        {**item, "timestep": step},
+        (item["sample"], step, item["encoder_hidden_states"]),
+        (item["sample"].numpy(), np.float32(step), item["encoder_hidden_states"].numpy()),
+    ]
+    for got in validate_calibration(forms, pipe.unet):
+        assert got["timestep"].dtype == torch.float32 and got["timestep"].tolist() == [float(step)]
+        assert torch.equal(got["sample"], item["sample"])
+        assert torch.equal(got["encoder_hidden_states"], item["encoder_hidden_states"])
+    with pytest.raises(ShapeMismatchError, match="different values"):
+        validate_calibration([{**item, "timestep": torch.tensor([1, 2])}], pipe.unet)
+    quantized = quantize_unet(pipe, forms[:4], QuantizationConfig(subset_size=4))
+    with torch.no_grad():
+        out = quantized(item["sample"], item["timestep"], item["encoder_hidden_states"]).sample
+    assert torch.isfinite(out).all()
