@@ -328,24 +328,16 @@ def _build_pipeline(vae: Any, run: _UNetRun, tokenizer: Any, weights: str = "ema
     """A CPU float32 StableDiffusionPipeline of copies of the run's models (EMA or raw weights)."""
     import copy
 
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
+
+    from sd_ovopt.testing.models import assemble_pipeline
 
     modules = copy.deepcopy(run.modules()).cpu().float().eval()
     if weights == "ema":
         run.ema.copy_to(modules)
     scheduler = DDIMScheduler(**_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(
-        vae=copy.deepcopy(vae).cpu().float().eval(),
-        text_encoder=modules["text_encoder"],
-        tokenizer=tokenizer,
-        unet=modules["unet"],
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    vae = copy.deepcopy(vae).cpu().float()
+    return assemble_pipeline(vae, modules["text_encoder"], tokenizer, modules["unet"], scheduler)
 
 
 def _evaluate(pipe: Any, seeds: Sequence[int] = (0,)) -> float:

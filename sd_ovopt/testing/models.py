@@ -23,6 +23,7 @@ __all__ = [
     "TINY_TEXT_ENCODER_CONFIG",
     "TINY_UNET_CONFIG",
     "TINY_VAE_CONFIG",
+    "assemble_pipeline",
     "sd15_pipeline",
     "sd15_unet",
     "tiny_pipeline",
@@ -122,9 +123,10 @@ def tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(tokenizer_dir()))
 
 
-def _assemble(
+def assemble_pipeline(
     vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Any
 ) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` of these parts in eval mode, without a safety checker, progress bar off."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
@@ -179,7 +181,7 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    return _assemble(vae, text_encoder, tokenizer, unet, scheduler)
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
 
 
 def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -207,7 +209,7 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     scheduler = PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
     )
-    return _assemble(vae, text_encoder, tokenizer, unet, scheduler)
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
 
 
 def sd15_unet(seed: int = 0, device: str | None = None) -> UNet2DConditionModel:
