@@ -6,7 +6,8 @@ goes through :func:`optimize_pipeline` or, when it needs the quantized UNet itse
 
 1. ToMe is applied to the UNet that will be quantized (the merge is part of the graph NNCF sees).
 2. Calibration inputs are recorded along the sampling trajectory of that merged UNet, i.e. the inputs the
-   deployed model will really see (chosen by measurement: docs/results.md, "Calibration order").
+   deployed model will really see (on the reference model this measures the same as recording along the
+   float UNet's sampling: docs/results.md, "Calibration order").
 3. ``quantize_unet`` inserts INT8 quantizers and sets their ranges on those inputs.
 4. ``export_pipeline`` writes the OpenVINO folder with the INT8 weights compressed.
 """
