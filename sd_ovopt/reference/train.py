@@ -473,8 +473,8 @@ def train_reference(
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
-        # Adam's second moments of tiny gradients reach the denormal range, where x86 arithmetic is
-        # 10-100x slower: a run that took 1 s a step crawled at 15 s a step after ~150 steps.
+        # Tiny values (e.g. Adam's second moments) in the denormal range make x86 arithmetic 10-100x
+        # slower; flushing them to zero is a standard guard for long CPU runs.
         torch.set_flush_denormal(True)
     bf16 = _use_bf16(config, device)
     logger.info("device %s, %d threads, bf16 autocast %s", device, torch.get_num_threads(), bf16)
