@@ -47,12 +47,7 @@ TINY_RUN = {"calibration_prompts": 1, "calibration_steps": 1, "eval_samples": 1,
 TINY_RUN["show_progress"] = False
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

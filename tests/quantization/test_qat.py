@@ -79,13 +79,7 @@ def load_state(run, step):
     return torch.load(run / "checkpoints" / f"checkpoint-{step}" / "training_state.pt", weights_only=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine spinning threads slow them 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
