@@ -385,11 +385,12 @@ def _batch(
     n = config.batch_size
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     idx = torch.randint(0, len(latents), (n,), generator=gen)
+    x0 = latents[idx]
     ids = input_ids[idx].clone()
     ids[torch.rand(n, generator=gen) < 0.1] = empty_ids
-    noise = torch.randn(latents[idx].shape, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, _SCHEDULER["num_train_timesteps"], (n,), generator=gen)
-    return tuple(v.to(device) for v in (latents[idx], ids, noise, t))
+    return tuple(v.to(device) for v in (x0, ids, noise, t))
 
 
 def _train_unet(latents: Any, texts: list[str], vae: Any, tokenizer: Any, work: Path, config: TrainingConfig, device: str, bf16: bool) -> _UNetRun:  # fmt: skip
