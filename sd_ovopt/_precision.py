@@ -10,11 +10,15 @@ from typing import Any
 
 from sd_ovopt.errors import InvalidConfigError
 
-__all__ = ["HINT", "PRECISIONS", "precision_config", "resolve_precision"]
+__all__ = ["EXPLICIT_PRECISIONS", "HINT", "PRECISIONS", "precision_config", "resolve_precision"]
+
+#: The precisions that name what OpenVINO is told, "auto" aside: what optimum-intel's loader takes (the
+#: benchmark's variants load through it). ``"default"`` sets no hint and lets the plugin choose.
+EXPLICIT_PRECISIONS = ("f32", "bf16", "f16", "default")
 
 #: Accepted values of ``precision``. ``"auto"`` (the default): bf16 where the CPU plugin reports native
-#: BF16 (AVX512-BF16 or AMX), f32 elsewhere. ``"default"`` sets no hint and lets the plugin choose.
-PRECISIONS = ("auto", "f32", "bf16", "f16", "default")
+#: BF16 (AVX512-BF16 or AMX), f32 elsewhere; or one of :data:`EXPLICIT_PRECISIONS`.
+PRECISIONS = ("auto", *EXPLICIT_PRECISIONS)
 
 #: The OpenVINO property that carries the precision (optimum-intel's users set it in ``ov_config``).
 HINT = "INFERENCE_PRECISION_HINT"

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sd_ovopt._precision import EXPLICIT_PRECISIONS
 from sd_ovopt.errors import InvalidConfigError, NotAPipelineError, OutputExistsError
 from sd_ovopt.evaluation.fidelity import Judge, image_fidelity, prompt_accuracy
 from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult, machine_info
@@ -30,7 +31,6 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 #: Calibration prompts (the recipe's default set) differ from the evaluation prompts, so PTQ is not scored
 #: on what it saw.
 DEFAULT_CALIBRATION_PROMPTS: tuple[str, ...] = _RECIPE_PROMPTS
-_PRECISIONS = ("f32", "bf16", "f16", "default")  # sd_ovopt.pipelines.ov_pipeline.PRECISIONS, without optimum
 
 
 def _geometry(model: Path) -> tuple[int, int]:
@@ -135,8 +135,8 @@ class BenchmarkSettings:
         if self.calibration_steps is not None:
             check_int("calibration_steps", self.calibration_steps, minimum=1)
         check_int("unet_error_samples", self.unet_error_samples, minimum=0)
-        if self.precision not in _PRECISIONS:
-            raise InvalidConfigError(f"precision={self.precision!r}; use one of {_PRECISIONS}.")
+        if self.precision not in EXPLICIT_PRECISIONS:  # variants load through optimum-intel: no "auto"
+            raise InvalidConfigError(f"precision={self.precision!r}; use one of {EXPLICIT_PRECISIONS}.")
         ToMeConfig(ratio=self.tome_ratio)  # raises for a ratio out of range
 
 
