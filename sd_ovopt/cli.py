@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sd_ovopt._precision import PRECISIONS
+from sd_ovopt._precision import EXPLICIT_PRECISIONS, PRECISIONS
 from sd_ovopt.errors import OutputExistsError, SdOvOptError
 
 __all__ = ["main"]
@@ -223,7 +223,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-steps", type=int, default=None, help="steps per calibration prompt")
     p.add_argument(
         "--precision",
-        choices=("f32", "bf16", "f16", "default"),
+        choices=EXPLICIT_PRECISIONS,
         default="f32",
         help="OpenVINO precision of the INT8 variants and the peer (default f32)",
     )
