@@ -58,7 +58,8 @@ class VariantSpec:
     Attributes:
         name: The variant's name (``--variants`` takes it).
         label: What the table calls it.
-        runtime: ``"torch"``, ``"sd_ovopt"`` or ``"optimum"``: which loader :func:`load_variant` uses.
+        runtime: ``"torch"``, ``"sd_ovopt"``, ``"optimum"`` or ``"genai"`` (OpenVINO GenAI's
+            ``Text2ImagePipeline``): which loader :func:`load_variant` uses.
         build: ``build(builder) -> (folder, build seconds, reused)``; ``builder`` is the shared
             :class:`_Builder` (PyTorch pipeline, calibration data, settings, reuse records).
         precision: The OpenVINO precision hint it runs with, from the settings (None for PyTorch).
@@ -416,10 +417,17 @@ def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_sc
     return pipe
 
 
+def _load_genai(variant: BuiltVariant, **_: Any) -> Any:
+    from sd_ovopt.evaluation.genai import GenAIPipeline
+
+    return GenAIPipeline(variant.path, precision=variant.precision)
+
+
 _LOADERS: dict[str, Callable[..., Any]] = {
     "torch": _load_torch,
     "sd_ovopt": _load_sd_ovopt,
     "optimum": _load_optimum,
+    "genai": _load_genai,
 }
 
 
@@ -491,6 +499,24 @@ for _spec in (
     VariantSpec(PEER_FULL, "optimum-intel full INT8 (peer)", "optimum", lambda b: b.peer(PEER_FULL)),
 ):
     register_variant(_spec)
+
+
+def _genai_missing() -> str | None:
+    from sd_ovopt.evaluation.genai import genai_missing
+
+    return genai_missing()
+
+
+# Our best folder (the ov-tome-int8 build, reused) deployed torch-free in OpenVINO GenAI's C++ pipeline.
+register_variant(
+    VariantSpec(
+        "genai-tome-int8",
+        "OpenVINO GenAI: ToMe + INT8 (C++ pipeline, no torch)",
+        "genai",
+        lambda b: b.int8("ov-tome-int8", tome=True),
+        unavailable=_genai_missing,
+    )
+)
 
 
 def variant_labels() -> dict[str, str]:

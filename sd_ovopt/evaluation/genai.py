@@ -1,0 +1,159 @@
+"""An exported folder run by OpenVINO GenAI's ``Text2ImagePipeline`` (C++, no torch), called like diffusers.
+
+The harness times and scores every variant through a diffusers-style call (``pipe(prompt, ...)``), so
+:class:`GenAIPipeline` wraps ``openvino_genai.Text2ImagePipeline`` in that call: the same prompt,
+steps, guidance, size and ``torch.Generator`` noise give the same image as :class:`sd_ovopt.SdOvOptPipeline`
+on the same folder, up to 8-bit rounding. The whole generation (tokenizer, text encoder, denoising
+loop, scheduler, VAE decoder) runs inside GenAI.
+
+For the UNet-step timing and the runtime-precision column, ``unet`` compiles the folder's UNet IR on its
+own with the same properties (GenAI does not expose its compiled models); it is compiled only when asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from sd_ovopt.errors import InvalidConfigError, MissingDependencyError
+
+__all__ = ["GenAIPipeline", "genai_missing"]
+
+
+def genai_missing() -> str | None:
+    """Why OpenVINO GenAI cannot run here (None when it can)."""
+    try:
+        import openvino_genai  # noqa: F401
+    except ImportError as exc:
+        return f"openvino-genai is not importable ({exc}); install it with `pip install openvino-genai`"
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    from sd_ovopt._fs import read_json_object
+
+    return read_json_object(path, fix="Export the folder again with sd_ovopt.export_pipeline.")
+
+
+def _torch_noise(generator: Any) -> Any:
+    """A GenAI generator that draws its noise from ``generator`` (a ``torch.Generator``), as diffusers does."""
+    import openvino as ov
+    import openvino_genai
+    import torch
+
+    class TorchNoise(openvino_genai.Generator):
+        def __init__(self) -> None:
+            openvino_genai.Generator.__init__(self)
+
+        def next(self) -> float:
+            return torch.randn(1, generator=generator).item()
+
+        def randn_tensor(self, shape: Any) -> Any:
+            return ov.Tensor(torch.randn(list(shape), generator=generator).numpy())
+
+    return TorchNoise()
+
+
+class _UNet:
+    """The folder's UNet IR, compiled on demand with the pipeline's properties (timing and precision only)."""
+
+    def __init__(self, folder: Path, properties: dict[str, Any]) -> None:
+        self.config = _read_json(folder / "unet" / "config.json")
+        self._xml, self._properties = folder / "unet" / "openvino_model.xml", properties
+        self.request: Any = None
+
+    def compile(self) -> None:
+        if self.request is None:
+            import openvino as ov
+
+            self.request = ov.Core().compile_model(self._xml, "CPU", self._properties)
+
+
+class GenAIPipeline:
+    """``openvino_genai.Text2ImagePipeline`` on an exported folder, with diffusers' call signature.
+
+    Args:
+        folder: A folder written by :func:`sd_ovopt.export_pipeline` or ``optimize_pipeline``.
+        precision: OpenVINO inference precision hint (``"f32"``, ``"bf16"``, ``"f16"``), or ``None`` /
+            ``"default"`` for none: OpenVINO's own choice (bf16 where the CPU has it), as GenAI's users get.
+        properties: Extra OpenVINO properties, e.g. ``{"INFERENCE_NUM_THREADS": 1}``.
+
+    Example:
+        >>> import torch
+        >>> from sd_ovopt.evaluation.genai import GenAIPipeline
+        >>> pipe = GenAIPipeline("tiny-ov")  # doctest: +SKIP
+        >>> image = pipe("a red circle", num_inference_steps=4, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, folder: str | Path, precision: str | None = None, properties: dict[str, Any] | None = None
+    ) -> None:
+        reason = genai_missing()
+        if reason is not None:
+            raise MissingDependencyError(reason)
+        import openvino_genai
+
+        self.folder = Path(folder)
+        self.properties = dict(properties or {})
+        if precision not in (None, "default"):
+            self.properties["INFERENCE_PRECISION_HINT"] = precision
+        self.pipe = openvino_genai.Text2ImagePipeline(str(self.folder), "CPU", **self.properties)
+        self.unet = _UNet(self.folder, self.properties)
+        vae = _read_json(self.folder / "vae_decoder" / "config.json")
+        self.vae_scale_factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
+        tokenizer = _read_json(self.folder / "tokenizer" / "tokenizer_config.json")
+        self.tokenizer = SimpleNamespace(model_max_length=int(tokenizer.get("model_max_length", 77)))
+
+    def set_progress_bar_config(self, **_: Any) -> None:
+        """GenAI shows no progress bar (kept so the harness treats every pipeline alike)."""
+
+    def __call__(
+        self,
+        prompt: str,
+        *,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        generator: Any = None,
+        negative_prompt: str | None = None,
+        output_type: str = "pil",
+    ) -> SimpleNamespace:
+        """Generate one image; ``generator`` is a ``torch.Generator`` (the same noise as diffusers) or a seed.
+
+        Returns an object whose ``images`` holds the image: PIL (``output_type="pil"``), a float
+        ``[H, W, 3]`` array in ``[0, 1]`` (``"np"``) or the uint8 array GenAI produced (``"uint8"``).
+        """
+        import openvino_genai
+
+        if not isinstance(prompt, str):
+            raise InvalidConfigError(
+                f"prompt={prompt!r}; the OpenVINO GenAI pipeline takes one prompt (a string) per call."
+            )
+        if output_type not in ("pil", "np", "uint8"):
+            raise InvalidConfigError(f"output_type={output_type!r}; use 'pil', 'np' or 'uint8'.")
+        kwargs: dict[str, Any] = {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+        }
+        if height is not None:
+            kwargs["height"] = height
+        if width is not None:
+            kwargs["width"] = width
+        if negative_prompt is not None:
+            kwargs["negative_prompt"] = negative_prompt
+        if isinstance(generator, int):
+            kwargs["generator"] = openvino_genai.TorchGenerator(generator)
+        elif generator is not None:
+            kwargs["generator"] = _torch_noise(generator)
+        image = np.array(self.pipe.generate(prompt, **kwargs).data[0])  # a copy: GenAI reuses its buffer
+        if output_type == "np":
+            return SimpleNamespace(images=[image.astype(np.float32) / 255.0])
+        if output_type == "uint8":
+            return SimpleNamespace(images=[image])
+        from PIL import Image
+
+        return SimpleNamespace(images=[Image.fromarray(image)])
