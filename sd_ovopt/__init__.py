@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BenchmarkResult": "sd_ovopt.evaluation.results",
+    "DeepCacheConfig": "sd_ovopt.deepcache.config",
     "DistillationLoss": "sd_ovopt.quantization.qat",
     "ExportMetadata": "sd_ovopt.export.metadata",
     "QATConfig": "sd_ovopt.quantization.config",
@@ -43,16 +44,20 @@ _LAZY = {
     "SdOvOptPipeline": "sd_ovopt.pipelines.ov_pipeline",
     "ToMeConfig": "sd_ovopt.tome.config",
     "WeightEMA": "sd_ovopt.quantization.qat",
+    "apply_deepcache": "sd_ovopt.deepcache.patch",
     "apply_tome": "sd_ovopt.tome.patch",
     "DEFAULT_CALIBRATION_PROMPTS": "sd_ovopt.recipe",
     "collect_calibration": "sd_ovopt.quantization.calibration",
     "export_pipeline": "sd_ovopt.export.pipeline",
+    "get_deepcache_config": "sd_ovopt.deepcache.patch",
     "get_tome_config": "sd_ovopt.tome.patch",
+    "is_deepcache_applied": "sd_ovopt.deepcache.patch",
     "is_tome_applied": "sd_ovopt.tome.patch",
     "optimize_pipeline": "sd_ovopt.recipe",
     "quantize_pipeline_unet": "sd_ovopt.recipe",
     "quantize_unet": "sd_ovopt.quantization.ptq",
     "read_metadata": "sd_ovopt.export.metadata",
+    "remove_deepcache": "sd_ovopt.deepcache.patch",
     "remove_tome": "sd_ovopt.tome.patch",
     "run_benchmark": "sd_ovopt.evaluation.benchmark",
     "train_qat": "sd_ovopt.quantization.training",
@@ -63,6 +68,7 @@ __all__ = [
     "AlreadyAppliedError",
     "BenchmarkResult",
     "CorruptModelError",
+    "DeepCacheConfig",
     "DistillationLoss",
     "ExportMetadata",
     "InvalidConfigError",
@@ -83,21 +89,32 @@ __all__ = [
     "UnsupportedModelError",
     "WeightEMA",
     "__version__",
+    "apply_deepcache",
     "apply_tome",
     "collect_calibration",
     "export_pipeline",
+    "get_deepcache_config",
     "get_tome_config",
+    "is_deepcache_applied",
     "is_tome_applied",
     "optimize_pipeline",
     "quantize_pipeline_unet",
     "quantize_unet",
     "read_metadata",
+    "remove_deepcache",
     "remove_tome",
     "run_benchmark",
     "train_qat",
 ]
 
 if TYPE_CHECKING:
+    from sd_ovopt.deepcache.config import DeepCacheConfig
+    from sd_ovopt.deepcache.patch import (
+        apply_deepcache,
+        get_deepcache_config,
+        is_deepcache_applied,
+        remove_deepcache,
+    )
     from sd_ovopt.evaluation.benchmark import run_benchmark
     from sd_ovopt.evaluation.results import BenchmarkResult
     from sd_ovopt.export.metadata import ExportMetadata, read_metadata

@@ -10,6 +10,11 @@ goes through :func:`optimize_pipeline` or, when it needs the quantized UNet itse
    float UNet's sampling: docs/results.md, "Calibration order").
 3. ``quantize_unet`` inserts INT8 quantizers and sets their ranges on those inputs.
 4. ``export_pipeline`` writes the OpenVINO folder with the INT8 weights compressed.
+
+With step caching (``deepcache=``), step 2 records along the *cached* sampling of the merged UNet (the
+cached feature of every cached step kept), step 3 replays each call in its own mode (refresh steps through
+the full UNet, cached steps through the shallow branch with their feature), and step 4 writes the two UNet
+IRs (:mod:`sd_ovopt.deepcache`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from sd_ovopt.deepcache.config import DeepCacheConfig
     from sd_ovopt.quantization.config import QuantizationConfig
     from sd_ovopt.tome.config import ToMeConfig
 
@@ -75,6 +81,7 @@ def quantize_pipeline_unet(
     height: int | None = None,
     width: int | None = None,
     show_progress: bool = True,
+    deepcache: DeepCacheConfig | None = None,
 ) -> torch.nn.Module:
     """Return an INT8 copy of ``pipeline.unet`` (ToMe merged first when given); the pipeline is unchanged.
 
@@ -89,6 +96,9 @@ def quantize_pipeline_unet(
         height: Image height of the calibration runs (default: the pipeline's).
         width: Image width of the calibration runs.
         show_progress: Show a progress bar while recording.
+        deepcache: Step caching: calibrate along the cached sampling, each call in its own mode; the result
+            carries the step-caching patch for ``export_pipeline``. Given ``calibration`` must then come
+            from :func:`sd_ovopt.deepcache.collect_deepcache_calibration`.
 
     Example:
         >>> from sd_ovopt.recipe import quantize_pipeline_unet
@@ -108,6 +118,24 @@ def quantize_pipeline_unet(
         prompts = list(calibration_prompts or DEFAULT_CALIBRATION_PROMPTS)
         # Cycle the prompts (new noise each pass) until the quantizer's subset is filled.
         passes = -(-quantization.subset_size // (len(prompts) * num_inference_steps))
+    if deepcache is not None:
+        from sd_ovopt.deepcache.calibration import collect_deepcache_calibration, quantize_deepcache_unet
+
+        if calibration is None:
+            with _unet_swapped(pipeline, student):
+                calibration = collect_deepcache_calibration(
+                    pipeline,
+                    prompts * passes,
+                    deepcache,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    height=height,
+                    width=width,
+                    max_samples=quantization.subset_size,
+                    show_progress=show_progress,
+                )
+        return quantize_deepcache_unet(student, calibration, deepcache, quantization)
+    if calibration is None:
         with _unet_swapped(pipeline, student):
             calibration = collect_calibration(
                 pipeline,
@@ -137,6 +165,7 @@ def optimize_pipeline(
     compress_weights: bool = True,
     overwrite: bool = False,
     show_progress: bool = True,
+    deepcache: DeepCacheConfig | None = None,
 ) -> Path:
     """Export ``pipeline_or_path`` to an OpenVINO folder with ToMe and/or INT8 applied; return the folder.
 
@@ -157,6 +186,8 @@ def optimize_pipeline(
         compress_weights: Store the INT8 UNet's weights as int8 (4x smaller).
         overwrite: Replace an existing output folder.
         show_progress: Show progress bars.
+        deepcache: Step caching (DeepCache): the folder gets the full and the shallow UNet IRs, and INT8
+            calibration follows the cached sampling (see :mod:`sd_ovopt.deepcache`).
 
     Example:
         >>> from sd_ovopt import QuantizationConfig, ToMeConfig, optimize_pipeline
@@ -179,7 +210,13 @@ def optimize_pipeline(
 
             unet = apply_tome(copy.deepcopy(pipe.unet), tome)
         return export_pipeline(
-            pipe, output_dir, unet=unet, overwrite=overwrite, show_progress=show_progress, **shape
+            pipe,
+            output_dir,
+            unet=unet,
+            deepcache=deepcache,
+            overwrite=overwrite,
+            show_progress=show_progress,
+            **shape,
         )
     qunet = quantize_pipeline_unet(
         pipe,
@@ -192,11 +229,13 @@ def optimize_pipeline(
         height=height,
         width=width,
         show_progress=show_progress,
+        deepcache=deepcache,
     )
     return export_pipeline(
         pipe,
         output_dir,
         unet=qunet,
+        deepcache=deepcache,
         compress_weights=compress_weights,
         overwrite=overwrite,
         show_progress=show_progress,

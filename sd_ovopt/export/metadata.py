@@ -58,6 +58,9 @@ class ExportMetadata:
         weights_dtype: How non-quantized weights are stored on disk (``"f32"`` or ``"f16"``).
         tome: The ToMe settings baked into the UNet, or ``None``.
         quantization: The quantization settings of the UNet, or ``None``.
+        deepcache: Step caching, or ``None``: its config (``"config"``), the two UNet IRs (``"full"``, which
+            also returns the cached feature, and ``"shallow"``, which takes it), the feature's name and
+            static shape (``"feature"``, ``"feature_shape"``).
         versions: Library versions at export time.
         format_version: Version of this file's layout.
     """
@@ -73,6 +76,7 @@ class ExportMetadata:
     weights_dtype: str = "f32"
     tome: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
+    deepcache: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=library_versions)
     format_version: int = FORMAT_VERSION
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from sd_ovopt.deepcache.config import DeepCacheConfig
     from sd_ovopt.tome.config import ToMeConfig
 
 __all__ = ["export_pipeline"]
@@ -75,6 +77,7 @@ def export_pipeline(
     tome: ToMeConfig | None = None,
     unet: torch.nn.Module | None = None,
     compress_weights: bool = False,
+    deepcache: DeepCacheConfig | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> Path:
@@ -102,6 +105,9 @@ def export_pipeline(
             weights are stored as int8) or from quantization-aware training.
         compress_weights: Also store the text encoder and VAE weights as int8 (weight-only, with
             ``nncf.compress_weights``), so the whole pipeline shrinks, not only the UNet.
+        deepcache: Step caching: ``unet/`` then holds the full UNet, which also returns the cached feature,
+            and ``unet_shallow/`` the shallow UNet that takes it (see :mod:`sd_ovopt.deepcache`). A UNet
+            carrying the step-caching patch (from the recipe's calibration) is exported with its config.
         overwrite: Replace an existing folder.
         show_progress: Show a progress bar over the parts.
 
@@ -140,6 +146,7 @@ def export_pipeline(
     if tome is not None:
         apply_tome(unet, tome)  # raises AlreadyAppliedError if another config is applied
     applied = tome or tome_before
+    deepcache = _deepcache_config(unet, deepcache)
     images = batch_size * num_images_per_prompt
     meta = ExportMetadata(
         height=height,
@@ -153,6 +160,7 @@ def export_pipeline(
         weights_dtype=weights_dtype,
         tome=None if applied is None else applied.to_dict(),
         quantization=_quantization_record(quantization, compress_weights),
+        deepcache=None if deepcache is None else _deepcache_record(deepcache),
     )
     try:
         return _write(
@@ -161,6 +169,29 @@ def export_pipeline(
     finally:
         if tome is not None and tome_before is None:
             remove_tome(unet)
+
+
+def _deepcache_config(unet: Any, deepcache: Any) -> Any:
+    from sd_ovopt.deepcache.config import DeepCacheConfig
+    from sd_ovopt.deepcache.patch import state_of
+
+    if deepcache is not None and not isinstance(deepcache, DeepCacheConfig):
+        raise InvalidConfigError(
+            f"deepcache must be a DeepCacheConfig or None, got {type(deepcache).__name__}."
+        )
+    state = state_of(unet)
+    return deepcache if deepcache is not None or state is None else state.config
+
+
+def _deepcache_record(config: Any) -> dict[str, Any]:
+    from sd_ovopt.deepcache.export import FEATURE_NAME, SHALLOW_PART
+
+    return {
+        "config": config.to_dict(),
+        "full": f"unet/{OV_XML}",
+        "shallow": f"{SHALLOW_PART}/{OV_XML}",
+        "feature": FEATURE_NAME,
+    }
 
 
 def _check_unet(unet: Any, reference: Any) -> Any:
@@ -193,6 +224,12 @@ def _compress(model: Any, **kwargs: Any) -> Any:
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, **kwargs)
 
 
+def _shallow_part() -> str:
+    from sd_ovopt.deepcache.export import SHALLOW_PART
+
+    return SHALLOW_PART
+
+
 def _write(
     pipe: Any,
     unet: Any,
@@ -215,23 +252,38 @@ def _write(
     hybrid = (quant.get("unet") or {}).get("mode") == "hybrid"
     compress_others = quant.get("weight_compression") == "int8"
 
-    def unet_part() -> Any:
-        model = convert_unet(
-            unet,
-            batch=meta.unet_batch,
-            latent_height=meta.latent_height,
-            latent_width=meta.latent_width,
-            text_length=text_length,
-        )
+    shape = {
+        "batch": meta.unet_batch,
+        "latent_height": meta.latent_height,
+        "latent_width": meta.latent_width,
+        "text_length": text_length,
+    }
+    shallow: list[Any] = []  # the shallow IR, converted with the full one
+
+    def hybrid_compress(model: Any) -> Any:
         if hybrid:  # matmul weights to int8 (weight-only); convolutions were fully quantized by NNCF
             model = _compress(model, ignored_scope=import_nncf().IgnoredScope(types=["Convolution"]))
         return model
+
+    def unet_part() -> Any:
+        nonlocal meta
+        if meta.deepcache is None:
+            return hybrid_compress(convert_unet(unet, **shape))
+        from sd_ovopt.deepcache.config import DeepCacheConfig
+        from sd_ovopt.deepcache.export import convert_deepcache_unets
+
+        config = DeepCacheConfig.from_dict(meta.deepcache["config"])
+        full, cut, feature_shape = convert_deepcache_unets(unet, config, **shape)
+        shallow.append(hybrid_compress(cut))
+        meta = replace(meta, deepcache={**meta.deepcache, "feature_shape": list(feature_shape)})
+        return hybrid_compress(full)
 
     def other(model: Any) -> Any:
         return _compress(model) if compress_others else model
 
     parts = {
         "unet": (unet_part, dict(unet.config)),
+        **({_shallow_part(): (shallow.pop, dict(unet.config))} if meta.deepcache else {}),
         "text_encoder": (
             lambda: other(convert_text_encoder(pipe.text_encoder, text_length=text_length)),
             pipe.text_encoder.config.to_dict(),

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optimum.intel import OVStableDiffusionPipeline
 
@@ -21,6 +21,9 @@ from sd_ovopt._precision import PRECISIONS, precision_config
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError, NotAPipelineError, ShapeMismatchError
 from sd_ovopt.export.metadata import ExportMetadata, read_metadata
 from sd_ovopt.tome.config import ToMeConfig
+
+if TYPE_CHECKING:
+    from sd_ovopt.deepcache.config import DeepCacheConfig
 
 __all__ = ["PRECISIONS", "SdOvOptPipeline"]
 
@@ -74,6 +77,11 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
     #: The UNet's static ``sample`` shape as read from a folder without ``sd_ovopt.json`` (an IR traced at
     #: one shape whose record was lost), before optimum-intel makes the inputs dynamic; ``None`` otherwise.
     _sd_ovopt_static_sample: tuple[int, ...] | None = None
+    #: The shallow UNet of a step-caching export (an optimum-intel UNet part), or ``None``.
+    _sd_ovopt_shallow: Any = None
+    _sd_ovopt_deepcache_on: bool = True
+    #: ``"full"`` / ``"shallow"`` per UNet call of the last pipeline call with step caching.
+    last_unet_steps: tuple[str, ...] = ()
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -126,6 +134,8 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             ) from exc
         pipe._sd_ovopt_metadata = meta
         pipe._sd_ovopt_precision = precision
+        if meta is not None and meta.deepcache is not None:
+            pipe._load_shallow_unet(path, meta.deepcache)
         if meta is not None:
             pipe._reshape_to_metadata()
         if compile:
@@ -168,9 +178,34 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         self._reshape_to_metadata()
         return self
 
+    def _load_shallow_unet(self, path: Path, record: dict[str, Any]) -> None:
+        import openvino as ov
+        from optimum.intel.openvino.modeling_diffusion import OVModelUnet
+
+        xml = path / record["shallow"]
+        if not xml.is_file() or not xml.with_suffix(".bin").is_file():
+            raise CorruptModelError(
+                f"{xml} (or its .bin) is missing, but sd_ovopt.json records step caching: the export is "
+                "incomplete. Export it again."
+            )
+        try:
+            model = ov.Core().read_model(xml)
+        except RuntimeError as exc:
+            raise CorruptModelError(
+                f"OpenVINO could not read {xml}: {exc}. Export the pipeline again."
+            ) from exc
+        self._sd_ovopt_shallow = OVModelUnet(model, self, xml.parent.name)
+
+    def clear_requests(self) -> None:
+        super().clear_requests()
+        if self._sd_ovopt_shallow is not None:
+            self._sd_ovopt_shallow.clear_requests()
+
     def compile(self) -> None:
         try:
             super().compile()
+            if self._sd_ovopt_shallow is not None:
+                self._sd_ovopt_shallow.compile()
         except RuntimeError as exc:
             raise CorruptModelError(
                 f"OpenVINO could not compile the pipeline: {exc}. The IR may be corrupt; export it again."
@@ -187,6 +222,24 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         """The ToMe settings baked into the UNet, or ``None``."""
         meta = self._sd_ovopt_metadata
         return None if meta is None or meta.tome is None else ToMeConfig.from_dict(meta.tome)
+
+    @property
+    def deepcache(self) -> DeepCacheConfig | None:
+        """The step-caching settings of the export, or ``None`` (see :func:`disable_deepcache`)."""
+        meta = self._sd_ovopt_metadata
+        if meta is None or meta.deepcache is None:
+            return None
+        from sd_ovopt.deepcache.config import DeepCacheConfig
+
+        return DeepCacheConfig.from_dict(meta.deepcache["config"])
+
+    def disable_deepcache(self) -> None:
+        """Run the full UNet at every step (a step-caching export then computes what a plain one does)."""
+        self._sd_ovopt_deepcache_on = False
+
+    def enable_deepcache(self) -> None:
+        """Run the export's step-caching schedule again (the default)."""
+        self._sd_ovopt_deepcache_on = True
 
     @property
     def quantization(self) -> dict[str, Any] | None:
@@ -315,4 +368,17 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
                 f"got {len(args)} positional argument(s) after the prompt; pass them by keyword (height=, width=, ...)"
             )
         self._check_call(kwargs, prompt)
-        return super().__call__(prompt, **kwargs)
+        config = self.deepcache
+        if config is None or self._sd_ovopt_shallow is None or not self._sd_ovopt_deepcache_on:
+            return super().__call__(prompt, **kwargs)
+        from sd_ovopt.deepcache.runtime import CachedOVUNet
+
+        # Swapped in the instance dict: DiffusionPipeline.__setattr__ would rewrite the pipeline's config.
+        full = self.__dict__["unet"]
+        cached = CachedOVUNet(full, self._sd_ovopt_shallow, config, lambda: self.scheduler)
+        self.__dict__["unet"] = cached
+        try:
+            return super().__call__(prompt, **kwargs)
+        finally:
+            self.__dict__["unet"] = full
+            self.last_unet_steps = tuple(cached.steps)

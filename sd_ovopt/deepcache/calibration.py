@@ -1,0 +1,133 @@
+"""Calibration along a cached run, and INT8 quantization of a UNet that is exported as the two DeepCache IRs.
+
+The shallow IR sees a cached feature as an input; its quantizer ranges must come from what it really sees.
+So calibration runs the pipeline with step caching applied and records, for every UNet call, its inputs
+and, on cached steps, the cached feature it was given. Quantization then replays each recorded call in
+its own mode: refresh steps through the full UNet, cached steps through the shallow branch with their
+feature, so every quantizer's range covers the inputs of the path that will run it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sd_ovopt.deepcache.config import DeepCacheConfig
+from sd_ovopt.deepcache.export import FEATURE_NAME
+from sd_ovopt.deepcache.patch import apply_deepcache, attach, recording, remove_deepcache, state_of
+from sd_ovopt.errors import InvalidConfigError, UnsupportedModelError
+
+__all__ = ["collect_deepcache_calibration", "quantize_deepcache_unet"]
+
+
+def collect_deepcache_calibration(
+    pipeline: Any,
+    prompts: Sequence[str],
+    config: DeepCacheConfig,
+    *,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """Run ``pipeline`` with step caching and record every UNet call's inputs.
+
+    Items are :func:`sd_ovopt.collect_calibration`'s dicts; those of cached steps also hold
+    ``"deepcache_feature"``, the cached feature the shallow branch was given. The pipeline is left as it
+    was (step caching is removed again unless it was applied with ``config`` before).
+
+    Example:
+        >>> from sd_ovopt import DeepCacheConfig
+        >>> from sd_ovopt.deepcache import collect_deepcache_calibration
+        >>> from sd_ovopt.testing import tiny_pipeline
+        >>> items = collect_deepcache_calibration(
+        ...     tiny_pipeline(), ["a red circle"], DeepCacheConfig(interval=2), num_inference_steps=4,
+        ...     show_progress=False)
+        >>> ["deepcache_feature" in item for item in items]
+        [False, True, False, True]
+    """
+    from sd_ovopt.quantization.calibration import collect_calibration
+
+    had = state_of(pipeline.unet)
+    apply_deepcache(pipeline, config)
+    try:
+        with recording(pipeline.unet) as calls:
+            items = collect_calibration(
+                pipeline,
+                prompts,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                # one more: the call that fills the list is stopped before its step is decided
+                max_samples=None if max_samples is None else max_samples + 1,
+                seed=seed,
+                show_progress=show_progress,
+            )
+    finally:
+        if had is None:
+            remove_deepcache(pipeline)
+    if len(items) - len(calls) not in (0, 1):
+        raise UnsupportedModelError(
+            f"recorded {len(items)} UNet inputs but {len(calls)} step decisions; is another patch calling the "
+            "UNet more than once per step?"
+        )
+    items = items[: len(calls)]
+    for item, (shallow, feature) in zip(items, calls, strict=True):
+        if shallow:
+            item[FEATURE_NAME] = feature.detach().float().cpu()  # type: ignore[union-attr]
+    return items if max_samples is None else items[:max_samples]
+
+
+def quantize_deepcache_unet(
+    unet: torch.nn.Module,
+    calibration: Sequence[dict[str, torch.Tensor]],
+    config: DeepCacheConfig,
+    quantization: Any = None,
+) -> torch.nn.Module:
+    """An INT8 copy of ``unet`` (see :func:`sd_ovopt.quantize_unet`) calibrated in the mode of each step.
+
+    ``calibration`` comes from :func:`collect_deepcache_calibration`. The result carries the step-caching
+    patch (without a pipeline: it runs the full UNet unless given the cached feature), ready for
+    ``export_pipeline(..., unet=result, deepcache=config)``. ``unet`` is not modified.
+    """
+    import copy
+
+    from sd_ovopt.quantization.calibration import UNET_INPUTS
+    from sd_ovopt.quantization.ptq import quantize_unet
+
+    items = list(calibration)
+    if not items or FEATURE_NAME in items[0]:
+        raise InvalidConfigError(
+            "calibration must start with a refresh step (an item without 'deepcache_feature'); record it "
+            "with collect_deepcache_calibration."
+        )
+    student = copy.deepcopy(unet)
+    if state_of(student) is not None:
+        remove_deepcache(student)
+    attach(student, config)
+    plain = [{key: item[key] for key in UNET_INPUTS} for item in items]  # the same tensors
+    shallow = {
+        id(p["sample"]): item[FEATURE_NAME]
+        for p, item in zip(plain, items, strict=True)
+        if FEATURE_NAME in item
+    }
+    state_of(student).replay = shallow  # type: ignore[union-attr]
+    quantized = quantize_unet(student, plain, quantization)
+    state = state_of(quantized)
+    if state is None:
+        raise UnsupportedModelError(
+            "the quantized UNet lost the step-caching patch; NNCF did not deep-copy it."
+        )
+    if shallow and state.replay_hits == 0:
+        raise UnsupportedModelError(
+            "no cached step was replayed through the shallow branch during calibration (the calibration "
+            "tensors were copied on the way to the UNet); the shallow IR's ranges would be wrong."
+        )
+    state.replay, state.replay_hits, state.cache, state.feature = {}, 0, {}, None
+    return quantized
