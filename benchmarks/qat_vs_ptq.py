@@ -42,6 +42,8 @@ def _stage_train(work: Path, args: argparse.Namespace) -> None:
         ema_decay=0.99,
         task_loss_weight=args.task_weight,
         distillation_loss_weight=args.distillation_weight,
+        calibration_prompts=32,
+        export_ptq=True,
     )
     t0 = time.perf_counter()
     train_qat(
@@ -50,8 +52,6 @@ def _stage_train(work: Path, args: argparse.Namespace) -> None:
         work / "run",
         config,
         tome=ToMeConfig(ratio=args.tome_ratio) if args.tome_ratio else None,
-        calibration_prompts=32,
-        export_ptq=True,
         resume_from_checkpoint="latest",
         cpu=True,
     )

@@ -371,7 +371,10 @@ def _run_train_qat(args: argparse.Namespace) -> int:
         if getattr(args, name, None) is not None and name != "gradient_checkpointing"
     }
     config = QATConfig(
-        **fields, ema_warmup=not args.no_ema_warmup, gradient_checkpointing=args.gradient_checkpointing
+        **fields,
+        ema_warmup=not args.no_ema_warmup,
+        export=not args.no_export,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     path = train_qat(
         args.model,
@@ -380,13 +383,7 @@ def _run_train_qat(args: argparse.Namespace) -> int:
         config,
         quantization=QuantizationConfig(mode=args.mode),
         tome=None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio),
-        calibration_prompts=args.calibration_prompts,
-        calibration_steps=args.calibration_steps,
-        caption_column=args.caption_column,
         resume_from_checkpoint=args.resume_from_checkpoint,
-        eval_samples=args.eval_samples,
-        export_ptq=args.export_ptq,
-        export=not args.no_export,
         cpu=args.cpu,
         show_progress=not args.no_progress,
     )

@@ -43,8 +43,7 @@ from sd_ovopt.export.metadata import METADATA_FILE
 from sd_ovopt.quantization.qat_data import CaptionedImageFolder
 
 SIZE = 32
-TINY_RUN = {"calibration_prompts": 1, "calibration_steps": 1, "eval_samples": 1, "export": False}
-TINY_RUN["show_progress"] = False
+TINY_QAT = {"calibration_prompts": 1, "calibration_steps": 1, "eval_samples": 1, "export": False}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -202,7 +201,7 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("cli-generate-output-is-a-folder", "broken", "5", lambda c: c.cli("generate", c.ov, "a", S, "1", "--output", c.assets / "a-folder"), OutputExistsError, "is a folder"),
     ("cli-quantize-prompts-not-utf8", "broken", "6", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.assets / "bad-prompts.txt"), InvalidConfigError, "not UTF-8"),
     ("cli-demo-output-dir-is-a-file", "broken", "7", lambda c: c.cli("demo", "--output-dir", c.assets / "a-file"), OutputExistsError, "is a file"),
-    ("train-qat-unreadable-image", "broken", "8", lambda c: train_qat(c.saved, c.assets / "unreadable-image", c.root / "run", QATConfig(max_train_steps=1), **TINY_RUN), InvalidDatasetError, "cannot read image"),
+    ("train-qat-unreadable-image", "broken", "8", lambda c: train_qat(c.saved, c.assets / "unreadable-image", c.root / "run", QATConfig(max_train_steps=1, **TINY_QAT), show_progress=False), InvalidDatasetError, "cannot read image"),
     ("train-data-file-name-escapes", "broken", "8", lambda c: CaptionedImageFolder(c.assets / "escaping", resolution=SIZE), InvalidDatasetError, "leads outside"),
     ("train-data-file-name-absolute", "broken", "8", lambda c: CaptionedImageFolder(c.assets / "absolute", resolution=SIZE), InvalidDatasetError, "leads outside"),
     # --- poor: raw tracebacks, confusing messages -------------------------------------------------------

@@ -141,6 +141,12 @@ class QATConfig(JsonConfig):
         checkpoints_total_limit: Keep at most this many checkpoints (default: keep all).
         seed: Seeds data order, noise and timesteps: they are a function of the seed and the step.
         gradient_checkpointing: Always refused: see :data:`GRADIENT_CHECKPOINTING_REFUSAL`.
+        calibration_prompts: Distinct captions (the first ones) whose pipeline runs calibrate the quantizers.
+        calibration_steps: Denoising steps per calibration prompt (one calibration sample each).
+        caption_column: The caption key in the training data's ``metadata.jsonl``.
+        eval_samples: Training images (the first ones) on which the student-vs-teacher error is reported.
+        export_ptq: Also export the post-training-quantized pipeline to ``OUT/ptq-ov``, for comparison.
+        export: Export ``OUT/ov`` at the end. Without it, resuming the finished run later exports only.
         version: Layout version of this config, for serialized copies.
 
     Example:
@@ -164,6 +170,12 @@ class QATConfig(JsonConfig):
     checkpoints_total_limit: int | None = None
     seed: int = 0
     gradient_checkpointing: bool = False
+    calibration_prompts: int = 8
+    calibration_steps: int = 20
+    caption_column: str = "text"
+    eval_samples: int = 8
+    export_ptq: bool = False
+    export: bool = True
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -176,6 +188,8 @@ class QATConfig(JsonConfig):
             "train_batch_size",
             "gradient_accumulation_steps",
             "checkpointing_steps",
+            "calibration_prompts",
+            "calibration_steps",
         ):
             check(name, field, getattr(self, field), integer=True, minimum=1, strict=False)
         for field in ("checkpoints_total_limit", "resolution"):
@@ -201,8 +215,15 @@ class QATConfig(JsonConfig):
         if self.ema_decay >= 1:
             raise InvalidConfigError(f"QATConfig.ema_decay={self.ema_decay!r}; it must be < 1 (e.g. 0.9999).")
         check(name, "seed", self.seed, integer=True, minimum=0, strict=False)
-        if not isinstance(self.ema_warmup, bool):
-            raise InvalidConfigError("QATConfig.ema_warmup must be a boolean.")
+        check(name, "eval_samples", self.eval_samples, integer=True, minimum=0, strict=False)
+        for field in ("ema_warmup", "export_ptq", "export"):
+            if not isinstance(getattr(self, field), bool):
+                raise InvalidConfigError(f"QATConfig.{field} must be a boolean.")
+        if not isinstance(self.caption_column, str) or not self.caption_column:
+            raise InvalidConfigError(
+                f"QATConfig.caption_column={self.caption_column!r}; name the caption key of metadata.jsonl "
+                "(default 'text')."
+            )
         if self.gradient_checkpointing is not False:
             raise InvalidConfigError(
                 f"QATConfig.gradient_checkpointing={self.gradient_checkpointing!r}: {GRADIENT_CHECKPOINTING_REFUSAL}"

@@ -1,7 +1,9 @@
 """``train_qat``: the quantization-aware training loop on accelerate, with atomic checkpoints and resume.
 
 One function runs everywhere ``accelerate`` does: in-process, ``accelerate launch`` on one GPU, several
-GPUs, or several CPU processes (gloo). The output folder::
+GPUs, or several CPU processes (gloo). ``_QATRun`` holds one call's state; its ``__call__`` reads as
+numbered stages (run folder, data, student, model and optimizer, training loop, report and export).
+The output folder::
 
     OUT/checkpoints/checkpoint-<step>/   training_state.pt (student, optimizer, EMA) + checkpoint.json
     OUT/train_log.jsonl                  one line of losses per optimizer step
@@ -12,7 +14,6 @@ GPUs, or several CPU processes (gloo). The output folder::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -50,8 +51,18 @@ REPORT_FILE = "qat_report.json"
 EXPORT_DIR = "ov"
 PTQ_EXPORT_DIR = "ptq-ov"
 _EVAL_STREAM = 2**31  # a generator key that no training step uses
-# Settings that may change on resume without changing what the remaining steps compute.
-_RESUMABLE_CHANGES = {"max_train_steps", "checkpointing_steps", "checkpoints_total_limit"}
+# Settings that may change on resume without changing what the remaining steps compute (calibration
+# and the PTQ export happen only before the first checkpoint).
+_RESUMABLE_CHANGES = {
+    "max_train_steps",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "calibration_prompts",
+    "calibration_steps",
+    "eval_samples",
+    "export_ptq",
+    "export",
+}
 
 
 _RUN_ENTRIES = (CHECKPOINTS_DIR, LOG_FILE, PTQ_EXPORT_DIR)  # what a run writes before its first checkpoint
@@ -111,33 +122,22 @@ def _discard_run_without_checkpoint(function: Any) -> Any:
     return wrapper
 
 
-def _quantize_student(
-    pipe: Any,
-    data: CaptionedImageFolder,
-    quantization: QuantizationConfig,
-    tome: ToMeConfig | None,
-    **calib: Any,
-) -> torch.nn.Module:
-    """The recipe's INT8 UNet, calibrated on the first distinct captions; the pipeline's UNet stays the
-    float, unmerged teacher."""
-    from sd_ovopt.recipe import quantize_pipeline_unet
-
-    captions = list(dict.fromkeys(data.captions))[: calib.pop("prompts")]
-    return quantize_pipeline_unet(
-        pipe, tome=tome, quantization=quantization, calibration_prompts=captions, show_progress=False, **calib
-    )
-
-
 def _warn_config_changes(saved: dict[str, Any], config: QATConfig, world_size: int) -> None:
     before = saved["qat_config"]
-    changed = [k for k, v in config.to_dict().items() if before.get(k) != v and k not in _RESUMABLE_CHANGES]
+    # A setting the checkpoint does not record (written before the setting existed) had its default.
+    defaults = QATConfig().to_dict()
+    changed = [
+        k
+        for k, v in config.to_dict().items()
+        if before.get(k, defaults[k]) != v and k not in _RESUMABLE_CHANGES
+    ]
     if saved["world_size"] != world_size:
         changed.append(f"number of processes {saved['world_size']} -> {world_size}")
     if changed:
         warnings.warn(
             f"resuming with other settings than the checkpoint was trained with ({', '.join(changed)}); the "
             "run will not end where an uninterrupted run would.",
-            stacklevel=3,
+            stacklevel=6,  # the caller of train_qat
         )
 
 
@@ -160,21 +160,6 @@ def _eval_set(pipe: Any, data: CaptionedImageFolder, count: int, seed: int, time
     return samples
 
 
-def _micro_batch(
-    pipe: Any, data: CaptionedImageFolder, config: QATConfig, step: int, micro: int, world: int, rank: int,
-    num_timesteps: int, device: torch.device,
-) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """Latents, text states, noise and timesteps of one micro-batch: a function of seed, step and rank."""
-    batch = config.train_batch_size
-    generator = step_generator(config.seed, step, micro, rank)
-    first = ((step * config.gradient_accumulation_steps + micro) * world + rank) * batch
-    images, captions = data.batch(sample_indices(len(data), config.seed, first, batch))
-    latents, states = encode_batch(pipe, images, captions, generator=generator)
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, num_timesteps, (batch,), generator=generator).to(device)
-    return latents, states, noise, timesteps
-
-
 @torch.no_grad()
 def _weight_signature(model: torch.nn.Module) -> torch.Tensor:
     """Per-parameter sum and sum of squares in float64: equal on every process when they agree."""
@@ -188,76 +173,313 @@ def _start_log(path: Path, start: int) -> None:
     path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
-def _accumulate(
-    accelerator: Any, qat_model: Any, pipe: Any, data: CaptionedImageFolder, config: QATConfig, step: int,
-    num_timesteps: int,
-) -> torch.Tensor:  # fmt: skip
-    """Forward and backward over one step's micro-batches; the mean losses of every process, ``[P, 3]``."""
-    accumulation = config.gradient_accumulation_steps
-    world, rank = accelerator.num_processes, accelerator.process_index
-    losses = torch.zeros(3)
-    for micro in range(accumulation):
-        inputs = _micro_batch(pipe, data, config, step, micro, world, rank, num_timesteps, accelerator.device)
-        last = micro == accumulation - 1
-        with contextlib.nullcontext() if last else accelerator.no_sync(qat_model):  # DDP syncs once per step
-            loss = qat_model(*inputs)
-            accelerator.backward(loss.total / accumulation)
-        losses += (
-            torch.stack([loss.total.detach(), loss.task, loss.distillation]).float().cpu() / accumulation
+class _QATRun:
+    """One :func:`train_qat` call. ``__call__`` runs the stages in order; each stage sets what later ones use.
+
+    Every process runs every stage; what only the main process does (writing the log, checkpoints, the
+    report and the export) is marked where it happens.
+    """
+
+    out: Path  # the run folder
+    resume: Path | None  # the checkpoint resumed from
+    last_checkpoint: Path | None  # the newest checkpoint written or resumed from (named on a NaN stop)
+    pipe: Any  # the float pipeline: its UNet is the teacher, its VAE and text encoder encode the data
+    data: CaptionedImageFolder
+    resolution: int
+    qat: QATModel  # student, teacher, loss and EMA
+    model: Any  # ``qat`` as accelerate prepared it (DDP-wrapped with several processes)
+    optimizer: Any
+    eval_set: list[dict]  # fixed inputs scoring student vs teacher (main process only)
+    encoders: dict[torch.nn.Module, torch.device]  # VAE and text encoder, with the device they came on
+    info: dict[str, Any]  # what every checkpoint records besides the step
+
+    def __init__(
+        self,
+        config: QATConfig,
+        quantization: QuantizationConfig,
+        tome: ToMeConfig | None,
+        *,
+        cpu: bool,
+        show_progress: bool,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import GradientAccumulationPlugin
+
+        self.config, self.quantization, self.tome = config, quantization, tome
+        self.show_progress = show_progress
+        # The plugin, not gradient_accumulation_steps=: the environment must not change the micro-batch count.
+        plugin = GradientAccumulationPlugin(num_steps=config.gradient_accumulation_steps)
+        self.accelerator = Accelerator(
+            cpu=cpu or not torch.accelerator.is_available(), gradient_accumulation_plugin=plugin
         )
-    return accelerator.gather(losses.to(accelerator.device)[None]).cpu()  # the same on every process
+        self.main = self.accelerator.is_main_process
+        self.start, self.ptq_error = 0, None
 
+    def __call__(
+        self, model: Any, train_data: str | Path, output_dir: str | Path, resume_from: str | Path | None
+    ) -> Path:
+        from diffusers import StableDiffusionPipeline
 
-def _train_steps(
-    accelerator: Any, qat_model: Any, qat: QATModel, optimizer: Any, pipe: Any, data: CaptionedImageFolder,
-    config: QATConfig, start: int, out: Path, info: dict[str, Any], last: Path | None, show_progress: bool,
-) -> None:  # fmt: skip
-    """Optimizer steps ``start`` .. ``config.max_train_steps``, logging losses and saving checkpoints."""
-    main = accelerator.is_main_process
-    num_timesteps = qat.noise_scheduler.config.num_train_timesteps
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    bar = tqdm(
-        total=config.max_train_steps,
-        initial=start,
-        desc="QAT",
-        unit="step",
-        disable=not show_progress or not main,
-    )
-    qat_model.train()
-    with bar:
-        for step in range(start, config.max_train_steps):
-            every = _accumulate(accelerator, qat_model, pipe, data, config, step, num_timesteps)
-            if not torch.isfinite(every).all():
-                kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
-                raise NonFiniteLossError(
-                    f"the training loss is not finite at step {step + 1} (total, task, distillation per "
-                    f"process: {every.tolist()}); training stopped before applying or saving that step, and "
-                    f"{kept}. Lower the learning rate or check the data, then resume with "
-                    "--resume-from-checkpoint latest."
+        # 1. Check the run folder: a new one, or a run to resume
+        self.open_output(model, output_dir, resume_from)
+        # 2. Load the float pipeline (the teacher) and the training data
+        self.prepare_data(model, train_data)
+        # 3. The student: the recipe's INT8 UNet (post-training quantization), or the checkpoint's
+        student, state = self.quantize_student() if self.resume is None else self.resume_student()
+        # 4. Teacher and student in one QATModel; model and optimizer through accelerate
+        self.prepare_training(student, state, copy_teacher=not isinstance(model, StableDiffusionPipeline))
+        # 5. Training loop: accumulate micro-batches, optimizer step, EMA, log, checkpoint
+        self.train()
+        # 6. Check the processes agree, score the student, export, write the report
+        return self.finish()
+
+    def open_output(self, model: Any, output_dir: str | Path, resume_from: str | Path | None) -> None:
+        """A safe run folder: new or unused, or holding the checkpoint to resume (``latest`` may find none)."""
+        self.out = _check_output_path(output_dir, model)
+        self.resume = None if resume_from is None else find_checkpoint(self.out, resume_from)
+        if resume_from is None:
+            _check_fresh_output(self.out)
+        elif self.resume is None:
+            logger.info("no checkpoint in %s yet: starting a new run", self.out / CHECKPOINTS_DIR)
+        self.last_checkpoint = self.resume
+
+    def prepare_data(self, model: Any, train_data: str | Path) -> None:
+        """The pipeline, the resolution, the checked data folder; seeds set, stale partial checkpoints gone."""
+        from accelerate.utils import set_seed
+
+        self.pipe = pipe = load_sd_pipeline(model)
+        check_no_gradient_checkpointing(pipe.unet)
+        self.resolution = self.config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        check_image_size(self.resolution, self.resolution, vae_scale_factor=pipe.vae_scale_factor)
+        self.data = CaptionedImageFolder(
+            train_data, resolution=self.resolution, caption_column=self.config.caption_column
+        )
+        set_seed(self.config.seed)
+        if self.main:
+            (self.out / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+            remove_partial_checkpoints(self.out / CHECKPOINTS_DIR)
+        self.accelerator.wait_for_everyone()
+
+    def quantize_student(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The recipe's INT8 UNet, calibrated on the first distinct captions (exported to ``ptq-ov`` with
+        ``export_ptq``); the pipeline's UNet stays the float, unmerged teacher. No state to load."""
+        from sd_ovopt.export.pipeline import export_pipeline
+        from sd_ovopt.recipe import quantize_pipeline_unet
+
+        config, size = self.config, self.resolution
+        student = quantize_pipeline_unet(
+            self.pipe,
+            tome=self.tome,
+            quantization=self.quantization,
+            calibration_prompts=list(dict.fromkeys(self.data.captions))[: config.calibration_prompts],
+            num_inference_steps=config.calibration_steps,
+            height=size,
+            width=size,
+            show_progress=False,
+        )
+        if config.export_ptq and self.main:
+            export_pipeline(
+                self.pipe,
+                self.out / PTQ_EXPORT_DIR,
+                unet=student,
+                height=size,
+                width=size,
+                compress_weights=True,
+                overwrite=True,
+                show_progress=False,
+            )
+        return student, {}
+
+    def resume_student(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The checkpoint's student (rebuilt without calibration), its ToMe, step and PTQ error; its state."""
+        saved, state, student = load_checkpoint(self.resume, self.pipe.unet)
+        _warn_config_changes(saved, self.config, self.accelerator.num_processes)
+        self.tome = None if saved["tome"] is None else ToMeConfig.from_dict(saved["tome"])
+        self.start, self.ptq_error = int(saved["step"]), saved["ptq_error"]
+        logger.info("resuming from %s (step %d)", self.resume, self.start)
+        return student, state
+
+    def prepare_training(
+        self, student: torch.nn.Module, state: dict[str, Any], *, copy_teacher: bool
+    ) -> None:
+        """QATModel, encoders frozen on the device, AdamW; both prepared by accelerate, ``state`` loaded."""
+        config, accelerator = self.config, self.accelerator
+        self.qat = qat = QATModel(self.pipe, student, config, copy_teacher=copy_teacher)
+        self.score_ptq()
+        self.encoders = {
+            module: next(module.parameters()).device for module in (self.pipe.vae, self.pipe.text_encoder)
+        }
+        for module in self.encoders:
+            module.to(accelerator.device).requires_grad_(False)
+        optimizer = torch.optim.AdamW(qat.parameter_groups(), lr=config.learning_rate)
+        self.model, self.optimizer = accelerator.prepare(qat, optimizer)
+        if state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            qat.ema.load_state_dict(state["ema"])
+        self.info = checkpoint_info(
+            qat.student,
+            qat_config=config.to_dict(),
+            tome=None if self.tome is None else self.tome.to_dict(),
+            world_size=accelerator.num_processes,
+            ptq_error=self.ptq_error,
+        )
+        if self.main:
+            _start_log(self.out / LOG_FILE, self.start)
+
+    def score_ptq(self) -> None:
+        """Fix the evaluation inputs (main process) and score the post-training-quantized student once."""
+        config, num_timesteps = self.config, self.qat.noise_scheduler.config.num_train_timesteps
+        wanted = self.main and config.eval_samples
+        self.eval_set = (
+            _eval_set(self.pipe, self.data, config.eval_samples, config.seed, num_timesteps) if wanted else []
+        )
+        if self.eval_set and self.ptq_error is None:
+            self.ptq_error = self.qat.teacher_error(self.eval_set)
+            logger.info("student-vs-teacher error after PTQ: %.4f", self.ptq_error)
+
+    def train(self) -> None:
+        """Optimizer steps ``start`` .. ``config.max_train_steps``, logging losses and saving checkpoints."""
+        total = self.config.max_train_steps
+        bar = tqdm(
+            total=total,
+            initial=self.start,
+            desc="QAT",
+            unit="step",
+            disable=not self.show_progress or not self.main,
+        )
+        self.model.train()
+        with bar:
+            for step in range(self.start, total):
+                losses = self.accumulate_gradients(step)
+                ema_decay = self.optimizer_step(step, losses)
+                self.log(step + 1, losses, ema_decay, bar)
+                self.checkpoint(step + 1)
+
+    def accumulate_gradients(self, step: int) -> torch.Tensor:
+        """Forward and backward over one step's micro-batches; the mean losses of every process, ``[P, 3]``."""
+        accelerator, accumulation = self.accelerator, self.config.gradient_accumulation_steps
+        losses = torch.zeros(3)
+        for micro in range(accumulation):
+            with accelerator.accumulate(self.model):  # DDP syncs gradients on the last micro-batch only
+                loss = self.model(*self.micro_batch(step, micro))
+                accelerator.backward(loss.total)  # accelerate divides by the accumulation steps
+            losses += (
+                torch.stack([loss.total.detach(), loss.task, loss.distillation]).float().cpu() / accumulation
+            )
+        return accelerator.gather(losses.to(accelerator.device)[None]).cpu()  # the same on every process
+
+    def micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, ...]:
+        """Latents, text states, noise and timesteps of one micro-batch: a function of seed, step and rank."""
+        config, device = self.config, self.accelerator.device
+        world, rank, batch = (
+            self.accelerator.num_processes,
+            self.accelerator.process_index,
+            config.train_batch_size,
+        )
+        generator = step_generator(config.seed, step, micro, rank)
+        first = ((step * config.gradient_accumulation_steps + micro) * world + rank) * batch
+        images, captions = self.data.batch(sample_indices(len(self.data), config.seed, first, batch))
+        latents, states = encode_batch(self.pipe, images, captions, generator=generator)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        num_timesteps = self.qat.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, num_timesteps, (batch,), generator=generator).to(device)
+        return latents, states, noise, timesteps
+
+    def optimizer_step(self, step: int, losses: torch.Tensor) -> float:
+        """Clip, step and fold into the EMA (return its decay); refuse a non-finite loss before applying it."""
+        if not torch.isfinite(losses).all():
+            kept = (
+                f"the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint
+                else "no checkpoint was saved yet"
+            )
+            raise NonFiniteLossError(
+                f"the training loss is not finite at step {step + 1} (total, task, distillation per "
+                f"process: {losses.tolist()}); training stopped before applying or saving that step, and "
+                f"{kept}. Lower the learning rate or check the data, then resume with "
+                "--resume-from-checkpoint latest."
+            )
+        if self.config.max_grad_norm is not None:
+            trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+            self.accelerator.clip_grad_norm_(trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.qat.update_ema()
+
+    def log(self, done: int, losses: torch.Tensor, ema_decay: float, bar: Any) -> None:
+        """The mean losses of all processes: on the progress bar, and (main process) in the log file."""
+        loss, task, distillation = losses.mean(0).tolist()
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.4g}", task=f"{task:.4g}", distill=f"{distillation:.4g}")
+        if self.main:
+            record = {"step": done, "loss": loss, "task": task, "distillation": distillation}
+            with (self.out / LOG_FILE).open("a", encoding="utf-8") as log:
+                log.write(json.dumps({**record, "ema_decay": ema_decay}) + "\n")
+
+    def checkpoint(self, done: int) -> None:
+        """Every ``checkpointing_steps`` and at the end: the main process saves, all wait for it."""
+        if done % self.config.checkpointing_steps and done != self.config.max_train_steps:
+            return
+        if self.main:
+            self.last_checkpoint = save_checkpoint(
+                self.out / CHECKPOINTS_DIR,
+                done,
+                self.qat,
+                self.optimizer,
+                self.info,
+                keep=self.config.checkpoints_total_limit,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def finish(self) -> Path:
+        """Compare the processes' weights, score the student (raw and EMA), export ``ov/``, write the report."""
+        accelerator = self.accelerator
+        rank_difference = self.rank_weight_difference()
+        for module, module_device in self.encoders.items():
+            module.to(module_device)
+        if self.main:
+            report = self.report(rank_difference)
+            if self.config.export:
+                size = self.resolution
+                self.qat.export(
+                    self.out / EXPORT_DIR,
+                    height=size,
+                    width=size,
+                    overwrite=True,
+                    show_progress=self.show_progress,
                 )
-            if config.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            decay = qat.update_ema()
-            done, (total, task, distillation) = step + 1, every.mean(0).tolist()
-            bar.update()
-            bar.set_postfix(loss=f"{total:.4g}", task=f"{task:.4g}", distill=f"{distillation:.4g}")
-            if main:
-                record = {
-                    "step": done,
-                    "loss": total,
-                    "task": task,
-                    "distillation": distillation,
-                    "ema_decay": decay,
-                }
-                with (out / LOG_FILE).open("a", encoding="utf-8") as log:
-                    log.write(json.dumps(record) + "\n")
-            if done % config.checkpointing_steps == 0 or done == config.max_train_steps:
-                if main:
-                    keep = config.checkpoints_total_limit
-                    last = save_checkpoint(out / CHECKPOINTS_DIR, done, qat, optimizer, info, keep=keep)
-                accelerator.wait_for_everyone()
+            with atomic_file(self.out / REPORT_FILE) as tmp:
+                tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+            logger.info("QAT report: %s", report)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return self.out / EXPORT_DIR if self.config.export else find_checkpoint(self.out)
+
+    def rank_weight_difference(self) -> float:
+        """The largest difference between the processes' weight signatures (0.0: they agree); warns if any."""
+        signatures = self.accelerator.gather(
+            _weight_signature(self.qat.student).to(self.accelerator.device)[None]
+        )
+        difference = float((signatures - signatures[0]).abs().max())
+        if difference:
+            warnings.warn(
+                f"the processes ended with different weights (max difference {difference}).",
+                stacklevel=6,  # the caller of train_qat
+            )
+        return difference
+
+    def report(self, rank_difference: float) -> dict[str, Any]:
+        """What ``qat_report.json`` holds: the student-vs-teacher error after PTQ and after QAT, and more."""
+        qat, eval_set = self.qat, self.eval_set
+        return {
+            "steps": self.config.max_train_steps,
+            "world_size": self.accelerator.num_processes,
+            "eval_samples": len(eval_set),
+            "ptq_error": self.ptq_error,
+            "qat_error": qat.teacher_error(eval_set) if eval_set else None,
+            "qat_ema_error": qat.teacher_error(eval_set, use_ema=True) if eval_set else None,
+            "rank_weight_difference": rank_difference,
+        }
 
 
 @_discard_run_without_checkpoint
@@ -269,44 +491,32 @@ def train_qat(
     *,
     quantization: QuantizationConfig | None = None,
     tome: ToMeConfig | None = None,
-    calibration_prompts: int = 8,
-    calibration_steps: int = 20,
-    caption_column: str = "text",
     resume_from_checkpoint: str | Path | None = None,
-    eval_samples: int = 8,
-    export_ptq: bool = False,
-    export: bool = True,
     cpu: bool = False,
     show_progress: bool = True,
 ) -> Path:
     """Quantize a Stable Diffusion UNet, fine-tune it with distillation from the float UNet, export it.
 
-    Post-training quantization (:func:`sd_ovopt.quantize_unet`, calibrated on pipeline runs over the first
-    captions) starts the student; :class:`sd_ovopt.QATModel` supplies the loss and the EMA; the end is an
-    OpenVINO pipeline folder ``OUT/ov`` with the EMA weights. Run it as is, or under ``accelerate launch``
-    for several processes (each process draws its own images; DDP averages the gradients).
-    Checkpoints are written atomically every ``config.checkpointing_steps``; a run resumed from one ends
-    with the same weights as an uninterrupted run (with the same settings and number of processes).
+    Post-training quantization (the recipe's :func:`sd_ovopt.quantize_pipeline_unet`, calibrated on
+    pipeline runs over the first captions) starts the student; :class:`sd_ovopt.QATModel` supplies the loss
+    and the EMA; the end is an OpenVINO pipeline folder ``OUT/ov`` with the EMA weights. Run it as is, or
+    under ``accelerate launch`` for several processes (each process draws its own images; DDP averages the
+    gradients). Checkpoints are written atomically every ``config.checkpointing_steps``; a run resumed from
+    one ends with the same weights as an uninterrupted run (with the same settings and number of processes).
 
     Args:
         model: A ``StableDiffusionPipeline`` or its local folder. Its UNet becomes the frozen teacher.
         train_data: Folder of images with ``metadata.jsonl`` captions (diffusers' text-to-image layout).
         output_dir: The run folder (see the module docstring); must be new or empty unless resuming.
-        config: Training settings (default ``QATConfig()``).
+        config: Training, calibration, evaluation and export settings (default ``QATConfig()``).
         quantization: Quantization settings (default ``QuantizationConfig()``).
         tome: Token merging applied to the student before quantization (the teacher stays unmerged).
-        calibration_prompts: Distinct captions whose pipeline runs calibrate the quantizers.
-        calibration_steps: Denoising steps per calibration prompt (one calibration sample each).
-        caption_column: The caption key in ``metadata.jsonl``.
         resume_from_checkpoint: ``"latest"`` (start fresh if there is none yet) or a checkpoint folder.
-        eval_samples: Training images (the first ones) on which the student-vs-teacher error is reported.
-        export_ptq: Also export the post-training-quantized pipeline to ``OUT/ptq-ov``, for comparison.
-        export: Export ``OUT/ov`` at the end. Without it, resuming the finished run later exports only.
         cpu: Train on the CPU even if an accelerator is present (always on the CPU if none is).
         show_progress: Show a progress bar with the losses (main process only).
 
     Returns:
-        The exported OpenVINO pipeline folder, ``OUT/ov`` (without ``export``: the last checkpoint).
+        The exported OpenVINO pipeline folder, ``OUT/ov`` (without ``config.export``: the last checkpoint).
 
     Raises:
         NonFiniteLossError: The loss became NaN or infinite; nothing of that step is applied or saved.
@@ -315,123 +525,9 @@ def train_qat(
         >>> from sd_ovopt import QATConfig, train_qat
         >>> train_qat("sd15", "pokemon", "sd15-qat", QATConfig(max_train_steps=4096))  # doctest: +SKIP
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers import StableDiffusionPipeline
-
     config = config or QATConfig()
     quantization = quantization or QuantizationConfig()
     if not isinstance(config, QATConfig) or not isinstance(quantization, QuantizationConfig):
         raise InvalidConfigError("config must be a QATConfig and quantization a QuantizationConfig.")
-    for name, value, least in (
-        ("calibration_prompts", calibration_prompts, 1),
-        ("calibration_steps", calibration_steps, 1),
-        ("eval_samples", eval_samples, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise InvalidConfigError(f"{name}={value!r}; it must be an integer >= {least}.")
-    accelerator = Accelerator(cpu=cpu or not torch.accelerator.is_available())
-    main, device = accelerator.is_main_process, accelerator.device
-    out = _check_output_path(output_dir, model)
-    checkpoints = out / CHECKPOINTS_DIR
-    resume = None if resume_from_checkpoint is None else find_checkpoint(out, resume_from_checkpoint)
-    if resume_from_checkpoint is None:
-        _check_fresh_output(out)
-    elif resume is None:
-        logger.info("no checkpoint in %s yet: starting a new run", checkpoints)
-
-    pipe = load_sd_pipeline(model)
-    check_no_gradient_checkpointing(pipe.unet)
-    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    check_image_size(resolution, resolution, vae_scale_factor=pipe.vae_scale_factor)
-    data = CaptionedImageFolder(train_data, resolution=resolution, caption_column=caption_column)
-    set_seed(config.seed)
-    if main:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        remove_partial_checkpoints(checkpoints)
-    accelerator.wait_for_everyone()
-
-    state: dict[str, Any] = {}
-    start, ptq_error = 0, None
-    if resume is not None:
-        saved, state, student = load_checkpoint(resume, pipe.unet)
-        _warn_config_changes(saved, config, accelerator.num_processes)
-        tome = None if saved["tome"] is None else ToMeConfig.from_dict(saved["tome"])
-        start, ptq_error = int(saved["step"]), saved["ptq_error"]
-        logger.info("resuming from %s (step %d)", resume, start)
-    else:
-        student = _quantize_student(
-            pipe, data, quantization, tome, prompts=calibration_prompts, num_inference_steps=calibration_steps,
-            height=resolution, width=resolution,
-        )  # fmt: skip
-        if export_ptq and main:
-            from sd_ovopt.export.pipeline import export_pipeline
-
-            export_pipeline(
-                pipe, out / PTQ_EXPORT_DIR, unet=student, height=resolution, width=resolution,
-                compress_weights=True, overwrite=True, show_progress=False,
-            )  # fmt: skip
-
-    qat = QATModel(pipe, student, config, copy_teacher=not isinstance(model, StableDiffusionPipeline))
-    num_timesteps = qat.noise_scheduler.config.num_train_timesteps
-    eval_set = (
-        _eval_set(pipe, data, eval_samples, config.seed, num_timesteps) if main and eval_samples else []
-    )
-    if eval_set and ptq_error is None:
-        ptq_error = qat.teacher_error(eval_set)
-        logger.info("student-vs-teacher error after PTQ: %.4f", ptq_error)
-    encoders = {module: next(module.parameters()).device for module in (pipe.vae, pipe.text_encoder)}
-    for module in encoders:
-        module.to(device).requires_grad_(False)
-    optimizer = torch.optim.AdamW(qat.parameter_groups(), lr=config.learning_rate)
-    qat_model, optimizer = accelerator.prepare(qat, optimizer)
-    if resume is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        qat.ema.load_state_dict(state["ema"])
-    del state
-    info = checkpoint_info(
-        qat.student,
-        qat_config=config.to_dict(),
-        tome=None if tome is None else tome.to_dict(),
-        world_size=accelerator.num_processes,
-        ptq_error=ptq_error,
-    )
-    if main:
-        _start_log(out / LOG_FILE, start)
-
-    _train_steps(
-        accelerator, qat_model, qat, optimizer, pipe, data, config, start, out, info, resume, show_progress
-    )
-
-    signatures = accelerator.gather(_weight_signature(qat.student).to(device)[None])
-    rank_difference = float((signatures - signatures[0]).abs().max())
-    if rank_difference:
-        warnings.warn(
-            f"the processes ended with different weights (max difference {rank_difference}).", stacklevel=2
-        )
-    for module, module_device in encoders.items():
-        module.to(module_device)
-    if main:
-        report = {
-            "steps": config.max_train_steps,
-            "world_size": accelerator.num_processes,
-            "eval_samples": len(eval_set),
-            "ptq_error": ptq_error,
-            "qat_error": qat.teacher_error(eval_set) if eval_set else None,
-            "qat_ema_error": qat.teacher_error(eval_set, use_ema=True) if eval_set else None,
-            "rank_weight_difference": rank_difference,
-        }
-        if export:
-            qat.export(
-                out / EXPORT_DIR,
-                height=resolution,
-                width=resolution,
-                overwrite=True,
-                show_progress=show_progress,
-            )
-        with atomic_file(out / REPORT_FILE) as tmp:
-            tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        logger.info("QAT report: %s", report)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return out / EXPORT_DIR if export else find_checkpoint(out)
+    run = _QATRun(config, quantization, tome, cpu=cpu, show_progress=show_progress)
+    return run(model, train_data, output_dir, resume_from_checkpoint)

@@ -122,6 +122,11 @@ def fixed_batch(pipe, data_dir, seed=0):
         {"max_grad_norm": -1.0},
         {"checkpoints_total_limit": 0},
         {"resolution": True},
+        {"calibration_prompts": 0},
+        {"calibration_steps": 1.5},
+        {"eval_samples": -1},
+        {"caption_column": ""},
+        {"export": "yes"},
     ],
 )
 def test_config_validation(kwargs):
@@ -134,6 +139,21 @@ def test_config_round_trip_and_loss_weights():
     assert QATConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InvalidConfigError, match="both 0"):
         QATConfig(task_loss_weight=0, distillation_loss_weight=0)
+
+
+def test_resuming_warns_only_for_settings_that_change_what_the_remaining_steps_compute():
+    import warnings
+
+    from sd_ovopt.quantization.training import _warn_config_changes
+
+    saved = {"qat_config": QATConfig().to_dict(), "world_size": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_config_changes(saved, QATConfig(max_train_steps=9, eval_samples=2, export=False), 1)
+        older = {k: v for k, v in saved["qat_config"].items() if k not in ("caption_column", "export")}
+        _warn_config_changes({**saved, "qat_config": older}, QATConfig(), 1)  # written before those keys
+    with pytest.warns(UserWarning, match="caption_column.*number of processes 1 -> 2"):
+        _warn_config_changes(saved, QATConfig(caption_column="title"), 2)
 
 
 # ------------------------------------------------------------------------------------------------- EMA
@@ -345,7 +365,7 @@ def test_a_used_output_folder_is_not_overwritten(tiny_saved, data_dir, tmp_path)
     with pytest.raises(OutputExistsError, match="resume"):
         train_qat(tiny_saved, data_dir, tmp_path)
     with pytest.raises(InvalidConfigError, match="eval_samples"):
-        train_qat(tiny_saved, data_dir, tmp_path / "new", eval_samples=-1)
+        train_qat(tiny_saved, data_dir, tmp_path / "new", QATConfig(eval_samples=-1))
 
 
 def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_the_run_resumes_from_it(
@@ -367,10 +387,16 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_the_run_resumes_from_
         return loss if len(calls) < 3 else QATLoss(loss.total * float("nan"), loss.task, loss.distillation)
 
     config = QATConfig(
-        max_train_steps=4, checkpointing_steps=1, gradient_accumulation_steps=1, checkpoints_total_limit=2
+        max_train_steps=4,
+        checkpointing_steps=1,
+        gradient_accumulation_steps=1,
+        checkpoints_total_limit=2,
+        calibration_prompts=1,
+        calibration_steps=2,
+        eval_samples=1,
+        export=False,
     )
-    kwargs = {"calibration_prompts": 1, "calibration_steps": 2, "eval_samples": 1, "export": False}
-    kwargs["show_progress"] = False
+    kwargs = {"show_progress": False}
     with monkeypatch.context() as patch:
         patch.setattr(DistillationLoss, "forward", poisoned)
         with pytest.raises(NonFiniteLossError, match="at step 3") as error:
