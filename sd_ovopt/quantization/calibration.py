@@ -59,6 +59,29 @@ def collect_calibration(
         >>> len(data), sorted(data[0])
         (2, ['encoder_hidden_states', 'sample', 'timestep'])
     """
+    unet = _check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
+    recorder = _InputRecorder(max_samples)
+    handle = unet.register_forward_pre_hook(recorder, with_kwargs=True)
+    try:
+        _run_prompts(
+            pipeline,
+            prompts,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            seed=seed,
+            show_progress=show_progress,
+        )
+    finally:
+        handle.remove()
+    return recorder.samples
+
+
+def _check_collect_request(
+    pipeline: Any, prompts: Sequence[str], max_samples: int | None, num_inference_steps: int
+) -> torch.nn.Module:
+    """The pipeline's UNet, once the request is checked."""
     unet = getattr(pipeline, "unet", None)
     if not isinstance(unet, torch.nn.Module) or not callable(pipeline):
         raise UnsupportedModelError(
@@ -69,42 +92,41 @@ def collect_calibration(
     if max_samples is not None and max_samples < 1:
         raise InvalidConfigError(f"max_samples={max_samples!r}; it must be >= 1 or None.")
     check_steps(num_inference_steps)
-    samples: list[dict[str, torch.Tensor]] = []
+    return unet
 
-    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+
+class _InputRecorder:
+    """A UNet forward pre-hook (``with_kwargs=True``) keeping each call's inputs on the CPU in float32;
+    raises :class:`_Full` once ``max_samples`` are kept."""
+
+    def __init__(self, max_samples: int | None) -> None:
+        self.max_samples = max_samples
+        self.samples: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         values = dict(zip(UNET_INPUTS, args, strict=False))
         values.update({k: kwargs[k] for k in UNET_INPUTS if k in kwargs})
         timestep = torch.as_tensor(values["timestep"], dtype=torch.float32).reshape(-1)[:1]
-        samples.append(
+        self.samples.append(
             {
                 "sample": values["sample"].detach().float().cpu().clone(),
                 "timestep": timestep.detach().cpu().clone(),
                 "encoder_hidden_states": values["encoder_hidden_states"].detach().float().cpu().clone(),
             }
         )
-        if max_samples is not None and len(samples) >= max_samples:
+        if self.max_samples is not None and len(self.samples) >= self.max_samples:
             raise _Full
 
-    handle = unet.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        for i, prompt in enumerate(
-            tqdm(prompts, desc="Calibration", unit="prompt", disable=not show_progress)
-        ):
-            try:
-                pipeline(
-                    prompt,
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
-                    height=height,
-                    width=width,
-                    generator=torch.Generator().manual_seed(seed + i),
-                    output_type="latent",
-                )
-            except _Full:
-                break
-    finally:
-        handle.remove()
-    return samples
+
+def _run_prompts(
+    pipeline: Any, prompts: Sequence[str], *, seed: int, show_progress: bool, **call: Any
+) -> None:
+    """One pipeline run per prompt (prompt ``i`` seeded ``seed + i``), up to the latents; stops when full."""
+    for i, prompt in enumerate(tqdm(prompts, desc="Calibration", unit="prompt", disable=not show_progress)):
+        try:
+            pipeline(prompt, generator=torch.Generator().manual_seed(seed + i), output_type="latent", **call)
+        except _Full:
+            break
 
 
 def _as_tensor(value: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -50,6 +50,48 @@ def _ignored_scope(nncf: Any, config: QuantizationConfig) -> Any:
     )
 
 
+def _unet_inputs(unet: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], dict[str, Any]]:
+    """What NNCF's dataset maps a calibration item with: the UNet's keyword inputs on its device and dtype."""
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+
+    def to_inputs(item: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {
+            "sample": item["sample"].to(device, dtype),
+            "timestep": item["timestep"].to(device),
+            "encoder_hidden_states": item["encoder_hidden_states"].to(device, dtype),
+            "return_dict": False,
+        }
+
+    return to_inputs
+
+
+def _nncf_quantize(
+    unet: torch.nn.Module, items: list[dict[str, torch.Tensor]], config: QuantizationConfig
+) -> torch.nn.Module:
+    """``nncf.quantize`` with the settings of ``config`` (the UNet in eval mode, without gradients)."""
+    nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=nncf.OverflowFix.DISABLE,
+        disable_bias_correction=not config.bias_correction,
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=0.95 if config.smooth_quant else -1),
+    )
+    return nncf.quantize(
+        unet,
+        nncf.Dataset(items, _unet_inputs(unet)),
+        preset=nncf.QuantizationPreset(config.preset),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=min(config.subset_size, len(items)),
+        ignored_scope=_ignored_scope(nncf, config),
+        advanced_parameters=advanced,
+    )
+
+
 def quantize_unet(
     unet_or_pipeline: Any,
     calibration: Iterable[dict[str, torch.Tensor]],
@@ -79,41 +121,11 @@ def quantize_unet(
         raise UnsupportedModelError(f"config must be a QuantizationConfig, got {type(config).__name__}.")
     unet = _find_unet(unet_or_pipeline)
     items = validate_calibration(calibration, unet)
-    nncf = import_nncf()
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
-
-    device = next(unet.parameters()).device
-    dtype = next(unet.parameters()).dtype
-
-    def to_inputs(item: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return {
-            "sample": item["sample"].to(device, dtype),
-            "timestep": item["timestep"].to(device),
-            "encoder_hidden_states": item["encoder_hidden_states"].to(device, dtype),
-            "return_dict": False,
-        }
-
-    advanced = AdvancedQuantizationParameters(
-        overflow_fix=nncf.OverflowFix.DISABLE,
-        disable_bias_correction=not config.bias_correction,
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=0.95 if config.smooth_quant else -1),
-    )
     was_training = unet.training
     unet.eval()
     try:
         with torch.no_grad():
-            quantized = nncf.quantize(
-                unet,
-                nncf.Dataset(items, to_inputs),
-                preset=nncf.QuantizationPreset(config.preset),
-                model_type=nncf.ModelType.TRANSFORMER,
-                subset_size=min(config.subset_size, len(items)),
-                ignored_scope=_ignored_scope(nncf, config),
-                advanced_parameters=advanced,
-            )
+            quantized = _nncf_quantize(unet, items, config)
     finally:
         unet.train(was_training)
     setattr(quantized, QUANTIZATION_ATTR, config)
