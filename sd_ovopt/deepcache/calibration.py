@@ -78,9 +78,10 @@ def collect_deepcache_calibration(
             "UNet more than once per step?"
         )
     items = items[: len(calls)]
+    kept: dict[int, torch.Tensor] = {}  # one copy per refresh, shared by the cached steps that use it
     for item, (shallow, feature) in zip(items, calls, strict=True):
         if shallow:
-            item[FEATURE_NAME] = feature.detach().float().cpu()  # type: ignore[union-attr]
+            item[FEATURE_NAME] = kept.setdefault(id(feature), feature.detach().float().cpu())  # type: ignore[union-attr]
     return items if max_samples is None else items[:max_samples]
 
 

@@ -80,7 +80,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
     #: The shallow UNet of a step-caching export (an optimum-intel UNet part), or ``None``.
     _sd_ovopt_shallow: Any = None
     _sd_ovopt_deepcache_on: bool = True
-    #: ``"full"`` / ``"shallow"`` per UNet call of the last pipeline call with step caching.
+    #: ``"full"`` / ``"shallow"`` per UNet call of the last pipeline call (empty without step caching).
     last_unet_steps: tuple[str, ...] = ()
 
     @classmethod
@@ -370,6 +370,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         self._check_call(kwargs, prompt)
         config = self.deepcache
         if config is None or self._sd_ovopt_shallow is None or not self._sd_ovopt_deepcache_on:
+            self.last_unet_steps = ()
             return super().__call__(prompt, **kwargs)
         from sd_ovopt.deepcache.runtime import CachedOVUNet
 
