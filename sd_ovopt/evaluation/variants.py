@@ -519,6 +519,60 @@ register_variant(
 )
 
 
+# Step caching (DeepCache, interval 3, branch 0): the folder holds the full and the shallow UNet IRs and
+# SdOvOptPipeline runs the schedule. Compare ov-deepcache with ov-f32 and ov-tome-int8-deepcache with
+# ov-tome-int8 (same precision, uncached). The UNet-step timing times the full IR (a refresh step).
+_DEEPCACHE = {"interval": 3, "branch": 0}
+
+
+def _deepcache_build(builder: _Builder, name: str, *, int8: bool) -> tuple[Path, float, bool]:
+    from sd_ovopt.deepcache.config import DeepCacheConfig
+    from sd_ovopt.quantization import QuantizationConfig
+    from sd_ovopt.recipe import optimize_pipeline
+    from sd_ovopt.tome import ToMeConfig
+
+    s = builder.settings
+
+    def build(path: Path) -> None:
+        optimize_pipeline(
+            builder.pipe,
+            path,
+            tome=ToMeConfig(ratio=s.tome_ratio) if int8 else None,
+            quantization=QuantizationConfig(subset_size=s.num_samples) if int8 else None,
+            deepcache=DeepCacheConfig(**_DEEPCACHE),
+            calibration_prompts=s.calibration_prompts,
+            calibration_steps=s.calibration_steps,
+            guidance_scale=s.guidance_scale,
+            height=s.height,
+            width=s.width,
+            overwrite=True,
+            show_progress=builder.progress,
+        )
+
+    keys = (*builder._CALIBRATION, "tome_ratio") if int8 else builder._SHAPE
+    return builder.folder(name, keys, build)
+
+
+for _spec in (
+    VariantSpec(
+        "ov-deepcache",
+        "OpenVINO FP32 + step caching (DeepCache, interval 3)",
+        "sd_ovopt",
+        lambda b: _deepcache_build(b, "ov-deepcache", int8=False),
+        precision=lambda s: "f32",
+        default=False,
+    ),
+    VariantSpec(
+        "ov-tome-int8-deepcache",
+        "OpenVINO ToMe + INT8 + step caching (DeepCache, interval 3)",
+        "sd_ovopt",
+        lambda b: _deepcache_build(b, "ov-tome-int8-deepcache", int8=True),
+        default=False,
+    ),
+):
+    register_variant(_spec)
+
+
 def variant_labels() -> dict[str, str]:
     """Every registered variant's name and the label its table shows, in registration order."""
     return {name: spec.label for name, spec in _REGISTRY.items()}
