@@ -370,12 +370,8 @@ class _QATRun:
 
     def micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, ...]:
         """Latents, text states, noise and timesteps of one micro-batch: a function of seed, step and rank."""
-        config, device = self.config, self.accelerator.device
-        world, rank, batch = (
-            self.accelerator.num_processes,
-            self.accelerator.process_index,
-            config.train_batch_size,
-        )
+        config, accelerator, device = self.config, self.accelerator, self.accelerator.device
+        world, rank, batch = accelerator.num_processes, accelerator.process_index, config.train_batch_size
         generator = step_generator(config.seed, step, micro, rank)
         first = ((step * config.gradient_accumulation_steps + micro) * world + rank) * batch
         images, captions = self.data.batch(sample_indices(len(self.data), config.seed, first, batch))
