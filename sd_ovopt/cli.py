@@ -2,7 +2,7 @@
 
 sd-ovopt export SRC OUT --height 512 --width 512
 sd-ovopt generate MODEL_DIR "a photo of a cat" --seed 0 --steps 20 --output cat.png
-sd-ovopt quantize SRC OUT --prompts prompts.txt --num-samples 200 [--tome-ratio 0.4]
+sd-ovopt quantize SRC OUT --prompts prompts.txt --num-samples 200 [--tome-ratio 0.4] [--deepcache-interval 3]
 sd-ovopt bench --model SRC --output OUT [--variants ...] [--steps 20] [--qat-model DIR]
 sd-ovopt train-qat --model SRC --train-data DIR --output OUT [--resume-from-checkpoint latest]
 sd-ovopt demo
@@ -32,8 +32,48 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="prompts per call (default 1)")
     p.add_argument("--num-images-per-prompt", type=int, default=1)
     p.add_argument("--weights-dtype", choices=("f32", "f16"), default="f32")
+    _add_deepcache_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_run_export)
+
+
+def _add_deepcache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--deepcache-interval",
+        type=int,
+        default=None,
+        help="step caching (DeepCache): run the full UNet every N steps, the shallow UNet between (e.g. 3)",
+    )
+    p.add_argument(
+        "--deepcache-branch",
+        type=int,
+        default=None,
+        help="skip branch the UNet is cut at (default 0: shallowest)",
+    )
+    p.add_argument(
+        "--deepcache-schedule",
+        choices=("uniform", "quadratic"),
+        default=None,
+        help="which steps refresh (default uniform; quadratic: denser early)",
+    )
+
+
+def _deepcache_config(args: argparse.Namespace) -> Any:
+    """The DeepCacheConfig the --deepcache-* flags ask for, or None."""
+    from sd_ovopt.deepcache.config import DeepCacheConfig
+    from sd_ovopt.errors import InvalidConfigError
+
+    if args.deepcache_interval is None:
+        if args.deepcache_branch is not None or args.deepcache_schedule is not None:
+            raise InvalidConfigError(
+                "--deepcache-branch and --deepcache-schedule need --deepcache-interval (e.g. 3)."
+            )
+        return None
+    return DeepCacheConfig(
+        interval=args.deepcache_interval,
+        branch=0 if args.deepcache_branch is None else args.deepcache_branch,
+        schedule=args.deepcache_schedule or "uniform",
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -47,6 +87,7 @@ def _run_export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_images_per_prompt=args.num_images_per_prompt,
         weights_dtype=args.weights_dtype,
+        deepcache=_deepcache_config(args),
         overwrite=args.overwrite,
     )
     print(path)
@@ -148,6 +189,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-compress-weights", action="store_true", help="keep text encoder and VAE weights in float"
     )
+    _add_deepcache_args(p)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_quantize)
 
@@ -180,6 +222,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
     prompts = None if args.prompts is None else _read_prompts(args.prompts)
     check_steps(args.steps, "--steps")
+    deepcache = _deepcache_config(args)
     check_output_dir(args.out, overwrite=args.overwrite, source=args.src)  # fail before the slow part
     path = optimize_pipeline(
         args.src,
@@ -191,6 +234,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         compress_weights=not args.no_compress_weights,
+        deepcache=deepcache,
         overwrite=args.overwrite,
     )
     print(path)

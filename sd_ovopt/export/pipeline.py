@@ -180,7 +180,12 @@ def _deepcache_config(unet: Any, deepcache: Any) -> Any:
             f"deepcache must be a DeepCacheConfig or None, got {type(deepcache).__name__}."
         )
     state = state_of(unet)
-    return deepcache if deepcache is not None or state is None else state.config
+    config = deepcache if deepcache is not None or state is None else state.config
+    if config is not None:
+        from sd_ovopt.deepcache.patch import plan_skips
+
+        plan_skips(unet, config.branch)  # a branch this UNet lacks is refused before anything is written
+    return config
 
 
 def _deepcache_record(config: Any) -> dict[str, Any]:
