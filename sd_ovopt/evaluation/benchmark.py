@@ -172,18 +172,56 @@ def run_benchmark(
         >>> result = run_benchmark("tiny-sd", "bench", variants=["pytorch-fp32", "ov-f32"], steps=2)  # doctest: +SKIP
         >>> result.speedup("ov-f32", "pytorch-fp32")  # doctest: +SKIP
     """
+    from sd_ovopt.evaluation.report import write_report
+
+    plan = _plan(model, output_dir, settings or BenchmarkSettings(), overrides, judge)
+    rows, images = _build_and_measure(plan)
+    reference = next((n for n in (REFERENCE, "ov-f32") if images.get(n)), None)
+    _score(rows, images, reference, plan.pairs, judge)
+    result = BenchmarkResult(
+        model=str(plan.source),
+        settings=_recorded_settings(plan, judge),
+        machine=machine_info(),
+        reference=reference,
+        variants=[rows[n] for n in plan.names],
+    )
+    write_report(result, images, plan.pairs, plan.out)
+    return result
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one ``run_benchmark`` call measures, resolved from its settings and the model folder."""
+
+    cfg: BenchmarkSettings
+    source: Path  # the diffusers folder
+    out: Path
+    names: list[str]  # the variants, in table order
+    build: BuildSettings
+    qat_model: Path | None
+    call: Call  # the timed pipeline call
+    pairs: list[tuple[str, int]]  # every (prompt, seed)
+
+
+def _plan(
+    model: str | Path,
+    output_dir: str | Path,
+    settings: BenchmarkSettings,
+    overrides: dict[str, Any],
+    judge: Judge | None,
+) -> _Plan:
+    """Check the request (settings, judge, model, image size) and resolve what to build and time."""
     import dataclasses
 
     from sd_ovopt._loading import check_image_size
-    from sd_ovopt.evaluation.report import write_report
-    from sd_ovopt.evaluation.variants import build_variants, check_qat_model, resolve_variants
+    from sd_ovopt.evaluation.variants import check_qat_model, resolve_variants
 
     unknown = set(overrides) - {f.name for f in dataclasses.fields(BenchmarkSettings)}
     if unknown:
         raise InvalidConfigError(
             f"run_benchmark got unknown settings {sorted(unknown)}; see BenchmarkSettings."
         )
-    cfg = dataclasses.replace(settings or BenchmarkSettings(), **overrides)
+    cfg = dataclasses.replace(settings, **overrides)
     if judge is not None and not callable(judge):
         raise InvalidConfigError(
             f"judge must be a callable (image, prompt) -> bool, got {type(judge).__name__}."
@@ -204,16 +242,22 @@ def run_benchmark(
         precision=cfg.precision,
     )
     qat_model = None if cfg.qat_model is None else check_qat_model(cfg.qat_model, build)
-    out = _output_dir(output_dir)
     call = Call(steps=cfg.steps, guidance_scale=float(cfg.guidance_scale), height=height, width=width)
     pairs = [(p, s) for p in cfg.prompts for s in cfg.seeds]
+    return _Plan(cfg, source, _output_dir(output_dir), list(names), build, qat_model, call, pairs)
 
+
+def _build_and_measure(plan: _Plan) -> tuple[dict[str, VariantResult], dict[str, list[Any]]]:
+    """Build (or reuse) every variant, measure peak memory, time; the table rows and first-round images."""
+    from sd_ovopt.evaluation.variants import build_variants
+
+    cfg = plan.cfg
     built = build_variants(
-        source,
-        out / "models",
-        names,
-        build,
-        qat_model=qat_model,
+        plan.source,
+        plan.out / "models",
+        plan.names,
+        plan.build,
+        qat_model=plan.qat_model,
         rebuild=cfg.rebuild,
         show_progress=cfg.show_progress,
     )
@@ -221,32 +265,26 @@ def run_benchmark(
     rows = _rows(built)
     ready = [item for item in built if isinstance(item, BuiltVariant)]
     if cfg.measure_memory:
-        _measure_memory(rows, ready, call, pairs[0], unet_only=cfg.unet_only)
-    images = _time(rows, ready, call, pairs, cfg)
-    reference = next((n for n in (REFERENCE, "ov-f32") if images.get(n)), None)
-    _score(rows, images, reference, pairs, judge)
+        _measure_memory(rows, ready, plan.call, plan.pairs[0], unet_only=cfg.unet_only)
+    return rows, _time(rows, ready, plan.call, plan.pairs, cfg)
 
-    result = BenchmarkResult(
-        model=str(source),
-        settings={
-            **asdict(build),
-            "calibration_prompts": list(build.calibration_prompts),
-            "steps": cfg.steps,
-            "rounds": cfg.rounds,
-            "prompts": list(cfg.prompts),
-            "seeds": list(cfg.seeds),
-            "unet_batch": call.unet_batch,
-            "unet_only": cfg.unet_only,
-            "unet_error_samples": cfg.unet_error_samples,
-            "qat_model": None if qat_model is None else str(qat_model),
-            "judge": None if judge is None else getattr(judge, "__qualname__", repr(judge)),
-        },
-        machine=machine_info(),
-        reference=reference,
-        variants=[rows[n] for n in names],
-    )
-    write_report(result, images, pairs, out)
-    return result
+
+def _recorded_settings(plan: _Plan, judge: Judge | None) -> dict[str, Any]:
+    """The settings ``results.json`` records: the build's and the timing's."""
+    cfg, build = plan.cfg, plan.build
+    return {
+        **asdict(build),
+        "calibration_prompts": list(build.calibration_prompts),
+        "steps": cfg.steps,
+        "rounds": cfg.rounds,
+        "prompts": list(cfg.prompts),
+        "seeds": list(cfg.seeds),
+        "unet_batch": plan.call.unet_batch,
+        "unet_only": cfg.unet_only,
+        "unet_error_samples": cfg.unet_error_samples,
+        "qat_model": None if plan.qat_model is None else str(plan.qat_model),
+        "judge": None if judge is None else getattr(judge, "__qualname__", repr(judge)),
+    }
 
 
 def _rows(built: Sequence[BuiltVariant | Unavailable]) -> dict[str, VariantResult]:
