@@ -1,0 +1,69 @@
+"""Code shape: no function in sd_ovopt/ is longer than 60 lines.
+
+A long procedure reads as named steps (diffusers' ``__call__``, ``train_qat``'s ``_QATRun``), so a function
+over the limit is split; ``ALLOWED`` lists the few still waiting, each with its reason. A function's
+lines count from ``def`` to its last line, docstring included (decorators not), as ``ast`` gives them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sd_ovopt"
+MAX_LINES = 60
+#: "path/inside/sd_ovopt.py::Qualified.name" -> why it is still long. Every entry is a debt, not a licence:
+#: the last test fails as soon as an entry is no longer needed.
+_DEEPCACHE_PENDING = (
+    "pending, not exempt: the DeepCache change is rewriting this file now; split it into named steps once "
+    "that lands (splitting it under the other change would collide with it)"
+)
+ALLOWED: dict[str, str] = {
+    "export/pipeline.py::export_pipeline": _DEEPCACHE_PENDING,
+    "export/pipeline.py::_write": _DEEPCACHE_PENDING,
+    "recipe.py::optimize_pipeline": _DEEPCACHE_PENDING,
+    "recipe.py::quantize_pipeline_unet": _DEEPCACHE_PENDING,
+}
+
+
+def function_lengths(source: str) -> dict[str, int]:
+    """Every function and method of a module (nested ones too) by qualified name, with its line count."""
+    lengths: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    lengths[name] = child.end_lineno - child.lineno + 1  # type: ignore[operator]
+                visit(child, f"{name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return lengths
+
+
+def test_the_count_covers_methods_and_nested_functions_with_their_docstrings():
+    source = 'class A:\n    def f(self):\n        """Doc.\n\n        More."""\n\n        def g():\n            pass\n'
+    assert function_lengths(source) == {"A.f": 7, "A.f.g": 2}
+
+
+def test_no_function_in_the_package_is_longer_than_60_lines():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        for name, lines in function_lengths(path.read_text(encoding="utf-8")).items():
+            if lines > MAX_LINES and f"{relative}::{name}" not in ALLOWED:
+                too_long.append(f"{relative}::{name} ({lines} lines)")
+    assert not too_long, f"functions over {MAX_LINES} lines; split them into named steps: {too_long}"
+
+
+def test_the_allow_list_names_only_functions_that_are_still_long():
+    lengths = {
+        f"{path.relative_to(PACKAGE).as_posix()}::{name}": lines
+        for path in PACKAGE.rglob("*.py")
+        for name, lines in function_lengths(path.read_text(encoding="utf-8")).items()
+    }
+    stale = [key for key in ALLOWED if lengths.get(key, 0) <= MAX_LINES]
+    assert not stale, f"remove these from ALLOWED (split or gone): {stale}"
