@@ -48,8 +48,8 @@ def collect_deepcache_calibration(
         >>> items = collect_deepcache_calibration(
         ...     tiny_pipeline(), ["a red circle"], DeepCacheConfig(interval=2), num_inference_steps=4,
         ...     show_progress=False)
-        >>> ["deepcache_feature" in item for item in items]
-        [False, True, False, True]
+        >>> sum("deepcache_feature" in item for item in items)  # steps 1 and 3 are cached
+        2
     """
     from sd_ovopt.quantization.calibration import collect_calibration
 
@@ -72,6 +72,14 @@ def collect_deepcache_calibration(
     finally:
         if had is None:
             remove_deepcache(pipeline)
+    items = _with_features(items, calls)
+    return items if max_samples is None else items[:max_samples]
+
+
+def _with_features(
+    items: list[dict[str, torch.Tensor]], calls: list[tuple[bool, Any]]
+) -> list[dict[str, Any]]:
+    """Each recorded input with the cached feature of its step added on cached steps."""
     if len(items) - len(calls) not in (0, 1):
         raise UnsupportedModelError(
             f"recorded {len(items)} UNet inputs but {len(calls)} step decisions; is another patch calling the "
@@ -82,7 +90,7 @@ def collect_deepcache_calibration(
     for item, (shallow, feature) in zip(items, calls, strict=True):
         if shallow:
             item[FEATURE_NAME] = kept.setdefault(id(feature), feature.detach().float().cpu())  # type: ignore[union-attr]
-    return items if max_samples is None else items[:max_samples]
+    return items
 
 
 def quantize_deepcache_unet(
