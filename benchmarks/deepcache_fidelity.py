@@ -1,0 +1,98 @@
+"""Step caching's fidelity on the shipped reference model: held-out prompt accuracy and PSNR/SSIM vs FP32.
+
+    python benchmarks/deepcache_fidelity.py --work /tmp/dc-fidelity            # intervals 2, 3, 5
+    python benchmarks/deepcache_fidelity.py --work /tmp/dc-fidelity --int8     # + ToMe+INT8 with and without
+
+All 144 held-out prompts x 2 seeds (0, 1), the reference model's evaluation settings (20 steps, guidance 4).
+Rows: PyTorch FP32 (the reference images), OpenVINO f32 uncached, OpenVINO f32 with step caching at each
+``--intervals`` value (branch 0), and with ``--int8`` the recipe's ToMe (0.4) + INT8 folder without and with
+caching at interval 3. Each image is compared with the PyTorch FP32 image of the same prompt and seed.
+Writes ``--work/fidelity.{json,md}``. The issue's bar: accuracy within 2 points of the uncached pipeline at
+interval 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+SEEDS = (0, 1)
+
+
+def _folders(work: Path, pipe: object, args: argparse.Namespace) -> dict[str, Path | None]:
+    from sd_ovopt import DeepCacheConfig, QuantizationConfig, ToMeConfig, optimize_pipeline
+
+    builds: dict[str, dict] = {"ov-f32": {}}
+    for interval in args.intervals:
+        builds[f"ov-f32-deepcache-{interval}"] = {"deepcache": DeepCacheConfig(interval=interval)}
+    if args.int8:
+        int8 = {"tome": ToMeConfig(ratio=0.4), "quantization": QuantizationConfig()}
+        builds["ov-tome-int8"] = int8
+        builds["ov-tome-int8-deepcache-3"] = {**int8, "deepcache": DeepCacheConfig(interval=3)}
+    folders: dict[str, Path | None] = {"pytorch-fp32": None}
+    for name, kwargs in builds.items():
+        folder = work / name
+        if not (folder / "sd_ovopt.json").is_file():
+            optimize_pipeline(pipe, folder, guidance_scale=4.0, overwrite=True, **kwargs)
+        folders[name] = folder
+    return folders
+
+
+def _row(images: dict[int, list], reference: dict[int, list], prompts: list[str]) -> dict:
+    from sd_ovopt.evaluation import image_fidelity
+    from sd_ovopt.reference.judge import prompt_accuracy
+
+    accuracy = {seed: prompt_accuracy(images[seed], prompts) for seed in SEEDS}
+    scores = [
+        image_fidelity(a, b) for seed in SEEDS for a, b in zip(images[seed], reference[seed], strict=True)
+    ]
+    finite = [s.psnr_db for s in scores if s.psnr_db != float("inf")]
+    return {
+        "accuracy": statistics.mean(accuracy.values()),
+        "accuracy_by_seed": accuracy,
+        "psnr_db": statistics.mean(finite) if finite else float("inf"),
+        "ssim": statistics.mean(s.ssim for s in scores),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5])
+    parser.add_argument("--int8", action="store_true", help="also ToMe+INT8 with and without caching")
+    parser.add_argument("--limit", type=int, default=None, help="first N held-out prompts only (smoke test)")
+    args = parser.parse_args()
+
+    from sd_ovopt import SdOvOptPipeline
+    from sd_ovopt._loading import load_sd_pipeline
+    from sd_ovopt.reference import held_out_prompts, reference_model_dir
+    from sd_ovopt.reference.evaluate import generate_images
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    pipe = load_sd_pipeline(reference_model_dir())
+    prompts = [spec.prompt for spec in held_out_prompts()][: args.limit]
+    rows: dict[str, dict] = {}
+    reference: dict[int, list] = {}
+    for name, folder in _folders(args.work, pipe, args).items():
+        runner = pipe if folder is None else SdOvOptPipeline.from_pretrained(folder, precision="f32")
+        runner.set_progress_bar_config(disable=True)
+        images = {seed: generate_images(runner, prompts, seed=seed * 1000) for seed in SEEDS}
+        if folder is None:
+            reference = images
+        rows[name] = _row(images, reference, prompts)
+        print(name, rows[name])
+    (args.work / "fidelity.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "| variant | held-out accuracy (2 seeds) | PSNR dB vs FP32 | SSIM vs FP32 |",
+        "|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {100 * r['accuracy']:.1f} % | {r['psnr_db']:.2f} | {r['ssim']:.4f} |")
+    (args.work / "fidelity.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
