@@ -17,16 +17,29 @@ skipped, so a killed run resumes where it stopped. Stages:
 6. ``peer-full``: optimum-intel's full INT8 (``OVQuantizationConfig(bits=8)`` through ``OVQuantizer``,
    what ``optimum-cli export openvino --quant-mode int8`` gives) of the FP32 folder, calibrated by
    optimum-intel's own loop on the same prompts and number of UNet calls.
-7. ``time``: one UNet call per variant, interleaved: PyTorch FP32, OV FP32 (f32 and, where supported,
+7. ``fp32-dc``: the FP32 export again with step caching (``DeepCacheConfig(interval=3, branch=0)``): the
+   full UNet IR (which also returns the cached feature) and the shallow UNet IR, f32 weights like ``fp32``.
+8. ``tome-int8-dc``: ToMe (``--tome-ratio``) + INT8 + step caching through ``optimize_pipeline``; the recipe
+   records its calibration along the cached sampling of the merged UNet, on the same ``PROMPTS`` and
+   ``--steps`` as ``calibrate`` (``subset_size`` = that many UNet calls, so it costs about as much).
+9. ``time``: one UNet call per variant, interleaved: PyTorch FP32, OV FP32 (f32 and, where supported,
    bf16 hint), OV INT8, OV ToMe+INT8, the peer; plus the text encoder and VAE decoder (PyTorch and OV
    f32), so that a 50-step pipeline latency can be extrapolated: 50 x UNet + text encoder + VAE decoder.
-8. ``e2e``: the whole pipeline measured, not extrapolated (text encoder, ``--steps-e2e`` UNet steps,
+10. ``e2e``: the whole pipeline measured, not extrapolated (text encoder, ``--steps-e2e`` UNet steps,
    VAE decoder; one prompt and seed, guidance 7.5), interleaved rounds: PyTorch FP32, OV FP32 and
    our ToMe+INT8 folder at sd_ovopt's default precision (``"auto"``), both optimum-intel 8-bit peers
    at their own default precision, and our ToMe+INT8 folder in OpenVINO GenAI's ``Text2ImagePipeline``.
    Each variant's UNet step and text encoder + VAE decoder are timed in the same run, so the
    extrapolation (steps x UNet + text encoder + VAE decoder) is checked against the measured call.
-   Writes ``e2e.json`` and ``e2e.md``.
+   The step-caching rows (``ov-deepcache``: the ``fp32-dc`` folder; ``tome-int8-deepcache``: the
+   ``tome-int8-dc`` folder; both at sd_ovopt's default precision) time the full and the shallow UNet IR
+   per call and extrapolate with the schedule's counts (n_full x full + n_shallow x shallow + text encoder
+   + VAE decoder, counted from the scheduler's timesteps), checked against the measured call; their speed-up
+   vs their uncached twin and vs both optimum-intel peers is written as "N.Nx vs ...".
+   ``--e2e-load``: ``all`` loads every row at once (rounds interleave whole calls), ``one`` loads one row at a
+   time in each round (load, short warm-up, time, release; rounds still rotate the order), ``auto`` (the
+   default) picks ``one`` when the rows' estimated resident size exceeds ``--e2e-memory-gib``. The result
+   says which mode ran and the stage's peak RSS. Writes ``e2e.json`` and ``e2e.md``.
 
 ``--tiny`` runs every stage on the tiny test pipeline at 32x32 (seconds; a smoke test of the script).
 """
@@ -44,6 +57,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 PROMPTS = ["a photo of an astronaut riding a horse", "a red circle on a blue background"]
+#: Step caching of the ``*-dc`` stages: the paper's and issue 15's SD-1.5 setting.
+DEEPCACHE = {"interval": 3, "branch": 0}
+#: The parts of a step-caching folder (``unet_shallow``: sd_ovopt.deepcache.SHALLOW_PART).
+DC_PARTS = ("unet", "unet_shallow", "text_encoder", "vae_decoder", "vae_encoder")
 
 
 def _kit(args: argparse.Namespace) -> SimpleNamespace:
@@ -194,6 +211,68 @@ def stage_peer_full(work: Path, args: argparse.Namespace) -> dict:
     }
 
 
+def _deepcache_config():
+    from sd_ovopt import DeepCacheConfig
+
+    return DeepCacheConfig(**DEEPCACHE)
+
+
+def stage_fp32_dc(work: Path, args: argparse.Namespace) -> dict:
+    """``fp32`` with step caching: the full and the shallow UNet IRs, f32 weights."""
+    from sd_ovopt import export_pipeline
+
+    kit = _kit(args)
+    pipe = kit.pipeline()
+    config = _deepcache_config()
+    t0 = time.perf_counter()
+    export_pipeline(pipe, work / "fp32-dc", height=kit.size, width=kit.size, deepcache=config, overwrite=True)
+    return {
+        "export_s": round(time.perf_counter() - t0, 1),
+        "deepcache": config.to_dict(),
+        "sizes_gb": _dir_gb(work / "fp32-dc", DC_PARTS),
+        "peak_gib": _peak_gib(),
+    }
+
+
+def stage_tome_int8_dc(work: Path, args: argparse.Namespace) -> dict:
+    """ToMe + INT8 + step caching through the recipe, which records calibration along the cached sampling.
+
+    Same prompts, steps and seeds as ``calibrate``; ``subset_size`` set to the UNet calls ``calibrate``
+    records (the scheduler's timesteps per prompt: PNDM makes steps + 1 calls), so the recipe records
+    about as much as ``calibrate`` does (its default, 200, would cycle the prompts 25 times at 4 steps).
+    """
+    import copy
+
+    from sd_ovopt import QuantizationConfig, ToMeConfig, optimize_pipeline
+
+    kit = _kit(args)
+    pipe = kit.pipeline()
+    config = _deepcache_config()
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(args.steps)
+    samples = len(PROMPTS) * len(scheduler.timesteps)
+    t0 = time.perf_counter()
+    optimize_pipeline(
+        pipe,
+        work / "tome-int8-dc",
+        tome=ToMeConfig(ratio=args.tome_ratio),
+        quantization=QuantizationConfig(subset_size=samples),
+        calibration_prompts=PROMPTS,
+        calibration_steps=args.steps,
+        deepcache=config,
+        height=kit.size,
+        width=kit.size,
+        overwrite=True,
+    )
+    return {
+        "calibrate_quantize_and_export_s": round(time.perf_counter() - t0, 1),
+        "calibration_samples": samples,
+        "deepcache": config.to_dict(),
+        "sizes_gb": _dir_gb(work / "tome-int8-dc", DC_PARTS),
+        "peak_gib": _peak_gib(),
+    }
+
+
 def _time_parts(work: Path, args: argparse.Namespace) -> dict:
     """Text encoder + VAE decoder, PyTorch FP32 vs OpenVINO f32: the non-UNet share of a pipeline call."""
     import numpy as np
@@ -308,6 +387,22 @@ E2E_VARIANTS = {
     "optimum-int8-hybrid": ("optimum", "peer-hybrid-pipeline", "optimum-intel hybrid 8-bit, its default"),
     "optimum-int8-full": ("optimum", "peer-full", "optimum-intel full INT8, its default"),
     "genai-tome-int8": ("genai", "tome-int8", "ours in OpenVINO GenAI Text2ImagePipeline, its default"),
+    "ov-deepcache": (
+        "sd_ovopt",
+        "fp32-dc",
+        "OpenVINO FP32 folder + step caching (interval 3), sd_ovopt default precision",
+    ),
+    "tome-int8-deepcache": (
+        "sd_ovopt",
+        "tome-int8-dc",
+        "ours: ToMe + INT8 + step caching (interval 3), sd_ovopt default precision",
+    ),
+}
+#: Step-caching rows -> their uncached twin (same folder kind, same precision).
+CACHED_TWINS = {"ov-deepcache": "ov-fp32", "tome-int8-deepcache": "ov-tome-int8"}
+PEER_LABELS = {
+    "optimum-int8-hybrid": "optimum-intel hybrid 8-bit",
+    "optimum-int8-full": "optimum-intel full INT8",
 }
 
 
@@ -390,55 +485,212 @@ def _parts_runner(name: str, pipe: object, work: Path, properties: dict, kit: Si
     return run_ov
 
 
-def stage_e2e(work: Path, args: argparse.Namespace) -> dict:
-    """Whole pipeline calls, interleaved, warm-up excluded; each row's UNet step and other parts too."""
+def _schedule(pipe: object, steps: int) -> tuple[int, int]:
+    """(full, shallow) UNet calls of a ``steps``-step call of a step-caching pipeline, counted on its own
+    scheduler's timesteps with the pipeline's own step tracker (PNDM repeats a timestep: steps + 1 calls)."""
+    import copy
+
+    from sd_ovopt.deepcache import StepTracker
+
+    scheduler = copy.deepcopy(pipe.scheduler)  # type: ignore[attr-defined]
+    scheduler.set_timesteps(steps)
+    tracker = StepTracker(pipe.deepcache)  # type: ignore[attr-defined]
+    full = sum(bool(tracker.refresh(t, scheduler.timesteps)) for t in scheduler.timesteps)
+    return full, len(scheduler.timesteps) - full
+
+
+def _ir_runner(compiled: object):
+    """One call of a compiled static IR on fixed random inputs (timestep 500), as the pipeline calls it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for port in compiled.inputs:  # type: ignore[attr-defined]
+        name, dtype, shape = port.get_any_name(), port.get_element_type().to_dtype(), tuple(port.get_shape())
+        arrays[name] = (
+            np.full(shape, 500, dtype) if name == "timestep" else rng.standard_normal(shape).astype(dtype)
+        )
+
+    def run() -> None:
+        compiled(arrays, share_inputs=True)  # type: ignore[operator]
+
+    return run
+
+
+def _row_info(name: str, pipe: object, runtime: str, call: object) -> dict:
+    """What a loaded row runs at and, for step-caching rows, its schedule at the call's steps and at 50."""
+    if runtime == "torch":
+        info: dict = {"ran_at": "f32"}
+    else:
+        pipe.unet.compile()  # type: ignore[attr-defined]
+        value = pipe.unet.request.get_property("INFERENCE_PRECISION_HINT")  # type: ignore[attr-defined]
+        info = {"ran_at": value.get_type_name() if hasattr(value, "get_type_name") else str(value)}
+    if name in CACHED_TWINS:
+        info["calls"] = _schedule(pipe, call.steps)  # type: ignore[attr-defined]
+        info["calls_50"] = _schedule(pipe, 50)
+    return info
+
+
+def _row_runners(name: str, pipe: object, work: Path, properties: dict, kit: SimpleNamespace) -> dict:
+    """Per-call runners of a row's other parts: ``other`` (text encoder x 2 + VAE decoder) and, for
+    step-caching rows, ``shallow`` (the shallow UNet IR as the pipeline compiled it)."""
+    runners = {"other": _parts_runner(name, pipe, work, properties, kit)}
+    if name in CACHED_TWINS:
+        shallow = pipe._sd_ovopt_shallow  # type: ignore[attr-defined]  # SdOvOptPipeline's shallow UNet part
+        shallow.compile()
+        runners["shallow"] = _ir_runner(shallow.request)
+    return runners
+
+
+def _time_runners(runners: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner: one warm-up each, then ``repeats`` interleaved rounds."""
+    for run in runners.values():
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeats):
+        for key, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def _e2e_footprint_gib(names: list[str], work: Path) -> float:
+    """Rough resident size of all rows loaded at once: 2x each OpenVINO folder's IR weights (the mapped
+    file and the compiled plugin's copy), 1.25x the FP32 weights for the PyTorch pipeline."""
+    parts = ("unet", "unet_shallow", "text_encoder", "vae_decoder")
+    total = 0.0
+    for name in names:
+        runtime, folder, _ = E2E_VARIANTS[name]
+        path = work / (folder or "fp32")
+        size = sum(f.stat().st_size for p in parts for f in (path / p).glob("openvino_model.bin"))
+        if folder == "peer-hybrid-pipeline":  # built on demand: the FP32 folder with the peer's UNet
+            size = sum(f.stat().st_size for p in parts[2:] for f in (work / "fp32" / p).glob("*.bin"))
+            size += sum(f.stat().st_size for f in (work / "peer-hybrid" / "unet").glob("*.bin"))
+        total += (1.25 if runtime == "torch" else 2.0) * size
+    return total / 2**30
+
+
+def _e2e_mode(names: list[str], work: Path, args: argparse.Namespace) -> tuple[str, float]:
+    estimate = _e2e_footprint_gib(names, work)
+    if args.e2e_load != "auto":
+        return args.e2e_load, estimate
+    return ("one" if estimate > args.e2e_memory_gib else "all"), estimate
+
+
+def _e2e_all(names: list[str], work: Path, kit: SimpleNamespace, call: object, args: argparse.Namespace):
+    """Every row loaded at once; whole calls interleaved by ``time_variants``, then parts interleaved."""
     import gc
 
+    from sd_ovopt.evaluation.timing import time_variants
+
+    loaded = {name: _load_e2e(name, work, kit, args) for name in names}
+    pipes = {name: (pipe, runtime) for name, (pipe, runtime, _) in loaded.items()}
+    info = {name: _row_info(name, pipe, runtime, call) for name, (pipe, runtime, _) in loaded.items()}
+    timings, images = time_variants(pipes, [(PROMPTS[0], 0)], call, rounds=args.repeats, show_progress=False)
+    for name in CACHED_TWINS.keys() & set(names):
+        info[name]["observed"] = list(loaded[name][0].last_unet_steps)
+    runners = {}
+    for name, (pipe, _, props) in loaded.items():
+        for key, run in _row_runners(name, pipe, work, props, kit).items():
+            runners[f"{name}/{key}"] = run
+    del loaded, pipes
+    gc.collect()
+    return timings, images, info, _time_runners(runners, args.repeats)
+
+
+def _e2e_one(names: list[str], work: Path, kit: SimpleNamespace, call: object, args: argparse.Namespace):
+    """One row in memory at a time: each round loads each row (order rotating from round to round), warms
+    it up with a 2-step call, times one whole call, one UNet step and its parts, and releases it."""
+    import gc
+    from dataclasses import replace
+
+    from sd_ovopt.evaluation.timing import Timings, generate, unet_step
+
+    warm_call = replace(call, steps=min(2, call.steps))  # type: ignore[type-var]
+    timings = {name: Timings() for name in names}
+    images: dict[str, list] = {name: [] for name in names}
+    info: dict[str, dict] = {}
+    parts: dict[str, list[float]] = {}
+    for r in range(args.repeats):
+        k = r % len(names)
+        for name in [*names[k:], *names[:k]]:
+            pipe, runtime, props = _load_e2e(name, work, kit, args)
+            info.setdefault(name, _row_info(name, pipe, runtime, call))
+            generate(pipe, PROMPTS[0], 0, warm_call)
+            t0 = time.perf_counter()
+            image = generate(pipe, PROMPTS[0], 0, call)
+            timings[name].pipeline_s.append(time.perf_counter() - t0)
+            if r == 0:
+                images[name].append(image)
+            if name in CACHED_TWINS:
+                info[name]["observed"] = list(pipe.last_unet_steps)
+            step = unet_step(pipe, runtime, call)
+            step()
+            t0 = time.perf_counter()
+            step()
+            timings[name].unet_step_s.append(time.perf_counter() - t0)
+            for key, times in _time_runners(_row_runners(name, pipe, work, props, kit), 1).items():
+                parts.setdefault(f"{name}/{key}", []).extend(times)
+            del pipe, step
+            gc.collect()
+    return timings, images, info, parts
+
+
+def _cached_fields(name: str, pipeline: float, full: float, other: float, info: dict, parts: dict) -> dict:
+    """The step-caching row's per-IR times and its schedule-based extrapolation (N steps and 50 steps)."""
+    med = statistics.median
+    shallow = med(parts[f"{name}/shallow"])
+    (n_full, n_shallow), (f50, s50) = info["calls"], info["calls_50"]
+    observed = info.get("observed", [])
+    extrapolated = n_full * full + n_shallow * shallow + other
+    return {
+        "full_ir_s": round(full, 4),
+        "shallow_ir_s": round(shallow, 4),
+        "full_over_shallow": round(full / shallow, 2),
+        "unet_calls": {"full": n_full, "shallow": n_shallow},
+        "unet_calls_observed": {"full": observed.count("full"), "shallow": observed.count("shallow")},
+        "unet_calls_50_steps": {"full": f50, "shallow": s50},
+        "extrapolated_s": round(extrapolated, 3),
+        "measured_over_extrapolated": round(pipeline / extrapolated, 3),
+        "pipeline_50_steps_extrapolated_s": round(f50 * full + s50 * shallow + other, 1),
+        "pipeline_50_steps_from_measured_s": round(
+            pipeline + (f50 - n_full) * full + (s50 - n_shallow) * shallow, 1
+        ),
+    }
+
+
+def stage_e2e(work: Path, args: argparse.Namespace) -> dict:
+    """Whole pipeline calls, interleaved, warm-up excluded; each row's UNet step and other parts too."""
     from sd_ovopt.evaluation import image_fidelity
     from sd_ovopt.evaluation.results import machine_info
-    from sd_ovopt.evaluation.timing import Call, time_variants
+    from sd_ovopt.evaluation.timing import Call
 
     kit = _kit(args)
     names = args.e2e_variants
     call = Call(steps=args.steps_e2e, guidance_scale=7.5, height=kit.size, width=kit.size)
-    loaded = {name: _load_e2e(name, work, kit, args) for name in names}
-    pipes = {name: (pipe, runtime) for name, (pipe, runtime, _) in loaded.items()}
-    ran_at = {}
-    for name, (pipe, runtime, _) in loaded.items():
-        if runtime == "torch":
-            ran_at[name] = "f32"
-            continue
-        pipe.unet.compile()
-        value = pipe.unet.request.get_property("INFERENCE_PRECISION_HINT")
-        ran_at[name] = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
-    timings, images = time_variants(pipes, [(PROMPTS[0], 0)], call, rounds=args.repeats, show_progress=False)
-    parts = {name: _parts_runner(name, pipe, work, props, kit) for name, (pipe, _, props) in loaded.items()}
-    del loaded, pipes
-    gc.collect()
-    parts_s: dict[str, list[float]] = {name: [] for name in parts}
-    for run in parts.values():  # warm-up
-        run()
-    for _ in range(args.repeats):
-        for name, run in parts.items():
-            t0 = time.perf_counter()
-            run()
-            parts_s[name].append(time.perf_counter() - t0)
+    mode, estimate = _e2e_mode(names, work, args)
+    print(
+        f"e2e: loading {'one row at a time' if mode == 'one' else 'all rows at once'} "
+        f"(estimated {estimate:.1f} GiB all at once, budget {args.e2e_memory_gib} GiB)",
+        flush=True,
+    )
+    timings, images, info, parts = (_e2e_one if mode == "one" else _e2e_all)(names, work, kit, call, args)
 
     med = statistics.median
     base = med(timings["pytorch-fp32"].pipeline_s) if "pytorch-fp32" in timings else None
-    peers = {
-        p: med(timings[p].pipeline_s) for p in ("optimum-int8-hybrid", "optimum-int8-full") if p in timings
-    }
+    peers = {p: med(timings[p].pipeline_s) for p in PEER_LABELS if p in timings}
     rows = {}
     for name, timing in timings.items():
-        pipeline, unet, other = med(timing.pipeline_s), med(timing.unet_step_s), med(parts_s[name])
+        pipeline, unet, other = med(timing.pipeline_s), med(timing.unet_step_s), med(parts[f"{name}/other"])
         extrapolated = call.steps * unet + other
+        twin = CACHED_TWINS.get(name)
         rows[name] = {
             "label": E2E_VARIANTS[name][2],
-            "runtime_precision": ran_at[name],
+            "runtime_precision": info[name]["ran_at"],
             "pipeline_s": [round(t, 3) for t in timing.pipeline_s],
             "pipeline_median_s": round(pipeline, 3),
-            "unet_step_median_s": round(unet, 4),
+            "unet_step_median_s": round(unet, 4),  # step-caching rows: the full IR
             "text_encoder_vae_decoder_s": round(other, 4),
             "vs_pytorch_fp32": None if base is None else round(base / pipeline, 2),
             **{f"vs_{p}": round(t / pipeline, 2) for p, t in peers.items()},
@@ -450,6 +702,11 @@ def stage_e2e(work: Path, args: argparse.Namespace) -> dict:
             if "pytorch-fp32" not in images or name == "pytorch-fp32"
             else round(image_fidelity(images[name][0], images["pytorch-fp32"][0]).psnr_db, 2),
         }
+        if twin is not None:
+            rows[name].update(_cached_fields(name, pipeline, unet, other, info[name], parts))
+            rows[name]["uncached_twin"] = twin
+            if twin in timings:
+                rows[name]["vs_uncached"] = round(med(timings[twin].pipeline_s) / pipeline, 2)
     return {
         "steps": call.steps,
         "size": kit.size,
@@ -457,22 +714,41 @@ def stage_e2e(work: Path, args: argparse.Namespace) -> dict:
         "prompt": PROMPTS[0],
         "seed": 0,
         "rounds": args.repeats,
+        "deepcache": DEEPCACHE,
+        "load_mode": mode,
+        "estimated_all_at_once_gib": round(estimate, 1),
+        "peak_gib": _peak_gib(),
         "machine": machine_info(),
         "rows": rows,
     }
 
 
+def _ratio(value: float | None, against: str) -> str:
+    return "–" if value is None else f"{value:.1f}x vs {against}"
+
+
 def e2e_markdown(result: dict) -> str:
-    """The end-to-end table, with the CPU it ran on."""
+    """The end-to-end table, with the CPU it ran on, and the step-caching rows' ratios and extrapolation."""
     machine, rows = result["machine"], result["rows"]
-    peers = [
-        p for p in ("optimum-int8-hybrid", "optimum-int8-full") if any(f"vs_{p}" in r for r in rows.values())
-    ]
+    peers = [p for p in PEER_LABELS if any(f"vs_{p}" in r for r in rows.values())]
+    mode = result.get("load_mode", "all")
     lines = [
         f"CPU: {machine['cpu']} ({', '.join(machine['isa']) or 'no AVX2'}); OpenVINO capabilities "
         f"{'/'.join(machine['openvino_capabilities'])}; {machine['usable_cpus']} usable cores.",
         f"Whole pipeline, {result['size']}x{result['size']}, {result['steps']} steps, guidance "
         f"{result['guidance_scale']}, median of {result['rounds']} interleaved rounds (warm-up excluded).",
+    ]
+    if "load_mode" in result:
+        lines.append(
+            (
+                "Loaded all rows at once"
+                if mode == "all"
+                else "Loaded one row at a time in each round (load, 2-step warm-up, time, release)"
+            )
+            + f"; peak RSS {result['peak_gib']} GiB (estimated {result['estimated_all_at_once_gib']} GiB "
+            "for all rows at once)."
+        )
+    lines += [
         "",
         "| variant | runs at | pipeline s (median) | vs PyTorch FP32 | "
         + "".join(f"vs {p} | " for p in peers)
@@ -487,6 +763,32 @@ def e2e_markdown(result: dict) -> str:
             + f"{row['unet_step_median_s']} | {row['text_encoder_vae_decoder_s']} | {row['extrapolated_s']} | "
             f"{row['measured_over_extrapolated']} | {row['pipeline_50_steps_extrapolated_s']} |"
         )
+    cached = {name: row for name, row in rows.items() if "full_ir_s" in row}
+    if cached:
+        dc = result.get("deepcache", DEEPCACHE)
+        lines += [
+            "",
+            f"Step caching (DeepCache interval {dc['interval']}, branch {dc['branch']}): the full UNet IR on "
+            "refresh steps, the shallow IR in between; the UNet step column above is the full IR. Extrapolated: "
+            "n_full x full + n_shallow x shallow + TE + VAE, the counts from the scheduler's timesteps.",
+            "",
+            "| cached variant | vs uncached | "
+            + "".join(f"vs {PEER_LABELS[p]} | " for p in peers)
+            + "full IR s | shallow IR s | UNet calls full + shallow (ran) | extrapolated s | "
+            "measured / extrapolated | 50 steps: calls | 50 steps s (extrapolated) | 50 steps s (from measured) |",
+            "|---|---|" + "---|" * len(peers) + "---|---|---|---|---|---|---|---|",
+        ]
+        for row in cached.values():
+            twin = f"{row['uncached_twin']} (uncached)"
+            calls, ran, c50 = row["unet_calls"], row["unet_calls_observed"], row["unet_calls_50_steps"]
+            lines.append(
+                f"| {row['label']} | {_ratio(row.get('vs_uncached'), twin)} | "
+                + "".join(f"{_ratio(row.get(f'vs_{p}'), PEER_LABELS[p])} | " for p in peers)
+                + f"{row['full_ir_s']} | {row['shallow_ir_s']} | {calls['full']} + {calls['shallow']} "
+                f"({ran['full']} + {ran['shallow']}) | {row['extrapolated_s']} | {row['measured_over_extrapolated']} | "
+                f"{c50['full']} + {c50['shallow']} | {row['pipeline_50_steps_extrapolated_s']} | "
+                f"{row['pipeline_50_steps_from_measured_s']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -497,6 +799,8 @@ STAGES = {
     "tome-int8": stage_tome_int8,
     "peer-hybrid": stage_peer_hybrid,
     "peer-full": stage_peer_full,
+    "fp32-dc": stage_fp32_dc,
+    "tome-int8-dc": stage_tome_int8_dc,
     "time": stage_time,
     "e2e": stage_e2e,
 }
@@ -515,6 +819,14 @@ def main() -> None:
     )
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
     parser.add_argument("--threads", type=int, default=None, help="OpenVINO INFERENCE_NUM_THREADS in `e2e`")
+    parser.add_argument(
+        "--e2e-load",
+        choices=("auto", "all", "one"),
+        default="auto",
+        help="`e2e`: load all rows at once, one row at a time per round, or `one` when the estimate exceeds "
+        "--e2e-memory-gib (default auto)",
+    )
+    parser.add_argument("--e2e-memory-gib", type=float, default=20.0, help="`e2e` auto mode's budget")
     parser.add_argument("--tiny", action="store_true", help="the tiny test pipeline at 32x32 (smoke test)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -538,6 +850,7 @@ def main() -> None:
         command += ["--repeats", str(args.repeats), "--steps-e2e", str(args.steps_e2e)]
         command += ["--e2e-variants", *args.e2e_variants, *(["--tiny"] if args.tiny else [])]
         command += [] if args.threads is None else ["--threads", str(args.threads)]
+        command += ["--e2e-load", args.e2e_load, "--e2e-memory-gib", str(args.e2e_memory_gib)]
         t0 = time.perf_counter()
         subprocess.run(command, check=True)
         print(f"{stage}: {time.perf_counter() - t0:.0f} s", flush=True)
