@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd_ovopt._fs import read_json_object
+from sd_ovopt._fs import check_output_dir, read_json_object
 from sd_ovopt.errors import (
     CorruptModelError,
     InvalidConfigError,
@@ -23,6 +23,7 @@ __all__ = [
     "check_image_size",
     "check_steps",
     "find_unet",
+    "load_for_output",
     "load_sd_pipeline",
     "read_model_index",
 ]
@@ -86,6 +87,17 @@ def load_sd_pipeline(source: Any) -> StableDiffusionPipeline:
         ) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_for_output(
+    pipeline_or_path: Any, output_dir: str | Path, *, overwrite: bool
+) -> tuple[StableDiffusionPipeline, str | Path | None]:
+    """The pipeline (see :func:`load_sd_pipeline`) and its source folder, once ``output_dir`` is checked
+    (an existing folder without ``overwrite``, or one around the source, is refused before the slow part)."""
+    pipe = load_sd_pipeline(pipeline_or_path)
+    source = pipeline_or_path if isinstance(pipeline_or_path, (str, Path)) else pipe.name_or_path
+    check_output_dir(output_dir, overwrite=overwrite, source=source or None)
+    return pipe, source or None
 
 
 def check_image_size(height: int, width: int, *, vae_scale_factor: int) -> None:
