@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd_ovopt._fs import check_output_dir
+from sd_ovopt._loading import check_steps, load_for_output
 
 if TYPE_CHECKING:
     import torch
@@ -57,16 +59,6 @@ DEFAULT_CALIBRATION_PROMPTS: tuple[str, ...] = (
     "a plate of sushi, food photography",
     "a black and white photo of a busy train station",
 )
-
-
-@contextlib.contextmanager
-def _unet_swapped(pipe: Any, unet: Any) -> Iterator[Any]:
-    original = pipe.unet
-    pipe.unet = unet
-    try:
-        yield pipe
-    finally:
-        pipe.unet = original
 
 
 def quantize_pipeline_unet(
@@ -105,49 +97,87 @@ def quantize_pipeline_unet(
         >>> from sd_ovopt.testing import tiny_pipeline
         >>> qunet = quantize_pipeline_unet(tiny_pipeline(), num_inference_steps=2)  # doctest: +SKIP
     """
-    from sd_ovopt.quantization.calibration import collect_calibration
     from sd_ovopt.quantization.config import QuantizationConfig
-    from sd_ovopt.quantization.ptq import quantize_unet
     from sd_ovopt.tome.patch import apply_tome
 
+    # 1. The student: a copy of the UNet with ToMe merged in (the pipeline keeps its own)
     quantization = quantization or QuantizationConfig()
     student = copy.deepcopy(pipeline.unet)
     if tome is not None:
         apply_tome(student, tome)
+    # 2. Calibration along the student's own sampling (the cached sampling with step caching)
     if calibration is None:
-        prompts = list(calibration_prompts or DEFAULT_CALIBRATION_PROMPTS)
-        # Cycle the prompts (new noise each pass) until the quantizer's subset is filled.
-        passes = -(-quantization.subset_size // (len(prompts) * num_inference_steps))
-    if deepcache is not None:
-        from sd_ovopt.deepcache.calibration import collect_deepcache_calibration, quantize_deepcache_unet
+        calibration = _record_calibration(
+            pipeline,
+            student,
+            quantization,
+            deepcache,
+            calibration_prompts,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            show_progress=show_progress,
+        )
+    # 3. INT8 quantization on those inputs (with step caching, each recorded call in its own mode)
+    return _quantize(student, calibration, quantization, deepcache)
 
-        if calibration is None:
-            with _unet_swapped(pipeline, student):
-                calibration = collect_deepcache_calibration(
-                    pipeline,
-                    prompts * passes,
-                    deepcache,
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
-                    height=height,
-                    width=width,
-                    max_samples=quantization.subset_size,
-                    show_progress=show_progress,
-                )
-        return quantize_deepcache_unet(student, calibration, deepcache, quantization)
-    if calibration is None:
-        with _unet_swapped(pipeline, student):
-            calibration = collect_calibration(
-                pipeline,
-                prompts * passes,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                height=height,
-                width=width,
-                max_samples=quantization.subset_size,
-                show_progress=show_progress,
-            )
-    return quantize_unet(student, calibration, quantization)
+
+@contextlib.contextmanager
+def _unet_swapped(pipe: Any, unet: Any) -> Iterator[Any]:
+    original = pipe.unet
+    pipe.unet = unet
+    try:
+        yield pipe
+    finally:
+        pipe.unet = original
+
+
+def _record_calibration(
+    pipeline: Any,
+    student: torch.nn.Module,
+    quantization: QuantizationConfig,
+    deepcache: DeepCacheConfig | None,
+    prompts: Sequence[str] | None,
+    *,
+    num_inference_steps: int,
+    **call: Any,
+) -> list[dict[str, Any]]:
+    """UNet inputs recorded while ``pipeline`` samples with ``student``: the prompts (default
+    :data:`DEFAULT_CALIBRATION_PROMPTS`) cycled, new noise each pass, until the quantizer's subset is full."""
+    from sd_ovopt.quantization.calibration import collect_calibration
+
+    check_steps(num_inference_steps)
+    prompts = list(prompts or DEFAULT_CALIBRATION_PROMPTS)
+    passes = -(-quantization.subset_size // (len(prompts) * num_inference_steps))
+    collect: Any = collect_calibration
+    if deepcache is not None:
+        from sd_ovopt.deepcache.calibration import collect_deepcache_calibration
+
+        collect = functools.partial(collect_deepcache_calibration, config=deepcache)
+    with _unet_swapped(pipeline, student):
+        return collect(
+            pipeline,
+            prompts * passes,
+            num_inference_steps=num_inference_steps,
+            max_samples=quantization.subset_size,
+            **call,
+        )
+
+
+def _quantize(
+    student: torch.nn.Module,
+    calibration: Sequence[Any],
+    quantization: QuantizationConfig,
+    deepcache: DeepCacheConfig | None,
+) -> torch.nn.Module:
+    from sd_ovopt.quantization.ptq import quantize_unet
+
+    if deepcache is None:
+        return quantize_unet(student, calibration, quantization)
+    from sd_ovopt.deepcache.calibration import quantize_deepcache_unet
+
+    return quantize_deepcache_unet(student, calibration, deepcache, quantization)
 
 
 def optimize_pipeline(
@@ -196,48 +226,69 @@ def optimize_pipeline(
         ...     tiny_pipeline(), "tiny-int8", tome=ToMeConfig(ratio=0.4), quantization=QuantizationConfig()
         ... )  # doctest: +SKIP
     """
-    from sd_ovopt._loading import load_sd_pipeline
-    from sd_ovopt.export.pipeline import export_pipeline
+    # Each stage takes the arguments it needs from these, all of them, by name.
+    return _Recipe(**locals()).run()
 
-    pipe = load_sd_pipeline(pipeline_or_path)
-    source = pipeline_or_path if isinstance(pipeline_or_path, (str, Path)) else pipe.name_or_path
-    check_output_dir(output_dir, overwrite=overwrite, source=source or None)  # refuse before the slow part
-    shape = {"height": height, "width": width, "classifier_free_guidance": guidance_scale > 1}
-    if quantization is None:
-        unet = None
-        if tome is not None:
-            from sd_ovopt.tome.patch import apply_tome
 
-            unet = apply_tome(copy.deepcopy(pipe.unet), tome)
+@dataclass(frozen=True)
+class _Recipe:
+    """One call of :func:`optimize_pipeline`: its arguments, and its stages in order (:meth:`run`)."""
+
+    pipeline_or_path: StableDiffusionPipeline | str | Path
+    output_dir: str | Path
+    tome: ToMeConfig | None
+    quantization: QuantizationConfig | None
+    calibration: Sequence[Any] | None
+    calibration_prompts: Sequence[str] | None
+    calibration_steps: int
+    guidance_scale: float
+    height: int | None
+    width: int | None
+    compress_weights: bool
+    overwrite: bool
+    show_progress: bool
+    deepcache: DeepCacheConfig | None
+
+    def run(self) -> Path:
+        from sd_ovopt.export.pipeline import export_pipeline
+
+        # 1. Load the pipeline; refuse the output folder before the slow part
+        pipe, _ = load_for_output(self.pipeline_or_path, self.output_dir, overwrite=self.overwrite)
+        # 2. The UNet to export: INT8 (ToMe merged first), float with ToMe merged, or the pipeline's own
+        unet = self.merged_unet(pipe) if self.quantization is None else self.quantized_unet(pipe)
+        # 3. The OpenVINO folder at the calibrated shape; an INT8 UNet's weights stored as int8
         return export_pipeline(
             pipe,
-            output_dir,
+            self.output_dir,
             unet=unet,
-            deepcache=deepcache,
-            overwrite=overwrite,
-            show_progress=show_progress,
-            **shape,
+            deepcache=self.deepcache,
+            compress_weights=self.compress_weights and self.quantization is not None,
+            height=self.height,
+            width=self.width,
+            classifier_free_guidance=self.guidance_scale > 1,
+            overwrite=self.overwrite,
+            show_progress=self.show_progress,
         )
-    qunet = quantize_pipeline_unet(
-        pipe,
-        tome=tome,
-        quantization=quantization,
-        calibration=calibration,
-        calibration_prompts=calibration_prompts,
-        num_inference_steps=calibration_steps,
-        guidance_scale=guidance_scale,
-        height=height,
-        width=width,
-        show_progress=show_progress,
-        deepcache=deepcache,
-    )
-    return export_pipeline(
-        pipe,
-        output_dir,
-        unet=qunet,
-        deepcache=deepcache,
-        compress_weights=compress_weights,
-        overwrite=overwrite,
-        show_progress=show_progress,
-        **shape,
-    )
+
+    def merged_unet(self, pipe: Any) -> torch.nn.Module | None:
+        """A copy of the float UNet with ToMe merged in, or ``None`` (export the pipeline's own)."""
+        if self.tome is None:
+            return None
+        from sd_ovopt.tome.patch import apply_tome
+
+        return apply_tome(copy.deepcopy(pipe.unet), self.tome)
+
+    def quantized_unet(self, pipe: Any) -> torch.nn.Module:
+        return quantize_pipeline_unet(
+            pipe,
+            tome=self.tome,
+            quantization=self.quantization,
+            calibration=self.calibration,
+            calibration_prompts=self.calibration_prompts,
+            num_inference_steps=self.calibration_steps,
+            guidance_scale=self.guidance_scale,
+            height=self.height,
+            width=self.width,
+            show_progress=self.show_progress,
+            deepcache=self.deepcache,
+        )
