@@ -216,25 +216,11 @@ class _Builder:
     _SHAPE = ("height", "width", "guidance_scale")
     _CALIBRATION = (*_SHAPE, "calibration_prompts", "num_samples", "calibration_steps")
 
-    def export(self, path: Path) -> None:
-        from sd_ovopt.recipe import optimize_pipeline
-
-        s = self.settings
-        optimize_pipeline(
-            self.pipe,
-            path,
-            guidance_scale=s.guidance_scale,
-            height=s.height,
-            width=s.width,
-            overwrite=True,
-            show_progress=self.progress,
-        )
-
-    def ov_f32(self) -> tuple[Path, float, bool]:
-        return self.folder("ov-f32", self._SHAPE, self.export)
-
-    def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
-        """The recipe's INT8 folder (:func:`sd_ovopt.optimize_pipeline`), ToMe merged first when asked."""
+    def recipe(
+        self, name: str, *, tome: bool = False, int8: bool = False, deepcache: Any = None
+    ) -> tuple[Path, float, bool]:
+        """The folder :func:`sd_ovopt.optimize_pipeline` writes at the benchmark's shape, with what is asked:
+        ToMe at ``tome_ratio``, INT8 calibrated with the benchmark's settings, step caching (``deepcache``)."""
         from sd_ovopt.quantization import QuantizationConfig
         from sd_ovopt.recipe import optimize_pipeline
         from sd_ovopt.tome import ToMeConfig
@@ -246,7 +232,8 @@ class _Builder:
                 self.pipe,
                 path,
                 tome=ToMeConfig(ratio=s.tome_ratio) if tome else None,
-                quantization=QuantizationConfig(subset_size=s.num_samples),
+                quantization=QuantizationConfig(subset_size=s.num_samples) if int8 else None,
+                deepcache=deepcache,
                 calibration_prompts=s.calibration_prompts,
                 calibration_steps=s.calibration_steps,
                 guidance_scale=s.guidance_scale,
@@ -256,8 +243,15 @@ class _Builder:
                 show_progress=self.progress,
             )
 
-        keys = (*self._CALIBRATION, "tome_ratio") if tome else self._CALIBRATION
+        keys = (*(self._CALIBRATION if int8 else self._SHAPE), *(("tome_ratio",) if tome else ()))
         return self.folder(name, keys, build)
+
+    def ov_f32(self) -> tuple[Path, float, bool]:
+        return self.recipe("ov-f32")
+
+    def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
+        """The recipe's INT8 folder, ToMe merged first when asked."""
+        return self.recipe(name, tome=tome, int8=True)
 
     def peer(self, name: str) -> tuple[Path, float, bool]:
         """optimum-intel's hybrid 8-bit (weights int8, activations of the non-MatMul ops int8) or full INT8."""
@@ -527,30 +521,8 @@ _DEEPCACHE = {"interval": 3, "branch": 0}
 
 def _deepcache_build(builder: _Builder, name: str, *, int8: bool) -> tuple[Path, float, bool]:
     from sd_ovopt.deepcache.config import DeepCacheConfig
-    from sd_ovopt.quantization import QuantizationConfig
-    from sd_ovopt.recipe import optimize_pipeline
-    from sd_ovopt.tome import ToMeConfig
 
-    s = builder.settings
-
-    def build(path: Path) -> None:
-        optimize_pipeline(
-            builder.pipe,
-            path,
-            tome=ToMeConfig(ratio=s.tome_ratio) if int8 else None,
-            quantization=QuantizationConfig(subset_size=s.num_samples) if int8 else None,
-            deepcache=DeepCacheConfig(**_DEEPCACHE),
-            calibration_prompts=s.calibration_prompts,
-            calibration_steps=s.calibration_steps,
-            guidance_scale=s.guidance_scale,
-            height=s.height,
-            width=s.width,
-            overwrite=True,
-            show_progress=builder.progress,
-        )
-
-    keys = (*builder._CALIBRATION, "tome_ratio") if int8 else builder._SHAPE
-    return builder.folder(name, keys, build)
+    return builder.recipe(name, tome=int8, int8=int8, deepcache=DeepCacheConfig(**_DEEPCACHE))
 
 
 for _spec in (
