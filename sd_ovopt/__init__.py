@@ -12,9 +12,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sd_ovopt._lazy import lazy_attributes
 from sd_ovopt.errors import (
     AlreadyAppliedError,
     CorruptModelError,
@@ -130,14 +130,4 @@ if TYPE_CHECKING:
     from sd_ovopt.tome.patch import apply_tome, get_tome_config, is_tome_applied, remove_tome
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sd_ovopt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

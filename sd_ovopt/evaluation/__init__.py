@@ -12,8 +12,9 @@ Names load lazily: importing this package imports neither torch nor OpenVINO.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sd_ovopt._lazy import lazy_attributes
 
 _LAZY = {
     "DEFAULT_CALIBRATION_PROMPTS": "sd_ovopt.evaluation.benchmark",
@@ -76,14 +77,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sd_ovopt.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
