@@ -5,7 +5,7 @@
 
 All 144 held-out prompts x 2 seeds (0, 1), the reference model's evaluation settings (20 steps, guidance 4).
 Rows: PyTorch FP32 (the reference images), OpenVINO f32 uncached, OpenVINO f32 with step caching at each
-``--intervals`` value (branch 0), and with ``--int8`` the recipe's ToMe (0.4) + INT8 folder without and with
+``--intervals`` value (branch 0) and at interval 3 with each ``--branches`` value, and with ``--int8`` the recipe's ToMe (0.4) + INT8 folder without and with
 caching at interval 3. Each image is compared with the PyTorch FP32 image of the same prompt and seed.
 Writes ``--work/fidelity.{json,md}``. The issue's bar: accuracy within 2 points of the uncached pipeline at
 interval 3.
@@ -27,6 +27,10 @@ def _folders(work: Path, pipe: object, args: argparse.Namespace) -> dict[str, Pa
     builds: dict[str, dict] = {"ov-f32": {}}
     for interval in args.intervals:
         builds[f"ov-f32-deepcache-{interval}"] = {"deepcache": DeepCacheConfig(interval=interval)}
+    for branch in args.branches:  # deeper cuts at interval 3: more work on cached steps, closer images
+        builds[f"ov-f32-deepcache-3-branch-{branch}"] = {
+            "deepcache": DeepCacheConfig(interval=3, branch=branch)
+        }
     if args.int8:
         int8 = {"tome": ToMeConfig(ratio=0.4), "quantization": QuantizationConfig()}
         builds["ov-tome-int8"] = int8
@@ -61,6 +65,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5])
+    parser.add_argument(
+        "--branches", type=int, nargs="*", default=[], help="also these branches (not 0) at interval 3"
+    )
     parser.add_argument("--int8", action="store_true", help="also ToMe+INT8 with and without caching")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out prompts only (smoke test)")
     args = parser.parse_args()
