@@ -18,6 +18,7 @@ from torch import nn
 from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.deepcache.patch import FEATURE_KWARG, attach, full_mode, remove_deepcache, state_of
 from sd_ovopt.errors import AlreadyAppliedError
+from sd_ovopt.export.convert import _convert, _UNetForExport, unet_example_inputs, unet_input_spec
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -30,23 +31,15 @@ FEATURE_NAME = "deepcache_feature"
 SHALLOW_PART = "unet_shallow"
 
 
-class _FullForExport(nn.Module):
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
+class _FullForExport(_UNetForExport):
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        out = super().forward(sample, timestep, encoder_hidden_states)
         return out, state_of(self.unet).feature  # type: ignore[union-attr]
 
 
-class _ShallowForExport(nn.Module):
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
+class _ShallowForExport(_UNetForExport):
     def forward(
         self,
         sample: torch.Tensor,
@@ -84,8 +77,6 @@ def convert_deepcache_unets(
     """
     import openvino as ov
 
-    from sd_ovopt.export.convert import _convert, unet_example_inputs
-
     current = state_of(unet)
     if current is not None and current.config != config:
         raise AlreadyAppliedError(
@@ -100,11 +91,7 @@ def convert_deepcache_unets(
             unet, batch=batch, latent_height=latent_height, latent_width=latent_width, text_length=text_length
         )
         shape = feature_shape(unet, example)
-        base = [
-            ("sample", list(example["sample"].shape), ov.Type.f32),
-            ("timestep", [1], ov.Type.i64),
-            ("encoder_hidden_states", list(example["encoder_hidden_states"].shape), ov.Type.f32),
-        ]
+        base = unet_input_spec(example)
         with full_mode(unet):
             full = _convert(_FullForExport(unet), example, base, ["out_sample", FEATURE_NAME])
         with torch.no_grad():  # the kept outputs of the skipped modules are the example's

@@ -145,17 +145,22 @@ def convert_unet(
     ``timestep`` is a rank-1 i64 input of size 1, the signature optimum-intel exports (and reshapes to)
     and OpenVINO GenAI feeds; fractional timesteps (Euler, DPM) are truncated to integers, as there.
     """
-    import openvino as ov
 
     example = unet_example_inputs(
         unet, batch=batch, latent_height=latent_height, latent_width=latent_width, text_length=text_length
     )
-    spec = [
+    return _convert(_UNetForExport(unet), example, unet_input_spec(example), ["out_sample"])
+
+
+def unet_input_spec(example: dict[str, torch.Tensor]) -> list[tuple[str, list[int], ov.Type]]:
+    """The static input spec of a UNet IR (optimum-intel's names; ``timestep`` a rank-1 i64 of size 1)."""
+    import openvino as ov
+
+    return [
         ("sample", list(example["sample"].shape), ov.Type.f32),
         ("timestep", [1], ov.Type.i64),
         ("encoder_hidden_states", list(example["encoder_hidden_states"].shape), ov.Type.f32),
     ]
-    return _convert(_UNetForExport(unet), example, spec, ["out_sample"])
 
 
 @contextlib.contextmanager
