@@ -16,8 +16,14 @@ import torch
 
 from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.deepcache.export import FEATURE_NAME
-from sd_ovopt.deepcache.patch import apply_deepcache, attach, recording, remove_deepcache, state_of
+from sd_ovopt.deepcache.patch import apply_deepcache, attach, remove_deepcache, state_of
 from sd_ovopt.errors import InvalidConfigError, UnsupportedModelError
+from sd_ovopt.quantization.calibration import (
+    UNET_INPUTS,
+    _check_collect_request,
+    _InputRecorder,
+    _run_prompts,
+)
 
 __all__ = ["collect_deepcache_calibration", "quantize_deepcache_unet"]
 
@@ -51,46 +57,45 @@ def collect_deepcache_calibration(
         >>> sum("deepcache_feature" in item for item in items)  # steps 1 and 3 are cached
         2
     """
-    from sd_ovopt.quantization.calibration import collect_calibration
-
-    had = state_of(pipeline.unet)
+    unet = _check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
+    had = state_of(unet)
     apply_deepcache(pipeline, config)
     try:
-        with recording(pipeline.unet) as calls:
-            items = collect_calibration(
-                pipeline,
-                prompts,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                height=height,
-                width=width,
-                # one more: the call that fills the list is stopped before its step is decided
-                max_samples=None if max_samples is None else max_samples + 1,
-                seed=seed,
-                show_progress=show_progress,
-            )
+        return _run_prompts(
+            pipeline,
+            prompts,
+            _CachedStepRecorder(max_samples, state_of(unet)),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            seed=seed,
+            show_progress=show_progress,
+        )
     finally:
         if had is None:
             remove_deepcache(pipeline)
-    items = _with_features(items, calls)
-    return items if max_samples is None else items[:max_samples]
 
 
-def _with_features(
-    items: list[dict[str, torch.Tensor]], calls: list[tuple[bool, Any]]
-) -> list[dict[str, Any]]:
-    """Each recorded input with the cached feature of its step added on cached steps."""
-    if len(items) - len(calls) not in (0, 1):
-        raise UnsupportedModelError(
-            f"recorded {len(items)} UNet inputs but {len(calls)} step decisions; is another patch calling the "
-            "UNet more than once per step?"
-        )
-    items = items[: len(calls)]
-    kept: dict[int, torch.Tensor] = {}  # one copy per refresh, shared by the cached steps that use it
-    for item, (shallow, feature) in zip(items, calls, strict=True):
-        if shallow:
-            item[FEATURE_NAME] = kept.setdefault(id(feature), feature.detach().float().cpu())  # type: ignore[union-attr]
-    return items
+class _CachedStepRecorder(_InputRecorder):
+    """The calibration recorder as a UNet forward hook: after each call, its inputs and, on a cached step,
+    the cached feature the shallow branch was given (one copy per refresh, shared by its cached steps)."""
+
+    def __init__(self, max_samples: int | None, state: Any) -> None:
+        super().__init__(max_samples)
+        self.state = state
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def attach(self, unet: torch.nn.Module) -> Any:
+        # after each call, not before: the call's step (refresh or cached) is decided inside it
+        return unet.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, unet: torch.nn.Module, args: tuple, kwargs: dict, output: Any = None) -> None:
+        extra = {}
+        feature = self.state.feature
+        if self.state.shallow and feature is not None:
+            extra[FEATURE_NAME] = self.kept.setdefault(id(feature), feature.detach().float().cpu())
+        self.add(args, kwargs, **extra)
 
 
 def quantize_deepcache_unet(
@@ -107,7 +112,6 @@ def quantize_deepcache_unet(
     """
     import copy
 
-    from sd_ovopt.quantization.calibration import UNET_INPUTS
     from sd_ovopt.quantization.ptq import quantize_unet
 
     items = list(calibration)

@@ -124,8 +124,6 @@ class _State:
         self.given: torch.Tensor | None = None  # a feature passed in with the current call
         self.forced: str | None = None  # "full" while the full IR is traced
         self.shallow = False  # the mode of the current call
-        self.calls: list[tuple[bool, torch.Tensor | None]] = []  # (shallow, feature) per call, when recording
-        self.recording = False
         self.replay: dict[int, torch.Tensor] = {}  # id(sample) -> feature of recorded cached steps
         self.replay_hits = 0
         # Skip the left-out modules (True), or run them and only substitute the cached feature (False):
@@ -159,8 +157,6 @@ class _State:
             scheduler = getattr(pipe, "scheduler", None)
             refresh = self.tracker.refresh(timestep, getattr(scheduler, "timesteps", None))
             self.shallow = not refresh and self.feature is not None
-        if self.recording:
-            self.calls.append((self.shallow, self.feature if self.shallow else None))
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -331,16 +327,3 @@ def full_mode(unet: nn.Module) -> Iterator[Any]:
         yield state
     finally:
         state.forced = None
-
-
-@contextlib.contextmanager
-def recording(unet: nn.Module) -> Iterator[list[tuple[bool, torch.Tensor | None]]]:
-    """Record ``(shallow, cached feature)`` for every UNet call inside (calibration along a cached run)."""
-    state = state_of(unet)
-    if state is None:
-        raise UnsupportedModelError("DeepCache is not applied to this UNet.")
-    state.calls, state.recording = [], True
-    try:
-        yield state.calls
-    finally:
-        state.recording = False

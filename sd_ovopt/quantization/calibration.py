@@ -59,23 +59,18 @@ def collect_calibration(
         >>> len(data), sorted(data[0])
         (2, ['encoder_hidden_states', 'sample', 'timestep'])
     """
-    unet = _check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
-    recorder = _InputRecorder(max_samples)
-    handle = unet.register_forward_pre_hook(recorder, with_kwargs=True)
-    try:
-        _run_prompts(
-            pipeline,
-            prompts,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            seed=seed,
-            show_progress=show_progress,
-        )
-    finally:
-        handle.remove()
-    return recorder.samples
+    _check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
+    return _run_prompts(
+        pipeline,
+        prompts,
+        _InputRecorder(max_samples),
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+        seed=seed,
+        show_progress=show_progress,
+    )
 
 
 def _check_collect_request(
@@ -103,7 +98,15 @@ class _InputRecorder:
         self.max_samples = max_samples
         self.samples: list[dict[str, torch.Tensor]] = []
 
+    def attach(self, unet: torch.nn.Module) -> Any:
+        """Hook this recorder before every call of ``unet``; returns the hook's handle."""
+        return unet.register_forward_pre_hook(self, with_kwargs=True)
+
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.add(args, kwargs)
+
+    def add(self, args: tuple, kwargs: dict, **extra: torch.Tensor) -> None:
+        """Keep the inputs of one UNet call (``extra`` is kept with them as given)."""
         values = dict(zip(UNET_INPUTS, args, strict=False))
         values.update({k: kwargs[k] for k in UNET_INPUTS if k in kwargs})
         timestep = torch.as_tensor(values["timestep"], dtype=torch.float32).reshape(-1)[:1]
@@ -112,6 +115,7 @@ class _InputRecorder:
                 "sample": values["sample"].detach().float().cpu().clone(),
                 "timestep": timestep.detach().cpu().clone(),
                 "encoder_hidden_states": values["encoder_hidden_states"].detach().float().cpu().clone(),
+                **extra,
             }
         )
         if self.max_samples is not None and len(self.samples) >= self.max_samples:
@@ -119,14 +123,30 @@ class _InputRecorder:
 
 
 def _run_prompts(
-    pipeline: Any, prompts: Sequence[str], *, seed: int, show_progress: bool, **call: Any
-) -> None:
-    """One pipeline run per prompt (prompt ``i`` seeded ``seed + i``), up to the latents; stops when full."""
-    for i, prompt in enumerate(tqdm(prompts, desc="Calibration", unit="prompt", disable=not show_progress)):
-        try:
-            pipeline(prompt, generator=torch.Generator().manual_seed(seed + i), output_type="latent", **call)
-        except _Full:
-            break
+    pipeline: Any,
+    prompts: Sequence[str],
+    recorder: _InputRecorder,
+    *,
+    seed: int,
+    show_progress: bool,
+    **call: Any,
+) -> list[dict[str, torch.Tensor]]:
+    """One pipeline run per prompt (prompt ``i`` seeded ``seed + i``), up to the latents, with ``recorder``
+    on the UNet (removed after, also on error); stops when it is full. Returns what it recorded."""
+    handle = recorder.attach(pipeline.unet)
+    try:
+        for i, prompt in enumerate(
+            tqdm(prompts, desc="Calibration", unit="prompt", disable=not show_progress)
+        ):
+            try:
+                pipeline(
+                    prompt, generator=torch.Generator().manual_seed(seed + i), output_type="latent", **call
+                )
+            except _Full:
+                break
+    finally:
+        handle.remove()
+    return recorder.samples
 
 
 def _as_tensor(value: Any) -> Any:
