@@ -1,8 +1,8 @@
 """Code shape: no function in sd_ovopt/ is longer than 60 lines.
 
 A long procedure reads as named steps (diffusers' ``__call__``, ``train_qat``'s ``_QATRun``), so a function
-over the limit is split; ``ALLOWED`` lists the few still waiting, each with its reason. A function's
-lines count from ``def`` to its last line, docstring included (decorators not), as ``ast`` gives them.
+over the limit is split; there are no exceptions. A function's lines count from ``def`` to its last line,
+docstring included (decorators not), as ``ast`` gives them.
 """
 
 from __future__ import annotations
@@ -12,18 +12,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sd_ovopt"
 MAX_LINES = 60
-#: "path/inside/sd_ovopt.py::Qualified.name" -> why it is still long. Every entry is a debt, not a licence:
-#: the last test fails as soon as an entry is no longer needed.
-_DEEPCACHE_PENDING = (
-    "pending, not exempt: the DeepCache change is rewriting this file now; split it into named steps once "
-    "that lands (splitting it under the other change would collide with it)"
-)
-ALLOWED: dict[str, str] = {
-    "export/pipeline.py::export_pipeline": _DEEPCACHE_PENDING,
-    "export/pipeline.py::_write": _DEEPCACHE_PENDING,
-    "recipe.py::optimize_pipeline": _DEEPCACHE_PENDING,
-    "recipe.py::quantize_pipeline_unet": _DEEPCACHE_PENDING,
-}
 
 
 def function_lengths(source: str) -> dict[str, int]:
@@ -54,16 +42,6 @@ def test_no_function_in_the_package_is_longer_than_60_lines():
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
         for name, lines in function_lengths(path.read_text(encoding="utf-8")).items():
-            if lines > MAX_LINES and f"{relative}::{name}" not in ALLOWED:
+            if lines > MAX_LINES:
                 too_long.append(f"{relative}::{name} ({lines} lines)")
     assert not too_long, f"functions over {MAX_LINES} lines; split them into named steps: {too_long}"
-
-
-def test_the_allow_list_names_only_functions_that_are_still_long():
-    lengths = {
-        f"{path.relative_to(PACKAGE).as_posix()}::{name}": lines
-        for path in PACKAGE.rglob("*.py")
-        for name, lines in function_lengths(path.read_text(encoding="utf-8")).items()
-    }
-    stale = [key for key in ALLOWED if lengths.get(key, 0) <= MAX_LINES]
-    assert not stale, f"remove these from ALLOWED (split or gone): {stale}"
