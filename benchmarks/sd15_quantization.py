@@ -299,15 +299,7 @@ def _time_parts(work: Path, args: argparse.Namespace) -> dict:
         ov_text(ids)
         ov_vae(latent)
 
-    runners = {"pytorch": torch_parts, "openvino": ov_parts}
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeats):
-        for key, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - t0)
+    times = _time_runners({"pytorch": torch_parts, "openvino": ov_parts}, repeats)
     return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
@@ -347,14 +339,7 @@ def stage_time(work: Path, args: argparse.Namespace) -> dict:
             key = f"ov-{name}-{hint}"
             runners[key] = lambda c=compiled: c(inputs)
             used[key] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    for run in runners.values():  # warm-up
-        run()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(args.repeats):
-        for key, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - t0)
+    times = _time_runners(runners, args.repeats)
     base = statistics.median(times["pytorch-fp32"])
     ov_base = statistics.median(times["ov-fp32-f32"])
     peer = statistics.median(times["ov-peer-hybrid-f32"])
