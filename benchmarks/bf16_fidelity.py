@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
+from fidelity_stats import fidelity_stats
 
 STEPS, GUIDANCE, BATCH = 20, 4.0, 16
 
@@ -67,18 +67,10 @@ def main() -> None:
             for seed in args.seeds
             for a, b in zip(by_seed[seed], images["f32"][seed], strict=True)
         ]
-        psnr = [s.psnr_db for s in scores]
-        finite = [p for p in psnr if np.isfinite(p)]
         accuracy = {str(seed): score_images(by_seed[seed], prompts).accuracy for seed in args.seeds}
         rows[precision] = {
             "runtime_precision": ran[precision],
-            "psnr_db_mean": round(statistics.fmean(finite), 2) if finite else "inf",
-            "psnr_db_median": round(statistics.median(psnr), 2)
-            if np.isfinite(statistics.median(psnr))
-            else "inf",
-            "psnr_db_min": round(min(psnr), 2) if np.isfinite(min(psnr)) else "inf",
-            "images_under_30_db": sum(p < 30 for p in psnr),
-            "ssim_mean": round(statistics.fmean(s.ssim for s in scores), 4),
+            **fidelity_stats(scores),
             "accuracy": round(statistics.fmean(accuracy.values()), 4),
             "accuracy_by_seed": accuracy,
             "generate_s": round(seconds[precision], 1),

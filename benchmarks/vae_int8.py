@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fidelity_stats import fidelity_stats
 
 STEPS, GUIDANCE, BATCH = 20, 4.0, 16
 
@@ -159,21 +160,14 @@ def main() -> None:
             for a, b in zip(by_seed[seed], reference[seed], strict=True)
         ]
         psnr = [s.psnr_db for s in scores]
-        finite = [p for p in psnr if np.isfinite(p)]
         accuracy = {
             str(seed): score_images([Image.fromarray(im) for im in by_seed[seed]], prompts).accuracy
             for seed in args.seeds
         }
         rows[name] = {
-            "psnr_db_mean": round(statistics.fmean(finite), 2) if finite else "inf",
-            "psnr_db_median": round(statistics.median(psnr), 2)
-            if np.isfinite(statistics.median(psnr))
-            else "inf",
-            "psnr_db_min": round(min(psnr), 2) if np.isfinite(min(psnr)) else "inf",
-            "images_under_30_db": sum(p < 30 for p in psnr),
+            **fidelity_stats(scores),
             "images_under_35_db": sum(p < 35 for p in psnr),
-            "identical_images": len(psnr) - len(finite),
-            "ssim_mean": round(statistics.fmean(s.ssim for s in scores), 4),
+            "identical_images": sum(not np.isfinite(p) for p in psnr),
             "accuracy": round(statistics.fmean(accuracy.values()), 4),
             "accuracy_by_seed": accuracy,
             "decode_ms_per_image": round(1000 * decode_s[name], 2),
