@@ -18,6 +18,8 @@ import json
 import statistics
 from pathlib import Path
 
+from fidelity_stats import fidelity_stats
+
 SEEDS = (0, 1)
 
 
@@ -44,6 +46,8 @@ def _folders(work: Path, pipe: object, args: argparse.Namespace) -> dict[str, Pa
         builds["ov-tome-int8-deepcache-3"] = {**int8, "deepcache": DeepCacheConfig(interval=3)}
     folders: dict[str, Path | None] = {"pytorch-fp32": None}
     for name, kwargs in builds.items():
+        if args.only and name not in args.only:
+            continue
         folder = work / name
         if not (folder / "sd_ovopt.json").is_file():
             optimize_pipeline(pipe, folder, guidance_scale=4.0, overwrite=True, **kwargs)
@@ -59,12 +63,10 @@ def _row(images: dict[int, list], reference: dict[int, list], prompts: list[str]
     scores = [
         image_fidelity(a, b) for seed in SEEDS for a, b in zip(images[seed], reference[seed], strict=True)
     ]
-    finite = [s.psnr_db for s in scores if s.psnr_db != float("inf")]
     return {
         "accuracy": statistics.mean(accuracy.values()),
         "accuracy_by_seed": accuracy,
-        "psnr_db": statistics.mean(finite) if finite else float("inf"),
-        "ssim": statistics.mean(s.ssim for s in scores),
+        **fidelity_stats(scores),
     }
 
 
@@ -77,6 +79,13 @@ def main() -> None:
     )
     parser.add_argument("--int8", action="store_true", help="also ToMe+INT8 with and without caching")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out prompts only (smoke test)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="measure only these rows (PyTorch FP32 always runs: it is the reference); rows of an earlier "
+        "fidelity.json in --work are kept",
+    )
     args = parser.parse_args()
 
     from sd_ovopt import SdOvOptPipeline
@@ -87,7 +96,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     pipe = load_sd_pipeline(reference_model_dir())
     prompts = [spec.prompt for spec in held_out_prompts()][: args.limit]
-    rows: dict[str, dict] = {}
+    saved = args.work / "fidelity.json"
+    rows: dict[str, dict] = json.loads(saved.read_text()) if args.only and saved.is_file() else {}
     reference: dict[int, list] = {}
     for name, folder in _folders(args.work, pipe, args).items():
         runner = pipe if folder is None else SdOvOptPipeline.from_pretrained(folder, precision="f32")
@@ -97,13 +107,20 @@ def main() -> None:
             reference = images
         rows[name] = _row(images, reference, prompts)
         print(name, rows[name])
-    (args.work / "fidelity.json").write_text(json.dumps(rows, indent=2) + "\n")
+        partial = saved.with_suffix(".json.partial")  # every row saved as it ends: a killed run keeps them
+        partial.write_text(json.dumps(rows, indent=2) + "\n")
+        partial.replace(saved)
     lines = [
-        "| variant | held-out accuracy (2 seeds) | PSNR dB vs FP32 | SSIM vs FP32 |",
-        "|---|---|---|---|",
+        "| variant | held-out accuracy (seed 0 / 1) | PSNR dB vs FP32 (mean / median / min) | images < 30 dB "
+        "| SSIM vs FP32 |",
+        "|---|---|---|---|---|",
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {100 * r['accuracy']:.1f} % | {r['psnr_db']:.2f} | {r['ssim']:.4f} |")
+        by_seed = " / ".join(f"{100 * a:.1f}" for a in r["accuracy_by_seed"].values())
+        psnr = " / ".join(str(r.get(k, "-")) for k in ("psnr_db_mean", "psnr_db_median", "psnr_db_min"))
+        under = r.get("images_under_30_db", "-")
+        ssim = r.get("ssim_mean", r.get("ssim"))
+        lines.append(f"| {name} | {100 * r['accuracy']:.1f} % ({by_seed}) | {psnr} | {under} | {ssim} |")
     (args.work / "fidelity.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
