@@ -89,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sd_ovopt import SdOvOptPipeline
+    from sd_ovopt._fs import atomic_file
     from sd_ovopt._loading import load_sd_pipeline
     from sd_ovopt.reference import held_out_prompts, reference_model_dir
     from sd_ovopt.reference.evaluate import generate_images
@@ -107,9 +108,8 @@ def main() -> None:
             reference = images
         rows[name] = _row(images, reference, prompts)
         print(name, rows[name])
-        partial = saved.with_suffix(".json.partial")  # every row saved as it ends: a killed run keeps them
-        partial.write_text(json.dumps(rows, indent=2) + "\n")
-        partial.replace(saved)
+        with atomic_file(saved) as tmp:  # every row saved as it ends: a killed run keeps them
+            tmp.write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "| variant | held-out accuracy (seed 0 / 1) | PSNR dB vs FP32 (mean / median / min) | images < 30 dB "
         "| SSIM vs FP32 |",
