@@ -103,12 +103,17 @@ def _quiet_library_notices() -> Iterator[None]:
 
 def _convert(module: nn.Module, example: dict[str, torch.Tensor], input_spec: list, output_names: list[str]):
     import openvino as ov
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
     was_training = module.training
     module.eval()
     try:
         with _tracing():
-            model = ov.convert_model(module, example_input=example, input=input_spec)
+            # torch.jit.trace's check re-traces and re-runs the module to compare: as much time again as
+            # the trace itself, on a model whose ops are all static at trace time (optimum-intel skips it
+            # for diffusers models too).
+            decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
+            model = ov.convert_model(decoder, example_input=example, input=input_spec)
     finally:
         module.train(was_training)
     if len(model.outputs) != len(output_names):
