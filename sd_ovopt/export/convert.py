@@ -112,7 +112,9 @@ def _convert(module: nn.Module, example: dict[str, torch.Tensor], input_spec: li
             # torch.jit.trace's check re-traces and re-runs the module to compare: as much time again as
             # the trace itself, on a model whose ops are all static at trace time (optimum-intel skips it
             # for diffusers models too).
-            decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
+            decoder = TorchScriptPythonDecoder(
+                module, example_input=example, trace_kwargs={"check_trace": False}
+            )
             model = ov.convert_model(decoder, example_input=example, input=input_spec)
     finally:
         module.train(was_training)
