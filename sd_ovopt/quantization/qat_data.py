@@ -91,6 +91,7 @@ class CaptionedImageFolder:
             raise InvalidDatasetError(
                 f"{len(missing)} images named in {metadata} do not exist in {self.folder}, e.g. {missing[:3]}."
             )
+        _check_headers([path for path, _ in items])
         return items
 
     def __len__(self) -> int:
@@ -166,3 +167,16 @@ def encode_batch(
     ).input_ids
     states = text_encoder(ids.to(next(text_encoder.parameters()).device), return_dict=False)[0]
     return latents, states.float()
+
+
+def _check_headers(paths: list[Path]) -> None:
+    """Every image's header read (not its pixels: a fraction of a millisecond each), so that a file that is
+    not an image fails here, before the models load, rather than steps into training."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, UnidentifiedImageError) as exc:
+            raise InvalidDatasetError(f"cannot read image {path}: {exc}") from exc
