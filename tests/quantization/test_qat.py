@@ -333,13 +333,13 @@ def test_bad_data_folders_get_typed_errors(tmp_path):
             CaptionedImageFolder(folder, resolution=32)
     (folder / "bad.png").write_text("not an image")
     (folder / "metadata.jsonl").write_text('{"file_name": "bad.png", "text": "broken"}\n')
-    with pytest.raises(InvalidDatasetError, match="cannot read image .*bad.png"):
+    with pytest.raises(InvalidDatasetError, match=r"cannot read image .*bad\.png"):
         CaptionedImageFolder(folder, resolution=32)  # at once, before any model loads
     png = (folder / "000.png").read_bytes()
     (folder / "cut.png").write_bytes(png[: len(png) // 2])  # the header reads, the pixels do not
     (folder / "metadata.jsonl").write_text('{"file_name": "cut.png", "text": "cut short"}\n')
     cut = CaptionedImageFolder(folder, resolution=32)
-    with pytest.raises(InvalidDatasetError, match="cannot read image .*cut.png"):
+    with pytest.raises(InvalidDatasetError, match=r"cannot read image .*cut\.png"):
         cut[0]
 
 
