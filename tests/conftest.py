@@ -58,3 +58,27 @@ def tiny_saved(tmp_path_factory):
     out = tmp_path_factory.mktemp("saved") / "tiny-sd"
     tiny_pipeline().save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tome_int8_tiny(tmp_path_factory):
+    """The tiny pipeline through the recipe once (ToMe 0.5, INT8, 32x32): the folder, the pipeline it
+    was made from, and that pipeline's UNet weights from before."""
+    from types import SimpleNamespace
+
+    from sd_ovopt import QuantizationConfig, ToMeConfig, optimize_pipeline
+    from sd_ovopt.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    out = optimize_pipeline(
+        pipe,
+        tmp_path_factory.mktemp("recipe") / "tome-int8",
+        tome=ToMeConfig(ratio=0.5),
+        quantization=QuantizationConfig(subset_size=8),
+        calibration_steps=2,
+        height=TINY_SIZE,
+        width=TINY_SIZE,
+        show_progress=False,
+    )
+    return SimpleNamespace(path=out, pipe=pipe, unet_before=before)

@@ -13,26 +13,17 @@ from sd_ovopt.tome import get_tome_config
 SIZE = 32
 
 
-def test_recipe_writes_a_tome_int8_folder_and_leaves_the_pipeline_as_it_was(tiny_pipe, tmp_path):
+def test_recipe_writes_a_tome_int8_folder_and_leaves_the_pipeline_as_it_was(tome_int8_tiny):
     from sd_ovopt import SdOvOptPipeline, read_metadata
 
-    before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
-    out = optimize_pipeline(
-        tiny_pipe,
-        tmp_path / "ov",
-        tome=ToMeConfig(ratio=0.4),
-        quantization=QuantizationConfig(subset_size=8),
-        calibration_steps=2,
-        height=SIZE,
-        width=SIZE,
-        show_progress=False,
-    )
-    meta = read_metadata(out)
-    assert meta.tome["ratio"] == 0.4 and meta.quantization["unet"]["mode"] == "full"
-    assert get_tome_config(tiny_pipe.unet) is None and get_quantization_config(tiny_pipe.unet) is None
-    after = tiny_pipe.unet.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    pipe = SdOvOptPipeline.from_pretrained(out, precision="f32")
+    meta = read_metadata(tome_int8_tiny.path)
+    assert meta.tome["ratio"] == 0.5 and meta.quantization["unet"]["mode"] == "full"
+    assert meta.quantization["weight_compression"] == "int8"
+    pipe = tome_int8_tiny.pipe
+    assert get_tome_config(pipe.unet) is None and get_quantization_config(pipe.unet) is None
+    after, before = pipe.unet.state_dict(), tome_int8_tiny.unet_before
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    pipe = SdOvOptPipeline.from_pretrained(tome_int8_tiny.path, precision="f32")
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert np.asarray(image).std() > 0
 

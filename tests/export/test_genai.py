@@ -4,16 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sd_ovopt import (
-    QuantizationConfig,
-    SdOvOptPipeline,
-    ToMeConfig,
-    apply_tome,
-    collect_calibration,
-    export_pipeline,
-    quantize_unet,
-    read_metadata,
-)
+from sd_ovopt import SdOvOptPipeline, read_metadata
 
 openvino_genai = pytest.importorskip("openvino_genai")
 
@@ -72,15 +63,9 @@ def test_genai_generates_what_sd_ovopt_generates(exported_tiny):
     assert np.abs(image - ref).max() <= 2
 
 
-def test_genai_generates_from_a_tome_int8_export(tmp_path):
-    from sd_ovopt.testing import tiny_pipeline
-
-    pipe = apply_tome(tiny_pipeline(), ToMeConfig(ratio=0.5))
-    calibration = collect_calibration(pipe, [PROMPT], num_inference_steps=2, show_progress=False)
-    qunet = quantize_unet(pipe, calibration, QuantizationConfig(subset_size=len(calibration)))
-    path = export_pipeline(pipe, tmp_path / "ov", unet=qunet, compress_weights=True, show_progress=False)
-    meta = read_metadata(path)
+def test_genai_generates_from_a_tome_int8_export(tome_int8_tiny):
+    meta = read_metadata(tome_int8_tiny.path)
     assert meta.tome is not None and meta.quantization["unet"] is not None
-    genai = openvino_genai.Text2ImagePipeline(str(path), "CPU")
+    genai = openvino_genai.Text2ImagePipeline(str(tome_int8_tiny.path), "CPU")
     image = _genai_image(genai, steps=2)
     assert image.shape == (32, 32, 3) and image.std() > 0

@@ -164,7 +164,7 @@ def test_int8_pipeline_generates(int8_export):
     assert pipe.quantization["unet"]["preset"] == "mixed"
 
 
-def test_tome_ops_stay_out_of_quantization(calibration, tmp_path):
+def test_tome_ops_stay_out_of_quantization(calibration, tome_int8_tiny):
     import openvino as ov
 
     from sd_ovopt.testing import tiny_pipeline
@@ -172,7 +172,7 @@ def test_tome_ops_stay_out_of_quantization(calibration, tmp_path):
     pipe = apply_tome(tiny_pipeline(), ToMeConfig(ratio=0.5))
     qunet = quantize_unet(pipe, calibration[:8], QuantizationConfig(subset_size=8))
     assert not [n for n, _ in qunet.named_modules() if "sd_ovopt_tome" in n and "__nncf_hooks" in n]
-    out = export_pipeline(pipe, tmp_path / "ov", unet=qunet, compress_weights=True, show_progress=False)
+    out = tome_int8_tiny.path  # the same, through the recipe, exported
     model = ov.Core().read_model(out / "unet" / "openvino_model.xml")
     tome_matmuls = [
         op
