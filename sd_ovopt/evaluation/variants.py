@@ -266,11 +266,14 @@ class _Builder:
                 OVWeightQuantizationConfig,
             )
 
+            from sd_ovopt.export.convert import _tracing
+
             passes = -(
                 -s.num_samples // (len(s.calibration_prompts) * _PEER_STEPS)
             )  # as many samples as ours
             dataset = list(s.calibration_prompts) * passes
-            with atomic_output_dir(path, overwrite=True) as tmp:
+            # optimum-intel traces like our export does: the same trace-time notices kept quiet
+            with _tracing(), atomic_output_dir(path, overwrite=True) as tmp:
                 if name == PEER:
                     config = OVWeightQuantizationConfig(
                         bits=8, quant_method="hybrid", dataset=dataset, num_samples=s.num_samples

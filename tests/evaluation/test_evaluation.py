@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -146,17 +147,24 @@ def bench(tmp_path_factory):
     args += ["--guidance-scale", "4", "--judge", "sd_ovopt.reference:score_image", "--no-memory"]
     args += ["--unet-error-samples", "4"]
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    with contextlib.redirect_stdout(stdout), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         code = main(args)
     assert code == 0
     return {
         "out": out,
         "stdout": stdout.getvalue(),
+        "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
         "json": json.loads((out / "results.json").read_text()),
         "markdown": (out / "results.md").read_text(),
         "chart": Image.open(out / "chart.png").size,
         "grid": Image.open(out / "grid.png").size,
     }
+
+
+def test_bench_shows_no_trace_time_notices(bench):
+    """Building both optimum-intel peers traces the models, as our export does: no TracerWarnings."""
+    assert not [w for w in bench["warnings"] if w.startswith("TracerWarning")]
 
 
 def _rows(bench):
