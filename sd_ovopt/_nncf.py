@@ -1,11 +1,16 @@
-"""Importing NNCF with settings that make its first torch run work on small machines."""
+"""Importing NNCF with settings that make its first torch run work on small machines, and keeping its
+console output off the caller's standard output."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["import_nncf"]
+__all__ = ["import_nncf", "nncf_output_on_stderr"]
 
 
 def import_nncf() -> Any:
@@ -18,3 +23,29 @@ def import_nncf() -> Any:
     import nncf
 
     return nncf
+
+
+@contextlib.contextmanager
+def nncf_output_on_stderr() -> Iterator[None]:
+    """While NNCF runs: its progress bars and log lines on standard error, its INFO lines (ignored nodes,
+    skipped quantizers, bit-width tables) left out; its warnings still show.
+
+    NNCF logs to the standard output it found at import and draws its progress bars there, so a script
+    reading ``sd-ovopt quantize``'s output (the folder it wrote) or a caller's own stdout would get them.
+    """
+    import_nncf()
+    from nncf.common.logging.logger import nncf_logger
+
+    handlers = [h for h in nncf_logger.handlers if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    level = nncf_logger.level
+    nncf_logger.setLevel(max(level, logging.WARNING))
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars write to sys.stdout
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.setStream(stream)

@@ -31,3 +31,15 @@ def test_bad_size_on_cli(tiny_saved, tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "sd_ovopt", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "export" in out.stdout and "generate" in out.stdout
+
+
+def test_quantize_prints_only_the_folder_it_wrote(tiny_saved, tmp_path):
+    """NNCF's log lines and progress bars stay off stdout, so `OUT=$(sd-ovopt quantize ...)` works."""
+    out = tmp_path / "q"
+    args = ["quantize", str(tiny_saved), str(out), "--num-samples", "4", "--steps", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "sd_ovopt", *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == f"{out.resolve()}\n"
+    assert "INFO:nncf" not in done.stderr

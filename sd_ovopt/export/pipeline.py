@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._loading import check_image_size, load_for_output
-from sd_ovopt._nncf import import_nncf
+from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 from sd_ovopt.export.metadata import ExportMetadata
 
@@ -387,4 +387,5 @@ def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:
 
 def _compress(model: Any, **kwargs: Any) -> Any:
     nncf = import_nncf()
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, **kwargs)
+    with nncf_output_on_stderr():
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, **kwargs)

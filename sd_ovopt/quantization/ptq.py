@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from sd_ovopt._loading import find_unet
-from sd_ovopt._nncf import import_nncf
+from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
 from sd_ovopt.errors import UnsupportedModelError
 from sd_ovopt.quantization.calibration import validate_calibration
 from sd_ovopt.quantization.config import QuantizationConfig
@@ -81,15 +81,16 @@ def _nncf_quantize(
         disable_bias_correction=not config.bias_correction,
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=0.95 if config.smooth_quant else -1),
     )
-    return nncf.quantize(
-        unet,
-        nncf.Dataset(items, _unet_inputs(unet)),
-        preset=nncf.QuantizationPreset(config.preset),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=min(config.subset_size, len(items)),
-        ignored_scope=_ignored_scope(nncf, config),
-        advanced_parameters=advanced,
-    )
+    with nncf_output_on_stderr():
+        return nncf.quantize(
+            unet,
+            nncf.Dataset(items, _unet_inputs(unet)),
+            preset=nncf.QuantizationPreset(config.preset),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=min(config.subset_size, len(items)),
+            ignored_scope=_ignored_scope(nncf, config),
+            advanced_parameters=advanced,
+        )
 
 
 def quantize_unet(
