@@ -8,9 +8,10 @@ step sees, and its noise, are pure functions of the seed and the step (:func:`sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +104,11 @@ class CaptionedImageFolder:
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         """The image as a ``[3, resolution, resolution]`` tensor in ``[-1, 1]``, and its caption."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         path, caption = self.items[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise InvalidDatasetError(f"cannot read image {path}: {exc}") from exc
+        with _open_image(path) as opened:
+            image = opened.convert("RGB")
         size = self.resolution
         scale = size / min(image.size)
         resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
@@ -172,11 +170,19 @@ def encode_batch(
 def _check_headers(paths: list[Path]) -> None:
     """Every image's header read (not its pixels: a fraction of a millisecond each), so that a file that is
     not an image fails here, before the models load, rather than steps into training."""
-    from PIL import Image, UnidentifiedImageError
-
     for path in paths:
-        try:
-            with Image.open(path):
-                pass
-        except (OSError, UnidentifiedImageError) as exc:
-            raise InvalidDatasetError(f"cannot read image {path}: {exc}") from exc
+        with _open_image(path):
+            pass
+
+
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)``; what PIL cannot read in the block (not an image, cut short) raises
+    :class:`InvalidDatasetError` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            yield image
+    except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise InvalidDatasetError(f"cannot read image {path}: {exc}") from exc
