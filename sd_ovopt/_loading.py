@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 __all__ = [
+    "ALLOWED_LIBRARIES",
     "MAX_IMAGE_SIDE",
     "check_image_size",
+    "check_model_index",
     "check_steps",
     "find_unet",
     "load_for_output",
@@ -51,7 +53,61 @@ def read_model_index(path: str | Path) -> dict[str, Any]:
             f"{folder} has no model_index.json, so it is not a diffusers pipeline folder. "
             "Pass the folder that StableDiffusionPipeline.save_pretrained or sd-ovopt export wrote."
         )
-    return read_json_object(index, fix="Save the pipeline again with save_pretrained.")
+    config = read_json_object(index, fix="Save the pipeline again with save_pretrained.")
+    check_model_index(config, index)
+    return config
+
+
+#: The only libraries a ``model_index.json`` may name for its parts. diffusers and optimum-intel import
+#: whatever module a folder names there (a ``payload.py`` beside the folder or in the working directory
+#: would run), so anything else is refused before they see the file.
+ALLOWED_LIBRARIES = ("diffusers", "transformers", "optimum", "sd_ovopt")
+#: Plain (non-part) entries a Stable Diffusion ``model_index.json`` holds besides ``_``-prefixed ones.
+_PLAIN_ENTRIES = ("requires_safety_checker",)
+
+
+def check_model_index(config: dict[str, Any], index: Path) -> None:
+    """Refuse a ``model_index.json`` that names a library outside :data:`ALLOWED_LIBRARIES` (or one of
+    diffusers' own pipeline modules, as older folders do for the safety checker), a class that is not a
+    plain name, or an entry diffusers would pass on to the pipeline as an argument. Nothing is imported
+    from the folder or the working directory."""
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        if key in _PLAIN_ENTRIES:
+            if not isinstance(value, bool):
+                raise CorruptModelError(f"{index}: {key!r} is {value!r}; it must be true or false.")
+            continue
+        if not (isinstance(value, list) and len(value) == 2):
+            raise CorruptModelError(
+                f"{index}: entry {key!r} is {value!r}, not a [library, class] pair. A pipeline folder lists "
+                "its parts as [library, class]; save the pipeline again with save_pretrained."
+            )
+        library, class_name = value
+        if library is None and class_name is None:
+            continue
+        if not _is_allowed_library(library):
+            raise CorruptModelError(
+                f"{index}: part {key!r} names the library {library!r}; sd_ovopt loads parts only from "
+                f"{', '.join(ALLOWED_LIBRARIES)} (and diffusers' own pipeline modules), so code named by a "
+                "model folder never runs. Use a folder written by save_pretrained or sd-ovopt export."
+            )
+        if not (isinstance(class_name, str) and class_name.isidentifier()):
+            raise CorruptModelError(
+                f"{index}: part {key!r} names the class {class_name!r}, which is not a class name. "
+                "Save the pipeline again with save_pretrained."
+            )
+
+
+def _is_allowed_library(library: Any) -> bool:
+    if not isinstance(library, str) or not library.isidentifier():
+        return False
+    if library in ALLOWED_LIBRARIES:
+        return True
+    import importlib.util
+
+    # ``["stable_diffusion", "StableDiffusionSafetyChecker"]``: a module inside diffusers' own package
+    return importlib.util.find_spec(f"diffusers.pipelines.{library}") is not None
 
 
 def load_sd_pipeline(source: Any) -> StableDiffusionPipeline:

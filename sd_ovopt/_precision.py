@@ -86,3 +86,37 @@ def precision_config(
     if resolved != "default":
         config[HINT] = resolved
     return config, resolved
+
+
+def openvino_message(exc: BaseException) -> str:
+    """The line of an OpenVINO exception that says what is wrong (it ends a stack of source locations)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith("Exception from src/")]
+    return (useful or lines or [type(exc).__name__])[-1]
+
+
+def check_device_config(device: Any, ov_config: dict[str, Any]) -> None:
+    """Refuse a device or OpenVINO properties that OpenVINO rejects, before any model is read.
+
+    A tiny model is compiled with them: a typo in a property name, a bad value or an unknown device is
+    then the user's mistake, named as such, not reported later as a corrupt IR.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    if not isinstance(device, str) or not device.strip():
+        raise InvalidConfigError(f"device={device!r}; pass an OpenVINO device name such as 'CPU'.")
+    bad_keys = [key for key in ov_config if not isinstance(key, str)]
+    if bad_keys:
+        raise InvalidConfigError(
+            f"ov_config keys must be OpenVINO property names (strings); got {bad_keys!r}."
+        )
+    core = ov.Core()
+    probe = ops.parameter([1], ov.Type.f32)
+    try:
+        core.compile_model(ov.Model([ops.relu(probe)], [probe]), device, ov_config)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidConfigError(
+            f"OpenVINO refuses device={device!r} with ov_config={ov_config!r}: {openvino_message(exc)} "
+            f"Devices here: {', '.join(core.available_devices)}. Fix the device name or the property."
+        ) from exc

@@ -23,7 +23,9 @@ def _plain(value: Any) -> Any:
     """A numpy scalar or a 0-d tensor/array as the Python number it holds; anything else unchanged."""
     if isinstance(value, (bool, int, float)) or not callable(getattr(value, "item", None)):
         return value
-    if getattr(value, "ndim", None) == 0 or (hasattr(value, "dim") and callable(value.dim) and value.dim() == 0):
+    if getattr(value, "ndim", None) == 0 or (
+        hasattr(value, "dim") and callable(value.dim) and value.dim() == 0
+    ):
         return value.item()
     return value
 

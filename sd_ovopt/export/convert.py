@@ -123,6 +123,11 @@ def _convert(module: nn.Module, example: dict[str, torch.Tensor], input_spec: li
             f"expected {len(output_names)} outputs, the converted model has {len(model.outputs)}; "
             "export a module whose forward returns exactly those tensors"
         )
+    # An input can carry the names of internal tensors too (at UNet batch 1, ``timestep`` is also the
+    # broadcast's output): optimum-intel and OpenVINO GenAI find inputs by their first name, so each
+    # input and output gets exactly its own.
+    for port, (name, _, _) in zip(model.inputs, input_spec, strict=True):
+        port.get_tensor().set_names({name})
     for output, name in zip(model.outputs, output_names, strict=True):
         output.get_tensor().set_names({name})
     return model

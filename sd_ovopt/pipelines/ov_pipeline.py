@@ -16,10 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from optimum.intel import OVStableDiffusionPipeline
 
+from sd_ovopt._fs import read_json_object
 from sd_ovopt._loading import check_steps, read_model_index
-from sd_ovopt._precision import PRECISIONS, precision_config
-from sd_ovopt.errors import CorruptModelError, InvalidConfigError, NotAPipelineError, ShapeMismatchError
-from sd_ovopt.export.metadata import ExportMetadata, read_metadata
+from sd_ovopt._precision import PRECISIONS, check_device_config, openvino_message, precision_config
+from sd_ovopt._validation import check_keywords
+from sd_ovopt.errors import (
+    CorruptModelError,
+    InvalidConfigError,
+    NotAPipelineError,
+    SdOvOptError,
+    ShapeMismatchError,
+)
+from sd_ovopt.export.metadata import METADATA_FILE, ExportMetadata, path_inside, read_metadata
 from sd_ovopt.tome.config import ToMeConfig
 
 if TYPE_CHECKING:
@@ -32,20 +40,57 @@ logger = logging.getLogger(__name__)
 _REQUIRED_PARTS = ("unet", "text_encoder", "vae_decoder")
 
 
+#: What ``from_pretrained`` passes on to optimum-intel: parts to use instead of the folder's.
+_LOAD_KEYWORDS = ("feature_extractor", "safety_checker", "scheduler", "tokenizer")
+#: The JSON files optimum-intel reads besides the IRs (each must hold a JSON object).
+_CONFIG_FILES = (
+    "unet/config.json",
+    "text_encoder/config.json",
+    "vae_decoder/config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/tokenizer_config.json",
+)
+
+
 def _check_folder(path: Path) -> None:
+    """The folder's ``model_index.json`` (names only allowed libraries), IRs and config files."""
     config = read_model_index(path)
     if config.get("_class_name") != "StableDiffusionPipeline":
         raise NotAPipelineError(
             f"{path} holds a {config.get('_class_name')!r}; SdOvOptPipeline loads StableDiffusionPipeline folders."
         )
+    fix = "Export it again with sd_ovopt.export_pipeline (CLI: sd-ovopt export)."
     for part in _REQUIRED_PARTS:
         for suffix in (".xml", ".bin"):
             file = path / part / f"openvino_model{suffix}"
             if not file.is_file():
-                raise CorruptModelError(
-                    f"{file} is missing: {path} is not a complete OpenVINO export. "
-                    "Export it again with sd_ovopt.export_pipeline (CLI: sd-ovopt export)."
-                )
+                raise CorruptModelError(f"{file} is missing: {path} is not a complete OpenVINO export. {fix}")
+    for name in _CONFIG_FILES:
+        file = path / name
+        if not file.is_file():
+            raise CorruptModelError(f"{file} is missing: {path} is not a complete OpenVINO export. {fix}")
+        read_json_object(file, fix=fix)
+
+
+def _check_unet_matches_record(model: Any, meta: ExportMetadata, path: Path) -> None:
+    """The UNet IR's ``sample`` input must have the static shape ``sd_ovopt.json`` records."""
+    sample = next((port for port in model.inputs if "sample" in port.get_names()), None)
+    shape = sample.get_partial_shape() if sample is not None else None
+    recorded = [meta.unet_batch, None, meta.latent_height, meta.latent_width]
+    if shape is None or not shape.is_static or len(shape) != 4:
+        raise CorruptModelError(
+            f"{path / 'unet'}: the UNet IR has no static 4-d 'sample' input, but {METADATA_FILE} records a "
+            "static export. Export the pipeline again."
+        )
+    dims = [dim.get_length() for dim in shape]
+    if [d for d, r in zip(dims, recorded, strict=True) if r is not None] != [
+        r for r in recorded if r is not None
+    ]:
+        raise CorruptModelError(
+            f"{path / METADATA_FILE} records UNet batch {meta.unet_batch} at {meta.latent_height}x"
+            f"{meta.latent_width} latents, but the UNet IR's sample input is {dims}: the record does not "
+            "belong to this IR (edited or copied). Export the pipeline again."
+        )
 
 
 @contextlib.contextmanager
@@ -111,14 +156,32 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             **kwargs: Passed to optimum-intel (e.g. ``scheduler=``).
         """
         config, precision = precision_config(precision, ov_config, device)
+        check_keywords(kwargs, _LOAD_KEYWORDS, where="SdOvOptPipeline.from_pretrained")
+        check_device_config(device, config)
         path = Path(model_dir).expanduser()
         _check_folder(path)
         meta = read_metadata(path)
+        pipe = cls._load(path, meta, config, device, kwargs)
+        pipe._sd_ovopt_metadata = meta
+        pipe._sd_ovopt_precision = precision
+        if meta is not None:
+            _check_unet_matches_record(pipe.unet.model, meta, path)
+            if meta.deepcache is not None:
+                pipe._load_shallow_unet(path, meta.deepcache)
+            pipe._reshape_to_metadata()
+        if compile:
+            pipe.compile()
+        return pipe
+
+    @classmethod
+    def _load(
+        cls, path: Path, meta: ExportMetadata | None, config: dict[str, Any], device: str, kwargs: dict
+    ) -> SdOvOptPipeline:
+        """optimum-intel's loader on a checked local folder (it skips the hub look-ups that only log
+        noise offline), with its errors turned into ones that name the folder."""
         try:
-            # The folder is local and already converted: go straight to optimum-intel's loader, which
-            # skips its hub look-ups (they only log noise offline).
             with _quiet_safety_checker_warning():
-                pipe = cls._from_pretrained(
+                return cls._from_pretrained(
                     model_id=str(path),
                     config=cls._load_config(str(path)),
                     ov_config=config,
@@ -127,20 +190,18 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
                     dynamic_shapes=meta is None,
                     **kwargs,
                 )
+        except SdOvOptError:
+            raise
         except RuntimeError as exc:
             raise CorruptModelError(
-                f"OpenVINO could not read the model in {path}: {exc}. The IR files are corrupt or truncated; "
-                "export the pipeline again."
+                f"OpenVINO could not read the model in {path}: {openvino_message(exc)} The IR files are "
+                "corrupt or truncated; export the pipeline again."
             ) from exc
-        pipe._sd_ovopt_metadata = meta
-        pipe._sd_ovopt_precision = precision
-        if meta is not None and meta.deepcache is not None:
-            pipe._load_shallow_unet(path, meta.deepcache)
-        if meta is not None:
-            pipe._reshape_to_metadata()
-        if compile:
-            pipe.compile()
-        return pipe
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptModelError(
+                f"could not load the parts of {path} ({type(exc).__name__}: {exc}). A part folder "
+                "(tokenizer/, scheduler/, a config.json) is missing or damaged; export the pipeline again."
+            ) from exc
 
     # -- shapes ------------------------------------------------------------------------------------
     def _reshape_to_metadata(self) -> None:
@@ -155,6 +216,13 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         shape[0] = images
         decoder.reshape({decoder.inputs[0]: shape})
         self.clear_requests()
+
+    def _reshape_unet(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """An export with ``sd_ovopt.json`` was traced at the recorded shape (checked when loaded): keep
+        it. optimum-intel would double the batch for guidance even for a guidance-free export."""
+        if self._sd_ovopt_metadata is not None:
+            return model
+        return super()._reshape_unet(model, *args, **kwargs)
 
     def reshape(
         self, batch_size: int, height: int, width: int, num_images_per_prompt: int = -1, **kwargs: Any
@@ -182,7 +250,9 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         import openvino as ov
         from optimum.intel.openvino.modeling_diffusion import OVModelUnet
 
-        xml = path / record["shallow"]
+        xml = path_inside(
+            path, record["shallow"], source=str(path / METADATA_FILE), field_name="deepcache.shallow"
+        )
         if not xml.is_file() or not xml.with_suffix(".bin").is_file():
             raise CorruptModelError(
                 f"{xml} (or its .bin) is missing, but sd_ovopt.json records step caching: the export is "
