@@ -190,17 +190,62 @@ def atomic_output_dir(
     check_output_dir(final, overwrite=overwrite, source=source)
     tmp = Path(tempfile.mkdtemp(prefix=_prefix(final.name, "partial"), dir=final.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output follows the umask like mkdir
         yield tmp
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=_prefix(final.name, "old"), dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        with _locked(final.parent):
+            _commit(tmp, final, overwrite=overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (the output's parent) while a writer commits, so two writers of the
+    same output commit one after the other and each sees what the other left. No lock file is made."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the rename below still refuses a non-empty target
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _commit(tmp: Path, final: Path, *, overwrite: bool) -> None:
+    """Move ``tmp`` to ``final``. Without ``overwrite`` only an absent or empty ``final`` is replaced: a
+    folder that another writer made while this one ran is kept, and this write is refused."""
+    if not overwrite:
+        try:
+            os.rename(tmp, final)  # replaces an empty folder; fails on a non-empty one or a file
+        except OSError as exc:
+            if not os.path.lexists(final):
+                raise
+            raise OutputExistsError(
+                f"output folder {final} appeared while this write ran (another process wrote it), so this "
+                "result was not moved there and the other one is kept. Write again with overwrite=True "
+                "(CLI: --overwrite) to replace it, or choose another folder."
+            ) from exc
+        return
+    if final.exists():
+        if not final.is_dir():
+            raise OutputExistsError(f"output path {final} became a file while this write ran; it is kept.")
+        old = Path(tempfile.mkdtemp(prefix=_prefix(final.name, "old"), dir=final.parent))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 @contextlib.contextmanager

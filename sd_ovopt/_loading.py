@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sd_ovopt._fs import check_output_dir, read_json_object
+from sd_ovopt._validation import check_int
 from sd_ovopt.errors import (
     CorruptModelError,
     InvalidConfigError,
@@ -156,31 +157,42 @@ def load_for_output(
     return pipe, source or None
 
 
-def check_image_size(height: int, width: int, *, vae_scale_factor: int) -> None:
-    """Raise ShapeMismatchError unless height and width are positive multiples of 8 and of the VAE factor,
-    and at most :data:`MAX_IMAGE_SIDE`."""
+def check_image_size(height: Any, width: Any, *, vae_scale_factor: int) -> tuple[int, int]:
+    """Return ``(height, width)`` as ints (numpy integers accepted) if they are positive multiples of 8
+    and of the VAE factor, and at most :data:`MAX_IMAGE_SIDE`; raise ShapeMismatchError otherwise."""
     multiple = max(8, vae_scale_factor)
+    checked = []
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
+        try:
+            number = check_int(name, value)
+        except InvalidConfigError:
+            number = None
+        if number is None or number <= 0 or number % multiple:
+            example = max(multiple, round(number / multiple) * multiple) if number is not None else 512
             raise ShapeMismatchError(
                 f"{name}={value!r} is not a positive multiple of {multiple}. "
-                f"Use a {name} divisible by {multiple}, e.g. {max(multiple, round(value / multiple) * multiple) if isinstance(value, int) else 512}."
+                f"Use a {name} divisible by {multiple}, e.g. {example}."
             )
-        if value > MAX_IMAGE_SIDE:
+        if number > MAX_IMAGE_SIDE:
             raise ShapeMismatchError(
                 f"{name}={value} is larger than {MAX_IMAGE_SIDE} pixels, the most sd_ovopt accepts (Stable "
                 "Diffusion 1.x/2.x is trained at 512 to 768; a larger UNet would not fit in memory). "
                 f"Use a {name} of at most {MAX_IMAGE_SIDE}."
             )
+        checked.append(number)
+    return checked[0], checked[1]
 
 
 def check_steps(value: object, name: str = "num_inference_steps") -> int:
-    """Return ``value`` if it is an integer >= 1 (denoising steps); raise InvalidConfigError otherwise."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """Return ``value`` as an int if it is an integer >= 1 (numpy integers accepted); raise
+    InvalidConfigError otherwise."""
+    try:
+        steps = check_int(name, value, minimum=1)
+    except InvalidConfigError:
         raise InvalidConfigError(
             f"{name}={value!r}; it must be an integer >= 1 (the number of denoising steps, e.g. 20)."
-        )
-    return value
+        ) from None
+    return steps
 
 
 def find_unet(target: Any, *, user: str, hint: str = "") -> Any:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._loading import check_image_size, load_for_output
 from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
+from sd_ovopt._validation import check_int
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 from sd_ovopt.export.metadata import ExportMetadata
 
@@ -118,7 +119,14 @@ def export_pipeline(
         >>> path = export_pipeline(tiny_pipeline(), "tiny-ov", height=32, width=32)  # doctest: +SKIP
     """
     # 1. Check the request: nothing is converted before it passes
-    _check_export_args(weights_dtype, batch_size, num_images_per_prompt)
+    batch_size, num_images_per_prompt = _check_export_args(
+        weights_dtype,
+        batch_size,
+        num_images_per_prompt,
+        classifier_free_guidance=classifier_free_guidance,
+        compress_weights=compress_weights,
+        overwrite=overwrite,
+    )
     pipe, source = load_for_output(pipeline_or_path, output_dir, overwrite=overwrite)
     unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)
     # 2. Record what the IRs bake in: the static shape, ToMe, INT8, step caching
@@ -130,12 +138,23 @@ def export_pipeline(
 
 
 # -- 1. the request -----------------------------------------------------------------------------------
-def _check_export_args(weights_dtype: str, batch_size: int, num_images_per_prompt: int) -> None:
+def _check_export_args(
+    weights_dtype: str, batch_size: Any, num_images_per_prompt: Any, **flags: Any
+) -> tuple[int, int]:
+    """``batch_size`` and ``num_images_per_prompt`` as ints (numpy integers accepted), once every
+    argument is checked: a string such as ``"False"`` for a flag would silently mean True."""
     if weights_dtype not in _WEIGHTS_DTYPES:
         raise InvalidConfigError(f"weights_dtype={weights_dtype!r}; use one of {_WEIGHTS_DTYPES}.")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise InvalidConfigError(f"{name}={value!r} ({type(value).__name__}); pass True or False.")
+    counts = []
     for name, value in (("batch_size", batch_size), ("num_images_per_prompt", num_images_per_prompt)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ShapeMismatchError(f"{name}={value!r}; it must be an integer >= 1.")
+        try:
+            counts.append(check_int(name, value, minimum=1))
+        except InvalidConfigError:
+            raise ShapeMismatchError(f"{name}={value!r}; it must be an integer >= 1.") from None
+    return counts[0], counts[1]
 
 
 def _check_unet(unet: Any, reference: Any) -> Any:
@@ -168,7 +187,7 @@ def _static_shape(
     native = pipe.unet.config.sample_size * vae_scale
     height = height if height is not None else native
     width = width if width is not None else native
-    check_image_size(height, width, vae_scale_factor=vae_scale)
+    height, width = check_image_size(height, width, vae_scale_factor=vae_scale)
     images = batch_size * num_images_per_prompt
     return {
         "height": height,

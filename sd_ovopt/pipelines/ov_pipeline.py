@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from optimum.intel import OVStableDiffusionPipeline
 
 from sd_ovopt._fs import read_json_object
-from sd_ovopt._loading import check_steps, read_model_index
+from sd_ovopt._loading import read_model_index
 from sd_ovopt._precision import PRECISIONS, check_device_config, openvino_message, precision_config
 from sd_ovopt._validation import check_keywords
 from sd_ovopt.errors import (
@@ -28,6 +28,7 @@ from sd_ovopt.errors import (
     ShapeMismatchError,
 )
 from sd_ovopt.export.metadata import METADATA_FILE, ExportMetadata, path_inside, read_metadata
+from sd_ovopt.pipelines.call_checks import check_call_arguments
 from sd_ovopt.tome.config import ToMeConfig
 
 if TYPE_CHECKING:
@@ -341,18 +342,11 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             raise InvalidConfigError(
                 f"prompt={prompt!r} ({type(prompt).__name__}); pass a string or a non-empty list of strings."
             )
-        if kwargs.get("timesteps") is None and kwargs.get("sigmas") is None:
-            check_steps(kwargs.get("num_inference_steps", 50))
         latents = kwargs.get("latents")
         if latents is not None:
             import torch
 
             values = torch.as_tensor(latents)
-            if not torch.isfinite(values).all():
-                raise InvalidConfigError(
-                    "latents hold NaN or infinite values, which give a black image. Pass finite noise, e.g. "
-                    "torch.randn(...), or omit latents and pass generator= instead."
-                )
             wanted = self._latents_shape(kwargs, prompt)
             if wanted is not None and tuple(values.shape) != wanted:
                 raise ShapeMismatchError(
@@ -437,6 +431,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             raise InvalidConfigError(
                 f"got {len(args)} positional argument(s) after the prompt; pass them by keyword (height=, width=, ...)"
             )
+        kwargs = check_call_arguments(kwargs, self.scheduler)
         self._check_call(kwargs, prompt)
         config = self.deepcache
         if config is None or self._sd_ovopt_shallow is None or not self._sd_ovopt_deepcache_on:

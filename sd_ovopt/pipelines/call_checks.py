@@ -1,0 +1,104 @@
+"""What a pipeline call may be given: known keywords, finite numbers, and steps the scheduler can take.
+
+diffusers accepts ``guidance_scale=inf``, ``eta=nan`` or NaN ``prompt_embeds`` and returns a black image;
+it ignores a misspelt keyword (``num_inference_step=4`` runs the default 50 steps) and finds a step count
+its scheduler cannot take only after the text encoder ran. :func:`check_call_arguments` refuses all of
+these before any model work and turns numpy scalars into the Python numbers diffusers expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sd_ovopt._loading import check_steps
+from sd_ovopt._validation import check_finite_tensor, check_float, check_int, check_keywords
+from sd_ovopt.errors import InvalidConfigError
+
+__all__ = ["CALL_KEYWORDS", "check_call_arguments", "max_steps"]
+
+#: The keywords of ``StableDiffusionPipeline.__call__`` after the prompt (and its deprecated callbacks).
+CALL_KEYWORDS = (
+    "height",
+    "width",
+    "num_inference_steps",
+    "timesteps",
+    "sigmas",
+    "guidance_scale",
+    "negative_prompt",
+    "num_images_per_prompt",
+    "eta",
+    "generator",
+    "latents",
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "ip_adapter_image",
+    "ip_adapter_image_embeds",
+    "output_type",
+    "return_dict",
+    "cross_attention_kwargs",
+    "guidance_rescale",
+    "clip_skip",
+    "callback_on_step_end",
+    "callback_on_step_end_tensor_inputs",
+    "callback",
+    "callback_steps",
+)
+_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")
+#: Float knobs: (minimum, maximum) of each.
+_FLOATS = {"guidance_scale": (0.0, None), "eta": (0.0, 1.0), "guidance_rescale": (0.0, 1.0)}
+
+
+def max_steps(scheduler: Any) -> int | None:
+    """The most denoising steps ``scheduler`` can take: its training timesteps, or for consistency
+    schedulers (LCM, TCD) the steps of the schedule they were distilled on; ``None`` if unknown."""
+    config = getattr(scheduler, "config", None) or {}
+    limits = [config.get(key) for key in ("num_train_timesteps", "original_inference_steps")]
+    limits = [limit for limit in limits if isinstance(limit, int) and limit > 0]
+    return min(limits) if limits else None
+
+
+def check_call_arguments(kwargs: dict[str, Any], scheduler: Any) -> dict[str, Any]:
+    """``kwargs`` checked and with numpy scalars as Python numbers; raise InvalidConfigError otherwise."""
+    check_keywords(kwargs, CALL_KEYWORDS, where="the pipeline call")
+    checked = dict(kwargs)
+    for name, (low, high) in _FLOATS.items():
+        if checked.get(name) is not None:
+            checked[name] = check_float(name, checked[name], minimum=low, maximum=high)
+    for name in ("height", "width", "clip_skip"):
+        if checked.get(name) is not None:
+            checked[name] = check_int(name, checked[name], minimum=0 if name == "clip_skip" else 1)
+    if checked.get("num_images_per_prompt") is not None:
+        checked["num_images_per_prompt"] = check_int(
+            "num_images_per_prompt", checked["num_images_per_prompt"], minimum=1
+        )
+    for name in _TENSORS:
+        if checked.get(name) is not None:
+            check_finite_tensor(
+                name, checked[name], hint=f"Pass finite values, or omit {name} (generator= sets the noise)."
+            )
+    _check_schedule(checked, scheduler)
+    return checked
+
+
+def _check_schedule(checked: dict[str, Any], scheduler: Any) -> None:
+    """Steps, or explicit ``timesteps`` / ``sigmas``, that the scheduler can take."""
+    for name in ("timesteps", "sigmas"):
+        values = checked.get(name)
+        if values is not None:
+            if not len(values):
+                raise InvalidConfigError(
+                    f"{name}=[]; pass at least one value, or num_inference_steps instead."
+                )
+            for i, value in enumerate(values):
+                check_float(f"{name}[{i}]", value, minimum=0)
+    if checked.get("timesteps") is not None or checked.get("sigmas") is not None:
+        return
+    steps = check_steps(checked.get("num_inference_steps", 50))
+    limit = max_steps(scheduler)
+    if limit is not None and steps > limit:
+        raise InvalidConfigError(
+            f"num_inference_steps={steps}, but the {type(scheduler).__name__} can take at most {limit} steps "
+            "(its training schedule). Use fewer steps."
+        )
+    if "num_inference_steps" in checked:
+        checked["num_inference_steps"] = steps
