@@ -95,7 +95,7 @@ def openvino_message(exc: BaseException) -> str:
     return (useful or lines or [type(exc).__name__])[-1]
 
 
-def check_device_config(device: Any, ov_config: dict[str, Any]) -> None:
+def check_device_config(device: Any, ov_config: dict[str, Any] | None) -> None:
     """Refuse a device or OpenVINO properties that OpenVINO rejects, before any model is read.
 
     A tiny model is compiled with them: a typo in a property name, a bad value or an unknown device is
@@ -106,6 +106,12 @@ def check_device_config(device: Any, ov_config: dict[str, Any]) -> None:
 
     if not isinstance(device, str) or not device.strip():
         raise InvalidConfigError(f"device={device!r}; pass an OpenVINO device name such as 'CPU'.")
+    if ov_config is None:
+        ov_config = {}
+    if not isinstance(ov_config, dict):
+        raise InvalidConfigError(
+            f"ov_config={ov_config!r} ({type(ov_config).__name__}); pass a dict of OpenVINO properties."
+        )
     bad_keys = [key for key in ov_config if not isinstance(key, str)]
     if bad_keys:
         raise InvalidConfigError(

@@ -1,6 +1,6 @@
 """Bad inputs, one row each: the call, the typed error it must raise, and nothing left on disk after it.
 
-Each row names what issue 13 found it to be before the fix: ``broken`` (attacker code ran, files were
+Each row names what the code did before the row was added: ``broken`` (attacker code ran, files were
 deleted, or the result was silently wrong), ``poor`` (a raw traceback or a confusing message) or
 ``handled`` (already right; kept so it stays right). docs/reliability.md reports the counts.
 A row runs with a fresh sandbox as working directory (and its ``home/`` as home); the sandbox, the shared assets and the
@@ -117,6 +117,7 @@ def shared(tiny_saved, exported_tiny, tmp_path_factory):
     )
     (assets / "not-utf8-data").mkdir()
     (assets / "not-utf8-data" / "metadata.jsonl").write_bytes(b'{"file_name": "\xff.png"}\n')
+    tampered_folders(assets, exported_tiny, tiny_saved)
     nometa = assets / "tiny-ov-no-metadata"
     shutil.copytree(exported_tiny, nometa)
     (nometa / METADATA_FILE).unlink()
@@ -168,6 +169,102 @@ def qat_checkpoint_resume(ctx: Ctx) -> None:
         shutil.rmtree(folder)
 
 
+PAYLOAD = "sdovopt_payload"  # a module beside the model folders; importing it would create PAYLOAD-RAN
+
+
+def no_folder_code_runs(call: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
+    """A row whose model folder names a module of its own: with that module importable (the folder's
+    parent on ``sys.path``, as the working directory often is), loading must refuse it without running it."""
+    import sys
+
+    def row(ctx: Ctx) -> Any:
+        sys.path.insert(0, str(ctx.assets))
+        try:
+            return call(ctx)
+        finally:
+            sys.path.remove(str(ctx.assets))
+            sys.modules.pop(PAYLOAD, None)
+            assert not (ctx.root / "PAYLOAD-RAN").exists(), "code named by the model folder ran"
+
+    return row
+
+
+def export_while_another_writer_fills_the_output(ctx: Ctx) -> None:
+    """Another process writes the same output while this export runs: its result must be kept."""
+    from unittest import mock
+
+    import sd_ovopt.export.pipeline as export_module
+
+    out = ctx.root / "o"
+    save_tokenizer = export_module._save_tokenizer
+
+    def and_meanwhile(tokenizer: Any, folder: Path) -> None:
+        save_tokenizer(tokenizer, folder)
+        out.mkdir()
+        (out / "theirs.txt").write_text("the other writer's result")
+
+    try:
+        with mock.patch.object(export_module, "_save_tokenizer", and_meanwhile):
+            export_pipeline(ctx.pipe, out, show_progress=False)
+    finally:
+        assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"], "the other writer's result was lost"
+        shutil.rmtree(out)
+
+
+def copy_export(source: Path, target: Path, *, meta: Callable[[dict], Any] | None = None) -> Path:
+    """A copy of an exported folder (IR files hard-linked, JSON copied) with ``meta`` applied to its
+    ``sd_ovopt.json``; ``meta`` may return a replacement or edit in place."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        (shutil.copy2 if src.endswith(".json") else os.link)(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy)
+    if meta is not None:
+        record = json.loads((target / METADATA_FILE).read_text())
+        record = meta(record) or record
+        (target / METADATA_FILE).write_text(json.dumps(record))
+    return target
+
+
+def edit_json(path: Path, **changes: Any) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def tampered_folders(assets: Path, exported: Path, saved: Path) -> None:
+    """Model folders edited as an attacker or a careless hand would, each under ``assets``."""
+    (assets / f"{PAYLOAD}.py").write_text("import pathlib\npathlib.Path('PAYLOAD-RAN').touch()\n")
+    for name, entry in (("evil-ov", [PAYLOAD, "Scheduler"]), ("stdlib-ov", ["this", "Zen"])):
+        edit_json(copy_export(exported, assets / name) / "model_index.json", scheduler=entry)
+    shutil.copytree(saved, assets / "evil-sd")
+    edit_json(assets / "evil-sd" / "model_index.json", tokenizer=[PAYLOAD, "Tokenizer"])
+    edit_json(
+        copy_export(exported, assets / "not-a-pair-ov") / "model_index.json", unet="UNet2DConditionModel"
+    )
+    edit_json(copy_export(exported, assets / "extra-arg-ov") / "model_index.json", device="GPU")
+    shallow = {"config": {"interval": 3, "branch": 0, "schedule": "uniform", "version": 1}, "full": "unet/openvino_model.xml", "feature": "deep_feature", "feature_shape": [1, 32, 16, 16]}  # fmt: skip
+    for name, path in (("escape", "../tiny-ov/unet/openvino_model.xml"), ("absolute", str(exported / "unet" / "openvino_model.xml"))):  # fmt: skip
+        copy_export(exported, assets / f"shallow-{name}-ov", meta=lambda m, p=path: m.update(deepcache={**shallow, "shallow": p}))  # fmt: skip
+    edits = {
+        "height-string": {"height": "32"},
+        "height-30": {"height": 30, "width": 30},
+        "cfg-string": {"classifier_free_guidance": "yes"},
+        "unet-batch": {"unet_batch": 3},
+        "dtype": {"weights_dtype": "f8"},
+        "tome-ratio": {"tome": {"ratio": 5}},
+        "quantization": {"quantization": {"unet": "int8"}},
+        "other-ir": {"height": 64, "width": 64, "latent_height": 32, "latent_width": 32},
+    }
+    for name, change in edits.items():
+        copy_export(exported, assets / f"meta-{name}-ov", meta=lambda m, c=change: m.update(c))
+    (copy_export(exported, assets / "no-unet-config-ov") / "unet" / "config.json").unlink()
+    shutil.rmtree(copy_export(exported, assets / "no-tokenizer-ov") / "tokenizer")
+    (copy_export(exported, assets / "bad-scheduler-ov") / "scheduler" / "scheduler_config.json").write_text(
+        "{"
+    )
+
+
 def user_folder(ctx: Ctx, name: str) -> Path:
     """A folder of the user's, made before the row's snapshot (under assets, shared by rows)."""
     return ctx.assets / name
@@ -204,7 +301,40 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("train-qat-unreadable-image", "broken", "8", lambda c: train_qat(c.saved, c.assets / "unreadable-image", c.root / "run", QATConfig(max_train_steps=1, **TINY_QAT), show_progress=False), InvalidDatasetError, "cannot read image"),
     ("train-data-file-name-escapes", "broken", "8", lambda c: CaptionedImageFolder(c.assets / "escaping", resolution=SIZE), InvalidDatasetError, "leads outside"),
     ("train-data-file-name-absolute", "broken", "8", lambda c: CaptionedImageFolder(c.assets / "absolute", resolution=SIZE), InvalidDatasetError, "leads outside"),
+    ("load-folder-names-its-own-module", "broken", "folders", no_folder_code_runs(lambda c: SdOvOptPipeline.from_pretrained(c.assets / "evil-ov")), CorruptModelError, "names the library 'sdovopt_payload'"),
+    ("cli-generate-folder-names-its-own-module", "broken", "folders", no_folder_code_runs(lambda c: c.cli("generate", c.assets / "evil-ov", "a", S, "1", "--output", c.root / "x.png")), CorruptModelError, "code named by a model folder never runs"),
+    ("export-folder-names-its-own-module", "broken", "folders", no_folder_code_runs(lambda c: export_pipeline(c.assets / "evil-sd", c.root / "o")), CorruptModelError, "names the library 'sdovopt_payload'"),
+    ("load-folder-names-a-stdlib-module", "broken", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "stdlib-ov"), CorruptModelError, "names the library 'this'"),
+    ("load-shallow-ir-outside-the-folder", "broken", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "shallow-escape-ov"), CorruptModelError, "leads outside the folder"),
+    ("load-shallow-ir-absolute-path", "broken", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "shallow-absolute-ov"), CorruptModelError, "relative to the folder"),
+    ("export-output-filled-meanwhile", "broken", "writers", export_while_another_writer_fills_the_output, OutputExistsError, "appeared while this write ran"),
+    ("pipeline-guidance-inf", "broken", "numbers", lambda c: c.ov_pipe("a", guidance_scale=float("inf"), num_inference_steps=1), InvalidConfigError, "guidance_scale=inf"),
+    ("pipeline-eta-nan", "broken", "numbers", lambda c: c.ov_pipe("a", eta=float("nan"), num_inference_steps=1), InvalidConfigError, "eta=nan"),
+    ("pipeline-prompt-embeds-nan", "broken", "numbers", lambda c: c.ov_pipe(None, prompt_embeds=torch.full((1, 77, 32), float("nan")), num_inference_steps=1), InvalidConfigError, "prompt_embeds holds NaN"),
+    ("export-guidance-flag-a-string", "broken", "numbers", lambda c: export_pipeline(c.pipe, c.root / "o", classifier_free_guidance="False"), InvalidConfigError, "pass True or False"),
     # --- poor: raw tracebacks, confusing messages -------------------------------------------------------
+    ("load-model-index-entry-not-a-pair", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "not-a-pair-ov"), CorruptModelError, "not a [library, class] pair"),
+    ("load-model-index-extra-argument", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "extra-arg-ov"), CorruptModelError, "entry 'device'"),
+    ("load-record-height-a-string", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-height-string-ov"), CorruptModelError, "height is '32'"),
+    ("load-record-height-not-multiple-of-8", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-height-30-ov"), CorruptModelError, "multiple of 8"),
+    ("load-record-guidance-a-string", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-cfg-string-ov"), CorruptModelError, "classifier_free_guidance is 'yes'"),
+    ("load-record-unet-batch-inconsistent", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-unet-batch-ov"), CorruptModelError, "unet_batch is 3"),
+    ("load-record-weights-dtype", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-dtype-ov"), CorruptModelError, "weights_dtype is 'f8'"),
+    ("load-record-tome-ratio", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-tome-ratio-ov"), CorruptModelError, "tome is not a valid ToMeConfig"),
+    ("load-record-quantization", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-quantization-ov"), CorruptModelError, "quantization is"),
+    ("load-record-of-another-ir", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-other-ir-ov"), CorruptModelError, "does not belong to this IR"),
+    ("load-part-config-missing", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "no-unet-config-ov"), CorruptModelError, "config.json is missing"),
+    ("load-tokenizer-missing", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "no-tokenizer-ov"), CorruptModelError, "tokenizer_config.json is missing"),
+    ("load-scheduler-config-broken", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "bad-scheduler-ov"), CorruptModelError, "not valid JSON"),
+    ("load-ov-config-unknown-property", "poor", "layers", lambda c: SdOvOptPipeline.from_pretrained(c.ov, ov_config={"NUM_STREAM": 1}), InvalidConfigError, "Unsupported property NUM_STREAM"),
+    ("load-ov-config-bad-value", "poor", "layers", lambda c: SdOvOptPipeline.from_pretrained(c.ov, ov_config={"INFERENCE_NUM_THREADS": "many"}), InvalidConfigError, "INFERENCE_NUM_THREADS"),
+    ("load-unknown-device", "poor", "layers", lambda c: SdOvOptPipeline.from_pretrained(c.ov, device="cpu"), InvalidConfigError, "Devices here: CPU"),
+    ("load-unknown-keyword", "poor", "layers", lambda c: SdOvOptPipeline.from_pretrained(c.ov, precison="f32"), InvalidConfigError, "unknown keyword argument 'precison'"),
+    ("pipeline-unknown-keyword", "poor", "numbers", lambda c: c.ov_pipe("a", num_inference_step=1), InvalidConfigError, "Did you mean 'num_inference_steps'"),
+    ("pipeline-steps-beyond-the-schedule", "poor", "numbers", lambda c: c.ov_pipe("a", num_inference_steps=5000), InvalidConfigError, "at most 1000 steps"),
+    ("pipeline-steps-a-float", "handled", "numbers", lambda c: c.ov_pipe("a", num_inference_steps=2.5), InvalidConfigError, "num_inference_steps=2.5"),
+    ("pipeline-negative-guidance", "poor", "numbers", lambda c: c.ov_pipe("a", guidance_scale=-3.0, num_inference_steps=1), InvalidConfigError, "guidance_scale=-3.0"),
+    ("pipeline-guidance-a-string", "poor", "numbers", lambda c: c.ov_pipe("a", guidance_scale="7.5", num_inference_steps=1), InvalidConfigError, "must be a number"),
     ("no-metadata-other-size", "poor", "shapes", lambda c: c.ov_nometa_pipe("a", height=64, width=64, num_inference_steps=1), ShapeMismatchError, "no sd_ovopt.json"),
     ("no-metadata-other-batch", "poor", "shapes", lambda c: c.ov_nometa_pipe(["a", "b"], num_inference_steps=1), ShapeMismatchError, "UNet batch 2"),
     ("latents-wrong-shape", "poor", "shapes", lambda c: c.ov_pipe("a", latents=torch.randn(1, 4, 8, 8), num_inference_steps=1), ShapeMismatchError, "(1, 4, 16, 16)"),

@@ -156,9 +156,9 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             compile: Compile now (otherwise on the first call).
             **kwargs: Passed to optimum-intel (e.g. ``scheduler=``).
         """
-        config, precision = precision_config(precision, ov_config, device)
         check_keywords(kwargs, _LOAD_KEYWORDS, where="SdOvOptPipeline.from_pretrained")
-        check_device_config(device, config)
+        check_device_config(device, ov_config)
+        config, precision = precision_config(precision, ov_config, device)
         path = Path(model_dir).expanduser()
         _check_folder(path)
         meta = read_metadata(path)

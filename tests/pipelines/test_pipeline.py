@@ -99,3 +99,25 @@ def test_missing_ir_is_a_typed_error(exported_tiny, tmp_path):
     (broken / "vae_decoder" / "openvino_model.bin").unlink()
     with pytest.raises(CorruptModelError, match="vae_decoder"):
         SdOvOptPipeline.from_pretrained(broken)
+
+
+def test_numpy_scalars_are_taken_where_python_numbers_are(ov_pipe):
+    """Values read from numpy configs or arrays: the same image as the Python numbers give."""
+    numpy_kw = {"num_inference_steps": np.int64(4), "guidance_scale": np.float32(7.5), "height": np.int64(32)}
+    assert np.array_equal(_gen(ov_pipe, **numpy_kw), _gen(ov_pipe, guidance_scale=7.5, height=32))
+
+
+def test_export_takes_numpy_sizes(tiny_pipe, tmp_path):
+    from sd_ovopt import export_pipeline, read_metadata
+
+    out = export_pipeline(
+        tiny_pipe,
+        tmp_path / "o",
+        height=np.int64(32),
+        width=np.int32(32),
+        batch_size=np.int64(1),
+        show_progress=False,
+    )
+    meta = read_metadata(out)
+    assert (meta.height, meta.width, meta.batch_size) == (32, 32, 1) and type(meta.height) is int
+
