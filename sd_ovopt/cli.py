@@ -18,9 +18,109 @@ from pathlib import Path
 from typing import Any
 
 from sd_ovopt._precision import EXPLICIT_PRECISIONS, PRECISIONS
-from sd_ovopt.errors import OutputExistsError, SdOvOptError
+from sd_ovopt._validation import check_float, check_int
+from sd_ovopt.errors import InvalidConfigError, OutputExistsError, SdOvOptError, ShapeMismatchError
 
 __all__ = ["main"]
+
+#: The largest noise seed: ``torch.Generator.manual_seed`` takes 0 to 2**64 - 1.
+SEED_MAX = 2**64 - 1
+#: The largest training seed: accelerate's ``set_seed`` also seeds numpy, which takes 0 to 2**32 - 1.
+TRAINING_SEED_MAX = 2**32 - 1
+_GUIDANCE_HINT = "It is the classifier-free guidance: 7.5 is typical, <= 1 turns it off."
+
+
+# -- argument checks: every subcommand checks all its arguments before it loads or builds a model ------
+def _check_seed(flag: str, value: int, *, maximum: int = SEED_MAX) -> int:
+    return check_int(flag, value, minimum=0, maximum=maximum)
+
+
+def _check_finite(args: argparse.Namespace, *flags: str) -> None:
+    """argparse's ``float`` reads "nan" and "inf": refuse them (ranges are checked by the configs)."""
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            check_float(flag, value)
+
+
+def _check_side(flag: str, value: int | None) -> None:
+    """An image side asked for: None (the model's own) or a positive multiple of 8, at most 4096. The
+    model's VAE may ask for a larger multiple; that is checked once it is read."""
+    from sd_ovopt._loading import MAX_IMAGE_SIDE
+
+    if value is not None and (value <= 0 or value % 8 or value > MAX_IMAGE_SIDE):
+        near = min(MAX_IMAGE_SIDE, max(8, round(value / 8) * 8))
+        raise ShapeMismatchError(
+            f"{flag}={value}; it must be a positive multiple of 8, at most {MAX_IMAGE_SIDE} pixels "
+            f"(e.g. {near}), or left out for the model's native size."
+        )
+
+
+def _check_reused_dir(flag: str, path: str, *, source: str | None = None) -> Path:
+    """A folder that is written into and reused, never replaced: not a file, not inside a file, and not
+    the working directory, an ancestor of it, the home directory, a filesystem root (or around ``source``)."""
+    from sd_ovopt._fs import check_safe_output_path
+
+    out = check_safe_output_path(path, source=source)
+    blocker = next(p for p in (out, *out.parents) if p.exists())
+    if not blocker.is_dir():
+        what = "is a file" if blocker == out else f"cannot be made: {blocker} is a file"
+        raise OutputExistsError(f"{flag} {out} {what}; pass a folder (an existing one is reused).")
+    return out
+
+
+def _check_image_output(output: str | Path) -> Path:
+    """``generate --output``: a file PIL can write, whose folder is (or can be made) a folder."""
+    import io
+
+    from PIL import Image
+
+    out = Path(output).expanduser().resolve()
+    if out.is_dir():
+        raise OutputExistsError(
+            f"--output {out} is a folder; pass a PNG file path, e.g. {out / 'image.png'}."
+        )
+    blocker = next(p for p in out.parents if p.exists())
+    if not blocker.is_dir():
+        raise OutputExistsError(
+            f"--output {out}: {blocker} is a file, so the image cannot be written inside it. Choose another path."
+        )
+    Image.init()
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    try:
+        Image.new("RGB", (8, 8)).save(io.BytesIO(), format=image_format)
+    except (KeyError, ValueError, OSError) as exc:
+        what = f"{out.suffix!r} is not an image format that holds RGB" if out.suffix else "no extension"
+        raise InvalidConfigError(
+            f"--output {out}: {what}, so the image cannot be written; end the name with .png (or .jpg, .webp)."
+        ) from exc
+    return out
+
+
+def _read_prompts(path: str, flag: str = "--prompts") -> list[str]:
+    """The non-blank lines of a UTF-8 prompt file, or an error naming the flag and what is wrong."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise InvalidConfigError(
+            f"{flag}: prompt file {file} is a folder; pass a text file, one prompt per line."
+        )
+    if not file.is_file():
+        raise InvalidConfigError(f"{flag}: prompt file {file} does not exist; write one prompt per line.")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidConfigError(
+            f"{flag}: prompt file {file} is not UTF-8 text (byte {exc.start}: "
+            f"{exc.object[exc.start : exc.start + 4]!r}). Save it as UTF-8, one prompt per line."
+        ) from exc
+    except OSError as exc:
+        raise InvalidConfigError(f"{flag}: prompt file {file} cannot be read ({exc}).") from exc
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise InvalidConfigError(
+            f"{flag}: prompt file {file} has no prompts (only blank lines); write one prompt per line."
+        )
+    return prompts
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +161,6 @@ def _add_deepcache_args(p: argparse.ArgumentParser) -> None:
 def _deepcache_config(args: argparse.Namespace) -> Any:
     """The DeepCacheConfig the --deepcache-* flags ask for, or None."""
     from sd_ovopt.deepcache.config import DeepCacheConfig
-    from sd_ovopt.errors import InvalidConfigError
 
     if args.deepcache_interval is None:
         if args.deepcache_branch is not None or args.deepcache_schedule is not None:
@@ -77,8 +176,13 @@ def _deepcache_config(args: argparse.Namespace) -> Any:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from sd_ovopt._fs import check_output_dir
     from sd_ovopt.export.pipeline import export_pipeline
 
+    _check_side("--height", args.height)
+    _check_side("--width", args.width)
+    deepcache = _deepcache_config(args)  # batch sizes: export_pipeline checks them before loading
+    check_output_dir(args.out, overwrite=args.overwrite, source=args.src)  # before the model loads
     path = export_pipeline(
         args.src,
         args.out,
@@ -87,7 +191,7 @@ def _run_export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_images_per_prompt=args.num_images_per_prompt,
         weights_dtype=args.weights_dtype,
-        deepcache=_deepcache_config(args),
+        deepcache=deepcache,
         overwrite=args.overwrite,
     )
     print(path)
@@ -123,18 +227,24 @@ def generate_image(
     negative_prompt: str | None = None,
     precision: str = "auto",
 ) -> Path:
-    """Generate one image with an exported pipeline and save it as PNG; return the path written."""
+    """Generate one image with an exported pipeline and save it as PNG; return the path written.
+
+    Every argument is checked before the pipeline loads. A missing folder of ``output`` is made.
+    """
     import torch
 
-    from sd_ovopt._loading import check_steps
+    from sd_ovopt._loading import check_steps, read_model_index
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
 
-    check_steps(steps, "steps")
-    out = Path(output).expanduser().resolve()
-    if out.is_dir():
-        raise OutputExistsError(
-            f"--output {out} is a folder; pass a PNG file path, e.g. {out / 'image.png'}."
+    if isinstance(prompt, str) and not prompt.strip():  # other types: the pipeline refuses them
+        raise InvalidConfigError(
+            f"the prompt {prompt!r} is empty; say what to draw, e.g. 'a photo of a cat' (quoted in a shell)."
         )
+    check_steps(steps, "--steps")
+    _check_seed("--seed", seed)
+    check_float("--guidance-scale", guidance_scale, minimum=0, hint=_GUIDANCE_HINT)
+    out = _check_image_output(output)
+    read_model_index(model_dir)  # a missing model folder, or a file, is said before anything loads
     pipe = SdOvOptPipeline.from_pretrained(model_dir, precision=precision)
     image = pipe(
         prompt,
@@ -194,25 +304,6 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_quantize)
 
 
-def _read_prompts(path: str) -> list[str]:
-    from sd_ovopt.errors import InvalidConfigError
-
-    file = Path(path)
-    if not file.is_file():
-        raise InvalidConfigError(f"prompt file {file} does not exist; write one prompt per line.")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidConfigError(
-            f"prompt file {file} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 4]!r}). "
-            "Save it as UTF-8, one prompt per line."
-        ) from exc
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise InvalidConfigError(f"prompt file {file} has no prompts; write one prompt per line.")
-    return prompts
-
-
 def _run_quantize(args: argparse.Namespace) -> int:
     from sd_ovopt._fs import check_output_dir
     from sd_ovopt._loading import check_steps
@@ -222,6 +313,10 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
     prompts = None if args.prompts is None else _read_prompts(args.prompts)
     check_steps(args.steps, "--steps")
+    check_int("--num-samples", args.num_samples, minimum=1)
+    _check_finite(args, "--tome-ratio")  # its range: ToMeConfig below
+    _check_side("--height", args.height)
+    _check_side("--width", args.width)
     deepcache = _deepcache_config(args)
     check_output_dir(args.out, overwrite=args.overwrite, source=args.src)  # fail before the slow part
     path = optimize_pipeline(
@@ -302,15 +397,54 @@ def _load_judge(spec: str) -> Any:
         raise MissingDependencyError(f"--judge {spec!r} cannot be imported: {exc}.") from exc
 
 
-def _run_bench(args: argparse.Namespace) -> int:
-    from sd_ovopt.evaluation import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS, run_benchmark
+def _check_bench_output(args: argparse.Namespace) -> None:
+    """``bench --output`` is reused, never replaced, but it must not be in the model (``models/`` is rebuilt)."""
+    from sd_ovopt.errors import UnsafeOutputError
 
+    out = _check_reused_dir("--output", args.output)
+    src = Path(args.model).expanduser().resolve()
+    if src.is_dir() and (out == src or src in out.parents or out / "models" in (src, *src.parents)):
+        raise UnsafeOutputError(
+            f"--output {out} and --model {src} overlap: the benchmark writes results and rebuilds models/ "
+            "there, which would damage the model. Choose an output folder outside the model."
+        )
+
+
+def _bench_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The prompts, judge and calibration prompts of ``bench``, once every argument is checked (the
+    benchmark itself checks the model, the variants and its integer settings before it builds anything)."""
+    from sd_ovopt.evaluation import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS
+
+    if args.held_out_prompts and (args.prompts is not None or args.judge is not None):
+        raise InvalidConfigError(
+            "--held-out-prompts brings its own prompts and judge; drop --prompts and --judge, or drop "
+            "--held-out-prompts."
+        )
+    check_float("--guidance-scale", args.guidance_scale, minimum=0, hint=_GUIDANCE_HINT)
+    _check_finite(args, "--tome-ratio")  # its range: the benchmark's ToMeConfig
+    for seed in args.seeds:
+        _check_seed("--seeds", seed)
+    _check_side("--height", args.height)
+    _check_side("--width", args.width)
+    _check_bench_output(args)
     prompts = DEFAULT_PROMPTS if args.prompts is None else _read_prompts(args.prompts)
+    calibration = (
+        DEFAULT_CALIBRATION_PROMPTS
+        if args.calibration_prompts is None
+        else _read_prompts(args.calibration_prompts, "--calibration-prompts")
+    )
     judge = None if args.judge is None else _load_judge(args.judge)
     if args.held_out_prompts:
         from sd_ovopt.reference import held_out_prompts, score_image
 
         prompts, judge = [spec.prompt for spec in held_out_prompts()], score_image
+    return prompts, judge, calibration
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from sd_ovopt.evaluation import run_benchmark
+
+    prompts, judge, calibration = _bench_inputs(args)
     result = run_benchmark(
         args.model,
         args.output,
@@ -325,9 +459,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         tome_ratio=args.tome_ratio,
         qat_model=args.qat_model,
         judge=judge,
-        calibration_prompts=DEFAULT_CALIBRATION_PROMPTS
-        if args.calibration_prompts is None
-        else _read_prompts(args.calibration_prompts),
+        calibration_prompts=calibration,
         num_samples=args.num_samples,
         calibration_steps=args.calibration_steps,
         precision=args.precision,
@@ -338,6 +470,24 @@ def _run_bench(args: argparse.Namespace) -> int:
     )
     print(Path(result.outputs["markdown"]).read_text(encoding="utf-8"))
     return 0
+
+
+#: The QATConfig fields train-qat sets from flags of the same name (left out: QATConfig's default).
+_QAT_FLAGS = (
+    ("--max-train-steps", int),
+    ("--learning-rate", float),
+    ("--weight-decay", float),
+    ("--train-batch-size", int),
+    ("--gradient-accumulation-steps", int),
+    ("--max-grad-norm", float),
+    ("--task-loss-weight", float),
+    ("--distillation-loss-weight", float),
+    ("--ema-decay", float),
+    ("--resolution", int),
+    ("--checkpointing-steps", int),
+    ("--checkpoints-total-limit", int),
+    ("--seed", int),
+)
 
 
 def _add_train_qat(sub: argparse._SubParsersAction) -> None:
@@ -357,21 +507,7 @@ def _add_train_qat(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume-from-checkpoint", default=None, help="'latest' or a checkpoints/checkpoint-N folder"
     )
-    for flag, kind in (
-        ("--max-train-steps", int),
-        ("--learning-rate", float),
-        ("--weight-decay", float),
-        ("--train-batch-size", int),
-        ("--gradient-accumulation-steps", int),
-        ("--max-grad-norm", float),
-        ("--task-loss-weight", float),
-        ("--distillation-loss-weight", float),
-        ("--ema-decay", float),
-        ("--resolution", int),
-        ("--checkpointing-steps", int),
-        ("--checkpoints-total-limit", int),
-        ("--seed", int),
-    ):
+    for flag, kind in _QAT_FLAGS:
         p.add_argument(flag, type=kind, default=None)
     p.add_argument("--no-ema-warmup", action="store_true", help="constant EMA decay from the first step")
     p.add_argument(
@@ -402,13 +538,17 @@ def _add_train_qat(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train_qat)
 
 
-def _run_train_qat(args: argparse.Namespace) -> int:
-    import os
-
-    from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
-    from sd_ovopt.quantization.training import train_qat
+def _check_train_qat(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The QATConfig and ToMeConfig of ``train-qat``, once every argument, the run folder and the training
+    data are checked (the data is read again, with the model's resolution, once the model is loaded)."""
+    from sd_ovopt.quantization.config import QATConfig
+    from sd_ovopt.quantization.qat_data import CaptionedImageFolder
     from sd_ovopt.tome import ToMeConfig
 
+    _check_finite(args, *(flag for flag, kind in _QAT_FLAGS if kind is float), "--tome-ratio")
+    if args.seed is not None:
+        _check_seed("--seed", args.seed, maximum=TRAINING_SEED_MAX)
+    _check_side("--resolution", args.resolution)
     fields = {
         name: getattr(args, name)
         for name in QATConfig.__dataclass_fields__
@@ -420,13 +560,28 @@ def _run_train_qat(args: argparse.Namespace) -> int:
         export=not args.no_export,
         gradient_checkpointing=args.gradient_checkpointing,
     )
+    tome = None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio)
+    _check_reused_dir("--output", args.output, source=args.model)  # a used folder: refused by train_qat
+    CaptionedImageFolder(
+        args.train_data, resolution=config.resolution or 8, caption_column=config.caption_column
+    )
+    return config, tome
+
+
+def _run_train_qat(args: argparse.Namespace) -> int:
+    import os
+
+    from sd_ovopt.quantization.config import QuantizationConfig
+    from sd_ovopt.quantization.training import train_qat
+
+    config, tome = _check_train_qat(args)
     path = train_qat(
         args.model,
         args.train_data,
         args.output,
         config,
         quantization=QuantizationConfig(mode=args.mode),
-        tome=None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio),
+        tome=tome,
         resume_from_checkpoint=args.resume_from_checkpoint,
         cpu=args.cpu,
         show_progress=not args.no_progress,
@@ -487,9 +642,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     for prompt in prompts:
         parse_prompt(prompt)  # the judge reads only the dataset's prompts: refuse others before exporting
     check_steps(args.steps, "--steps")
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--output-dir {out} is a file; pass a folder (an existing one is reused).")
+    _check_seed("--seed", args.seed, maximum=SEED_MAX - len(prompts) + 1)  # prompt i is drawn with seed + i
+    out = _check_reused_dir("--output-dir", args.output_dir)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -105,6 +105,7 @@ def shared(tiny_saved, exported_tiny, tmp_path_factory):
     assets = tmp_path_factory.mktemp("assets")
     (assets / "bad-prompts.txt").write_bytes(b"a red circle\n\xff\xfe caf\xe9\n")
     (assets / "a-file").write_text("not a folder")
+    (assets / "blank-prompts.txt").write_text("\n   \n")
     (assets / "a-folder").mkdir()
     (assets / "a-folder" / "keep.txt").write_text("user data")
     broken = write_squares(assets / "unreadable-image")
@@ -362,6 +363,52 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("cli-quantize-missing-prompts", "handled", "-", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.root / "none.txt"), InvalidConfigError, "does not exist"),
     ("train-qat-used-output", "handled", "-", lambda c: train_qat(c.saved, c.assets / "escaping", c.assets / "a-folder"), OutputExistsError, "resume"),
     ("train-data-no-captions", "handled", "-", lambda c: CaptionedImageFolder(c.assets / "a-folder", resolution=SIZE), InvalidDatasetError, "metadata.jsonl"),
+    # --- the command line: every argument checked before a model loads ----------------------------------
+    ("cli-generate-seed-negative", "broken", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--seed", "-1", "--output", c.root / "x.png"), InvalidConfigError, "--seed=-1"),
+    ("cli-generate-guidance-inf", "broken", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--guidance-scale", "inf", "--output", c.root / "x.png"), InvalidConfigError, "--guidance-scale=inf"),
+    ("cli-generate-prompt-blank", "broken", "cli", lambda c: c.cli("generate", c.ov, " ", S, "1", "--output", c.root / "x.png"), InvalidConfigError, "is empty"),
+    ("cli-generate-output-inside-a-file", "broken", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--output", c.assets / "a-file" / "x.png"), OutputExistsError, "is a file"),
+    ("cli-export-output-not-empty", "broken", "cli", lambda c: c.cli("export", c.saved, c.assets / "a-folder"), OutputExistsError, "not empty"),
+    ("cli-export-output-is-a-file", "broken", "cli", lambda c: c.cli("export", c.saved, c.assets / "a-file"), OutputExistsError, "is a file"),
+    ("cli-export-to-cwd", "broken", "cli", lambda c: c.cli("export", c.saved, ".", "--overwrite"), UnsafeOutputError, "working directory"),
+    ("cli-export-height-30", "broken", "cli", lambda c: c.cli("export", c.saved, c.root / "o", "--height", "30"), ShapeMismatchError, "--height=30"),
+    ("cli-export-width-over-4096", "broken", "cli", lambda c: c.cli("export", c.saved, c.root / "o", "--width", "8192"), ShapeMismatchError, "at most 4096"),
+    ("cli-quantize-height-30", "broken", "cli", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.assets / "a-file", "--height", "30"), ShapeMismatchError, "--height=30"),
+    ("cli-bench-guidance-nan", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--guidance-scale", "nan"), InvalidConfigError, "--guidance-scale=nan"),
+    ("cli-bench-guidance-negative", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--guidance-scale", "-1"), InvalidConfigError, "--guidance-scale=-1.0"),
+    ("cli-bench-output-is-the-model", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.saved), UnsafeOutputError, "overlap"),
+    ("cli-bench-output-home", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", "~"), UnsafeOutputError, "home"),
+    ("cli-bench-held-out-and-prompts", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--held-out-prompts", "--prompts", c.assets / "a-file"), InvalidConfigError, "--held-out-prompts"),
+    ("cli-train-qat-learning-rate-inf", "broken", "cli", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "a-folder", "--output", c.root / "run", "--learning-rate", "inf"), InvalidConfigError, "--learning-rate=inf"),
+    ("cli-train-qat-max-grad-norm-inf", "broken", "cli", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "a-folder", "--output", c.root / "run", "--max-grad-norm", "inf"), InvalidConfigError, "--max-grad-norm=inf"),
+    ("cli-train-qat-resolution-30", "broken", "cli", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "a-folder", "--output", c.root / "run", "--resolution", "30"), ShapeMismatchError, "--resolution=30"),
+    ("cli-train-qat-data-missing", "broken", "cli", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.root / "none", "--output", c.root / "run"), InvalidDatasetError, "does not exist"),
+    ("cli-train-qat-data-without-captions", "broken", "cli", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "a-folder", "--output", c.root / "run"), InvalidDatasetError, "metadata.jsonl is missing"),
+    ("cli-demo-seed-negative", "broken", "cli", lambda c: c.cli("demo", "--output-dir", c.root / "d", "--seed", "-1"), InvalidConfigError, "--seed=-1"),
+    ("cli-demo-output-home", "broken", "cli", lambda c: c.cli("demo", "--output-dir", "~"), UnsafeOutputError, "home"),
+    ("cli-demo-output-inside-a-file", "broken", "cli", lambda c: c.cli("demo", "--output-dir", c.assets / "a-file" / "d"), OutputExistsError, "is a file"),
+    ("cli-generate-seed-over-2**64", "poor", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--seed", str(2**64), "--output", c.root / "x.png"), InvalidConfigError, "<= 18446744073709551615"),
+    ("cli-generate-guidance-nan", "poor", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--guidance-scale", "nan", "--output", c.root / "x.png"), InvalidConfigError, "--guidance-scale=nan"),
+    ("cli-generate-guidance-negative", "poor", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--guidance-scale", "-3", "--output", c.root / "x.png"), InvalidConfigError, "--guidance-scale=-3.0"),
+    ("cli-generate-output-unknown-format", "poor", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--output", c.root / "x.xyz"), InvalidConfigError, "'.xyz' is not an image format"),
+    ("cli-generate-output-no-extension", "poor", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--output", c.root / "x"), InvalidConfigError, "no extension"),
+    ("cli-generate-output-not-rgb-format", "poor", "cli", lambda c: c.cli("generate", c.ov, "a", S, "1", "--output", c.root / "x.xbm"), InvalidConfigError, "'.xbm'"),
+    ("cli-quantize-prompts-is-a-folder", "poor", "cli", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.assets / "a-folder"), InvalidConfigError, "is a folder"),
+    ("cli-bench-prompts-is-a-folder", "poor", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--prompts", c.assets / "a-folder"), InvalidConfigError, "is a folder"),
+    ("cli-bench-seed-over-2**64", "poor", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--seeds", "0", str(2**64)), InvalidConfigError, "--seeds=18446744073709551616"),
+    ("cli-bench-output-inside-a-file", "poor", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.assets / "a-file" / "b"), OutputExistsError, "is a file"),
+    ("cli-train-qat-seed-over-2**32", "poor", "cli", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "a-folder", "--output", c.root / "run", "--seed", str(2**32)), InvalidConfigError, "<= 4294967295"),
+    ("cli-demo-seed-over-2**64", "poor", "cli", lambda c: c.cli("demo", "--output-dir", c.root / "d", "--seed", str(2**64)), InvalidConfigError, "--seed=18446744073709551616"),
+    ("cli-generate-model-is-a-file", "handled", "cli", lambda c: c.cli("generate", c.assets / "a-file", "a", "--output", c.root / "x.png"), NotAPipelineError, "is a file"),
+    ("cli-quantize-prompts-blank", "handled", "cli", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.assets / "blank-prompts.txt"), InvalidConfigError, "has no prompts"),
+    ("cli-quantize-tome-ratio-nan", "handled", "cli", lambda c: c.cli("quantize", c.saved, c.root / "q", "--tome-ratio", "nan"), InvalidConfigError, "ratio=nan"),
+    ("cli-quantize-num-samples-0", "handled", "cli", lambda c: c.cli("quantize", c.saved, c.root / "q", "--num-samples", "0"), InvalidConfigError, "=0; it must be"),
+    ("cli-export-deepcache-interval-0", "handled", "cli", lambda c: c.cli("export", c.saved, c.root / "o", "--deepcache-interval", "0"), InvalidConfigError, "interval=0"),
+    ("cli-bench-unknown-variant", "handled", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--variants", "ov-nope"), InvalidConfigError, "unknown variant"),
+    ("cli-bench-output-is-a-file", "handled", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.assets / "a-file"), OutputExistsError, "is a file"),
+    ("cli-bench-prompts-not-utf8", "handled", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--prompts", c.assets / "bad-prompts.txt"), InvalidConfigError, "not UTF-8"),
+    ("cli-bench-tome-ratio-inf", "handled", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--tome-ratio", "inf"), InvalidConfigError, "ratio=inf"),
+    ("cli-train-qat-learning-rate-nan", "handled", "cli", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "a-folder", "--output", c.root / "run", "--learning-rate", "nan"), InvalidConfigError, "rate=nan"),
 ]  # fmt: skip
 
 

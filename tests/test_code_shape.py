@@ -2,7 +2,8 @@
 
 A long procedure reads as named steps (diffusers' ``__call__``, ``train_qat``'s ``_QATRun``), so a function
 over the limit is split; there are no exceptions. A function's lines count from ``def`` to its last line,
-docstring included (decorators not), as ``ast`` gives them.
+as ``ast`` gives them, less its docstring (decorators not counted either): documenting a function never
+forces it to be split.
 """
 
 from __future__ import annotations
@@ -14,6 +15,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sd_ovopt"
 MAX_LINES = 60
 
 
+def _docstring_lines(function: ast.AST) -> int:
+    first = function.body[0] if function.body else None  # type: ignore[attr-defined]
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return first.end_lineno - first.lineno + 1  # type: ignore[operator]
+    return 0
+
+
 def function_lengths(source: str) -> dict[str, int]:
     """Every function and method of a module (nested ones too) by qualified name, with its line count."""
     lengths: dict[str, int] = {}
@@ -23,7 +35,8 @@ def function_lengths(source: str) -> dict[str, int]:
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 name = f"{prefix}{child.name}"
                 if not isinstance(child, ast.ClassDef):
-                    lengths[name] = child.end_lineno - child.lineno + 1  # type: ignore[operator]
+                    lines = child.end_lineno - child.lineno + 1  # type: ignore[operator]
+                    lengths[name] = lines - _docstring_lines(child)
                 visit(child, f"{name}.")
             else:
                 visit(child, prefix)
@@ -32,9 +45,9 @@ def function_lengths(source: str) -> dict[str, int]:
     return lengths
 
 
-def test_the_count_covers_methods_and_nested_functions_with_their_docstrings():
+def test_the_count_covers_methods_and_nested_functions_without_their_docstrings():
     source = 'class A:\n    def f(self):\n        """Doc.\n\n        More."""\n\n        def g():\n            pass\n'
-    assert function_lengths(source) == {"A.f": 7, "A.f.g": 2}
+    assert function_lengths(source) == {"A.f": 4, "A.f.g": 2}
 
 
 def test_no_function_in_the_package_is_longer_than_60_lines():
