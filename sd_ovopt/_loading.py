@@ -151,6 +151,8 @@ def load_for_output(
 ) -> tuple[StableDiffusionPipeline, str | Path | None]:
     """The pipeline (see :func:`load_sd_pipeline`) and its source folder, once ``output_dir`` is checked
     (an existing folder without ``overwrite``, or one around the source, is refused before the slow part)."""
+    if isinstance(pipeline_or_path, (str, Path)):  # checked before minutes of loading, and again after
+        check_output_dir(output_dir, overwrite=overwrite, source=pipeline_or_path)
     pipe = load_sd_pipeline(pipeline_or_path)
     source = pipeline_or_path if isinstance(pipeline_or_path, (str, Path)) else pipe.name_or_path
     check_output_dir(output_dir, overwrite=overwrite, source=source or None)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd_ovopt._loading import check_steps, load_for_output
+from sd_ovopt._loading import check_image_size, check_steps, load_for_output
+from sd_ovopt._validation import check_float
 
 if TYPE_CHECKING:
     import torch
@@ -252,7 +253,8 @@ class _Recipe:
     def run(self) -> Path:
         from sd_ovopt.export.pipeline import export_pipeline
 
-        # 1. Load the pipeline; refuse the output folder before the slow part
+        # 1. Check the request, load the pipeline; the output folder is refused before the slow part
+        self.check()
         pipe, _ = load_for_output(self.pipeline_or_path, self.output_dir, overwrite=self.overwrite)
         # 2. The UNet to export: INT8 (ToMe merged first), float with ToMe merged, or the pipeline's own
         unet = self.merged_unet(pipe) if self.quantization is None else self.quantized_unet(pipe)
@@ -269,6 +271,14 @@ class _Recipe:
             overwrite=self.overwrite,
             show_progress=self.show_progress,
         )
+
+    def check(self) -> None:
+        """What can be checked before the model loads (the VAE's own size factor is checked after)."""
+        check_float("guidance_scale", self.guidance_scale, minimum=0)
+        check_steps(self.calibration_steps, "calibration_steps")
+        for side in (self.height, self.width):
+            if side is not None:
+                check_image_size(side, side, vae_scale_factor=8)
 
     def merged_unet(self, pipe: Any) -> torch.nn.Module | None:
         """A copy of the float UNet with ToMe merged in, or ``None`` (export the pipeline's own)."""

@@ -30,11 +30,13 @@ from sd_ovopt import (
     NotAPipelineError,
     OutputExistsError,
     QATConfig,
+    QuantizationConfig,
     SdOvOptPipeline,
     ShapeMismatchError,
     UnsafeOutputError,
     collect_calibration,
     export_pipeline,
+    optimize_pipeline,
     quantize_unet,
     train_qat,
 )
@@ -190,6 +192,21 @@ def no_folder_code_runs(call: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
     return row
 
 
+def before_loading(call: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
+    """A row whose error must come before the model folder is loaded (minutes for a real model)."""
+    from unittest import mock
+
+    from diffusers import StableDiffusionPipeline
+
+    def row(ctx: Ctx) -> Any:
+        with mock.patch.object(
+            StableDiffusionPipeline, "from_pretrained", side_effect=AssertionError("loaded")
+        ):
+            return call(ctx)
+
+    return row
+
+
 def export_while_another_writer_fills_the_output(ctx: Ctx) -> None:
     """Another process writes the same output while this export runs: its result must be kept."""
     from unittest import mock
@@ -313,7 +330,10 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("pipeline-eta-nan", "broken", "numbers", lambda c: c.ov_pipe("a", eta=float("nan"), num_inference_steps=1), InvalidConfigError, "eta=nan"),
     ("pipeline-prompt-embeds-nan", "broken", "numbers", lambda c: c.ov_pipe(None, prompt_embeds=torch.full((1, 77, 32), float("nan")), num_inference_steps=1), InvalidConfigError, "prompt_embeds holds NaN"),
     ("export-guidance-flag-a-string", "broken", "numbers", lambda c: export_pipeline(c.pipe, c.root / "o", classifier_free_guidance="False"), InvalidConfigError, "pass True or False"),
+    ("recipe-guidance-nan", "broken", "numbers", before_loading(lambda c: optimize_pipeline(c.saved, c.root / "o", guidance_scale=float("nan"))), InvalidConfigError, "guidance_scale=nan"),
     # --- poor: raw tracebacks, confusing messages -------------------------------------------------------
+    ("recipe-height-30-from-a-folder", "poor", "layers", before_loading(lambda c: optimize_pipeline(c.saved, c.root / "o", height=30, quantization=QuantizationConfig(subset_size=1))), ShapeMismatchError, "height=30"),
+    ("export-from-a-folder-over-user-folder", "poor", "layers", before_loading(lambda c: export_pipeline(c.saved, c.assets / "a-folder")), OutputExistsError, "not empty"),
     ("load-model-index-entry-not-a-pair", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "not-a-pair-ov"), CorruptModelError, "not a [library, class] pair"),
     ("load-model-index-extra-argument", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "extra-arg-ov"), CorruptModelError, "entry 'device'"),
     ("load-record-height-a-string", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-height-string-ov"), CorruptModelError, "height is '32'"),

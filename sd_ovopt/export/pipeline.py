@@ -127,6 +127,9 @@ def export_pipeline(
         compress_weights=compress_weights,
         overwrite=overwrite,
     )
+    for side in (height, width):  # the VAE's own factor is checked once the model is read
+        if side is not None:
+            check_image_size(side, side, vae_scale_factor=8)
     pipe, source = load_for_output(pipeline_or_path, output_dir, overwrite=overwrite)
     unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)
     # 2. Record what the IRs bake in: the static shape, ToMe, INT8, step caching
