@@ -12,7 +12,7 @@ from typing import Any
 
 from sd_ovopt._loading import check_steps
 from sd_ovopt._validation import check_finite_tensor, check_float, check_int, check_keywords
-from sd_ovopt.errors import InvalidConfigError
+from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError
 
 __all__ = ["CALL_KEYWORDS", "check_call_arguments", "max_steps"]
 
@@ -57,10 +57,27 @@ def max_steps(scheduler: Any) -> int | None:
     return min(limits) if limits else None
 
 
-def check_call_arguments(kwargs: dict[str, Any], scheduler: Any) -> dict[str, Any]:
-    """``kwargs`` checked and with numpy scalars as Python numbers; raise InvalidConfigError otherwise."""
+#: Accepted by diffusers' call but meaningless for an exported pipeline (no torch modules to hook).
+_UNSUPPORTED = {
+    "cross_attention_kwargs": "attention processors (a LoRA scale) act on torch modules; fuse a LoRA into the "
+    "UNet before export instead",
+    "ip_adapter_image": "the export has no IP-Adapter image encoder",
+    "ip_adapter_image_embeds": "the export has no IP-Adapter layers",
+}
+_OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def check_call_arguments(kwargs: dict[str, Any], pipe: Any) -> dict[str, Any]:
+    """``kwargs`` checked and with numpy scalars as Python numbers; raise InvalidConfigError otherwise.
+
+    ``pipe`` gives the limits: its scheduler's steps, its text encoder's layers and embedding shape.
+    """
     check_keywords(kwargs, CALL_KEYWORDS, where="the pipeline call")
+    for name, why in _UNSUPPORTED.items():
+        if kwargs.get(name) is not None:
+            raise InvalidConfigError(f"{name}= is not supported by an exported pipeline: {why}.")
     checked = dict(kwargs)
+    _check_plain_arguments(checked, pipe)
     for name, (low, high) in _FLOATS.items():
         if checked.get(name) is not None:
             checked[name] = check_float(name, checked[name], minimum=low, maximum=high)
@@ -76,8 +93,57 @@ def check_call_arguments(kwargs: dict[str, Any], scheduler: Any) -> dict[str, An
             check_finite_tensor(
                 name, checked[name], hint=f"Pass finite values, or omit {name} (generator= sets the noise)."
             )
-    _check_schedule(checked, scheduler)
+    _check_embeddings(checked, pipe)
+    _check_schedule(checked, pipe.scheduler)
     return checked
+
+
+def _check_plain_arguments(checked: dict[str, Any], pipe: Any) -> None:
+    """Types diffusers would trip over later: output type, flags, generators, negative prompts."""
+    if checked.get("output_type", "pil") not in _OUTPUT_TYPES:
+        raise InvalidConfigError(f"output_type={checked['output_type']!r}; use one of {_OUTPUT_TYPES}.")
+    if not isinstance(checked.get("return_dict", True), bool):
+        raise InvalidConfigError(f"return_dict={checked['return_dict']!r}; pass True or False.")
+    generator = checked.get("generator")
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]
+    if generator is not None and not all(isinstance(g, _torch_generator()) for g in generators):
+        raise InvalidConfigError(
+            f"generator={generator!r}; pass a torch.Generator (e.g. torch.Generator().manual_seed(0)) or a "
+            "list of them, one per image."
+        )
+    negative = checked.get("negative_prompt")
+    if negative is not None and not (
+        isinstance(negative, str)
+        or (isinstance(negative, (list, tuple)) and all(isinstance(n, str) for n in negative))
+    ):
+        raise InvalidConfigError(f"negative_prompt={negative!r}; pass a string or a list of strings.")
+    layers = (getattr(pipe.text_encoder, "config", None) or {}).get("num_hidden_layers")
+    if checked.get("clip_skip") is not None and isinstance(layers, int) and checked["clip_skip"] >= layers:
+        raise InvalidConfigError(
+            f"clip_skip={checked['clip_skip']}; the text encoder has {layers} layers, so it must be < {layers}."
+        )
+
+
+def _torch_generator() -> type:
+    import torch
+
+    return torch.Generator
+
+
+def _check_embeddings(checked: dict[str, Any], pipe: Any) -> None:
+    """``prompt_embeds`` / ``negative_prompt_embeds`` must be (prompts, text length, hidden size)."""
+    length = getattr(pipe.tokenizer, "model_max_length", None)
+    hidden = (getattr(pipe.text_encoder, "config", None) or {}).get("hidden_size")
+    for name in ("prompt_embeds", "negative_prompt_embeds"):
+        value = checked.get(name)
+        if value is None or length is None or hidden is None:
+            continue
+        shape = tuple(value.shape)
+        if len(shape) != 3 or shape[1:] != (length, hidden):
+            raise ShapeMismatchError(
+                f"{name} has shape {shape}; this pipeline's text encoder gives (prompts, {length}, {hidden}). "
+                "Pass embeddings of that shape, or a prompt instead."
+            )
 
 
 def _check_schedule(checked: dict[str, Any], scheduler: Any) -> None:

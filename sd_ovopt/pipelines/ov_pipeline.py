@@ -431,7 +431,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             raise InvalidConfigError(
                 f"got {len(args)} positional argument(s) after the prompt; pass them by keyword (height=, width=, ...)"
             )
-        kwargs = check_call_arguments(kwargs, self.scheduler)
+        kwargs = check_call_arguments(kwargs, self)
         self._check_call(kwargs, prompt)
         config = self.deepcache
         if config is None or self._sd_ovopt_shallow is None or not self._sd_ovopt_deepcache_on:
