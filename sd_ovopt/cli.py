@@ -25,8 +25,6 @@ __all__ = ["main"]
 
 #: The largest noise seed: ``torch.Generator.manual_seed`` takes 0 to 2**64 - 1.
 SEED_MAX = 2**64 - 1
-#: The largest training seed: accelerate's ``set_seed`` also seeds numpy, which takes 0 to 2**32 - 1.
-TRAINING_SEED_MAX = 2**32 - 1
 _GUIDANCE_HINT = "It is the classifier-free guidance: 7.5 is typical, <= 1 turns it off."
 
 
@@ -547,7 +545,9 @@ def _check_train_qat(args: argparse.Namespace) -> tuple[Any, Any]:
 
     _check_finite(args, *(flag for flag, kind in _QAT_FLAGS if kind is float), "--tome-ratio")
     if args.seed is not None:
-        _check_seed("--seed", args.seed, maximum=TRAINING_SEED_MAX)
+        from sd_ovopt.quantization.config import MAX_SEED  # accelerate's set_seed also seeds numpy
+
+        _check_seed("--seed", args.seed, maximum=MAX_SEED)
     _check_side("--resolution", args.resolution)
     fields = {
         name: getattr(args, name)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from sd_ovopt import (
     CorruptModelError,
+    DistillationLoss,
     InvalidConfigError,
     InvalidDatasetError,
     ModelNotFoundError,
@@ -34,6 +35,7 @@ from sd_ovopt import (
     SdOvOptPipeline,
     ShapeMismatchError,
     UnsafeOutputError,
+    WeightEMA,
     collect_calibration,
     export_pipeline,
     optimize_pipeline,
@@ -42,6 +44,7 @@ from sd_ovopt import (
 )
 from sd_ovopt.cli import build_parser, main
 from sd_ovopt.export.metadata import METADATA_FILE
+from sd_ovopt.quantization.checkpoints import load_checkpoint
 from sd_ovopt.quantization.qat_data import CaptionedImageFolder
 
 SIZE = 32
@@ -89,6 +92,64 @@ def write_squares(folder: Path, count: int = 2) -> Path:
     return folder
 
 
+def forge_png_size(path: Path, width: int, height: int) -> None:
+    """Rewrite a PNG's header to claim width x height pixels (the file stays tiny): a decompression bomb."""
+    import struct
+    import zlib
+
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def qat_assets(assets: Path, pipe: Any) -> None:
+    """A valid data folder, QAT runs holding one checkpoint each (damaged in one way), hostile images, and
+    a saved pipeline with a NaN weight."""
+    import copy
+
+    from PIL import PngImagePlugin
+
+    from sd_ovopt import QATModel
+    from sd_ovopt.quantization.checkpoints import checkpoint_info, save_checkpoint
+
+    write_squares(assets / "squares")
+    config = QATConfig(max_train_steps=1, **TINY_QAT)
+    student = quantize_unet(pipe, collect_calibration(pipe, ["a red square"], num_inference_steps=1))
+    qat = QATModel(pipe, student, config)
+    optimizer = torch.optim.AdamW(qat.parameter_groups(), lr=config.learning_rate)
+    info = checkpoint_info(student, qat_config=config.to_dict(), tome=None, world_size=1, ptq_error=None)
+    good = save_checkpoint(assets / "qat-run" / "checkpoints", 1, qat, optimizer, info)
+
+    def damaged(name: str, info: Any = None, state: Any = None, step: int = 1) -> None:
+        folder = shutil.copytree(good, assets / name / "checkpoints" / f"checkpoint-{step}")
+        if info:
+            data = json.loads((folder / "checkpoint.json").read_text())
+            info(data)
+            (folder / "checkpoint.json").write_text(json.dumps(data))
+        if state:
+            tensors = torch.load(folder / "training_state.pt", weights_only=True)
+            state(tensors)
+            torch.save(tensors, folder / "training_state.pt")
+
+    damaged("qat-step-ten", info=lambda d: d.update(step="ten"))
+    damaged("qat-no-tome", info=lambda d: d.pop("tome"))
+    damaged("qat-step-2", info=lambda d: d.update(step=2), step=2)
+    damaged("qat-other-shape", state=lambda s: s["student"].update({"conv_in.weight": torch.zeros(3, 3)}))
+    damaged("qat-nan-weights", state=lambda s: s["student"]["conv_in.weight"].fill_(float("nan")))
+    forge_png_size(write_squares(assets / "bomb-image") / "1.png", 50_000, 50_000)
+    forge_png_size(write_squares(assets / "big-image") / "1.png", 10_000, 10_000)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("comment", "a" * 5_000_000, zip=True)  # a few kB on disk, 5 MB inflated
+    Image.new("RGB", (SIZE, SIZE)).save(write_squares(assets / "text-bomb-image") / "1.png", pnginfo=text)
+    caption = write_squares(assets / "caption-not-text")
+    (caption / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": 5}) + "\n")
+    broken = copy.deepcopy(pipe)
+    with torch.no_grad():
+        broken.unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    broken.save_pretrained(assets / "nan-model")
+
+
 def evil_checkpoint(path: Path, marker: Path) -> None:
     """A checkpoint whose loading would create ``marker`` (any code would run the same way)."""
     import pickle
@@ -121,6 +182,7 @@ def shared(tiny_saved, exported_tiny, tmp_path_factory):
     (assets / "not-utf8-data").mkdir()
     (assets / "not-utf8-data" / "metadata.jsonl").write_bytes(b'{"file_name": "\xff.png"}\n')
     tampered_folders(assets, exported_tiny, tiny_saved)
+    qat_assets(assets, tiny_pipeline())
     nometa = assets / "tiny-ov-no-metadata"
     shutil.copytree(exported_tiny, nometa)
     (nometa / METADATA_FILE).unlink()
@@ -163,7 +225,8 @@ def qat_checkpoint_resume(ctx: Ctx) -> None:
 
     folder = ctx.root / "checkpoint-1"
     folder.mkdir()
-    (folder / INFO_FILE).write_text("{}")
+    good = ctx.assets / "qat-run" / "checkpoints" / "checkpoint-1"
+    shutil.copy(good / INFO_FILE, folder / INFO_FILE)  # a valid record: the state file is what is read next
     evil_checkpoint(folder / STATE_FILE, ctx.root / "PAYLOAD-RAN")
     try:
         load_checkpoint(folder, ctx.pipe.unet)
@@ -435,6 +498,27 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("cli-bench-prompts-not-utf8", "handled", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--prompts", c.assets / "bad-prompts.txt"), InvalidConfigError, "not UTF-8"),
     ("cli-bench-tome-ratio-inf", "handled", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--tome-ratio", "inf"), InvalidConfigError, "ratio=inf"),
     ("cli-train-qat-learning-rate-nan", "handled", "cli", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "a-folder", "--output", c.root / "run", "--learning-rate", "nan"), InvalidConfigError, "rate=nan"),
+    # --- quantization-aware training: configs, checkpoints, data -----------------------------------------
+    ("qat-config-learning-rate-inf", "broken", "qat", lambda c: QATConfig(learning_rate=float("inf")), InvalidConfigError, "learning_rate=inf"),
+    ("qat-config-learning-rate-huge", "broken", "qat", lambda c: QATConfig(learning_rate=1e30), InvalidConfigError, "it must be > 0 and <= 1"),
+    ("qat-config-weight-decay-inf", "broken", "qat", lambda c: QATConfig(weight_decay=float("inf")), InvalidConfigError, "weight_decay=inf"),
+    ("qat-config-distillation-weight-inf", "broken", "qat", lambda c: QATConfig(distillation_loss_weight=float("inf")), InvalidConfigError, "distillation_loss_weight=inf"),
+    ("qat-config-seed-too-large", "poor", "qat", lambda c: QATConfig(seed=2**32), InvalidConfigError, "seed=4294967296"),
+    ("qat-config-steps-float", "handled", "qat", lambda c: QATConfig(max_train_steps=10.0), InvalidConfigError, "max_train_steps=10.0"),
+    ("qat-loss-weight-inf", "broken", "qat", lambda c: DistillationLoss(c.pipe.unet, task_weight=float("inf")), InvalidConfigError, "task_weight=inf"),
+    ("qat-ema-decay-string", "poor", "qat", lambda c: WeightEMA(c.pipe.unet, decay="0.5"), InvalidConfigError, "decay='0.5'"),
+    ("train-qat-nan-model", "poor", "qat", lambda c: train_qat(c.assets / "nan-model", c.assets / "squares", c.root / "run", QATConfig(max_train_steps=1, **TINY_QAT), show_progress=False), CorruptModelError, "holds NaN"),
+    ("qat-resume-step-not-int", "poor", "qat", lambda c: train_qat(c.saved, c.assets / "squares", c.assets / "qat-step-ten", QATConfig(max_train_steps=1, **TINY_QAT), resume_from_checkpoint="latest", show_progress=False), CorruptModelError, "'step' is 'ten'"),
+    ("qat-resume-missing-field", "poor", "qat", lambda c: train_qat(c.saved, c.assets / "squares", c.assets / "qat-no-tome", QATConfig(max_train_steps=1, **TINY_QAT), resume_from_checkpoint="latest", show_progress=False), CorruptModelError, "has no 'tome' field"),
+    ("qat-resume-past-max-steps", "broken", "qat", lambda c: train_qat(c.saved, c.assets / "squares", c.assets / "qat-step-2", QATConfig(max_train_steps=1, **TINY_QAT), resume_from_checkpoint="latest", show_progress=False), InvalidConfigError, "below the step"),
+    ("qat-resume-other-quantization", "broken", "qat", lambda c: train_qat(c.saved, c.assets / "squares", c.assets / "qat-run", QATConfig(max_train_steps=1, **TINY_QAT), quantization=QuantizationConfig(mode="hybrid"), resume_from_checkpoint="latest", show_progress=False), InvalidConfigError, "quantization differs"),
+    ("qat-resume-nan-weights", "broken", "qat", lambda c: train_qat(c.saved, c.assets / "squares", c.assets / "qat-nan-weights", QATConfig(max_train_steps=1, **TINY_QAT), resume_from_checkpoint="latest", show_progress=False), CorruptModelError, "holds NaN"),
+    ("qat-checkpoint-other-shape", "poor", "qat", lambda c: load_checkpoint(c.assets / "qat-other-shape" / "checkpoints" / "checkpoint-1", c.pipe.unet), CorruptModelError, "has shape (3, 3)"),
+    ("train-data-decompression-bomb", "poor", "qat", lambda c: CaptionedImageFolder(c.assets / "bomb-image", resolution=SIZE), InvalidDatasetError, "MAX_IMAGE_PIXELS"),
+    ("train-data-oversized-image", "poor", "qat", lambda c: CaptionedImageFolder(c.assets / "big-image", resolution=SIZE), InvalidDatasetError, "10000 x 10000"),
+    ("train-data-png-text-bomb", "poor", "qat", lambda c: CaptionedImageFolder(c.assets / "text-bomb-image", resolution=SIZE), InvalidDatasetError, "Decompressed data too large"),
+    ("train-data-resolution-0", "poor", "qat", lambda c: CaptionedImageFolder(c.assets / "squares", resolution=0), InvalidConfigError, "resolution=0"),
+    ("train-data-caption-not-string", "handled", "qat", lambda c: CaptionedImageFolder(c.assets / "caption-not-text", resolution=SIZE), InvalidDatasetError, "needs string fields"),
 ]  # fmt: skip
 
 

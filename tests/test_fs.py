@@ -175,5 +175,5 @@ def test_numpy_and_zero_d_tensor_scalars_are_accepted_as_python_numbers():
 
 def test_check_keywords_names_the_closest_valid_one():
     check_keywords({"num_inference_steps": 4}, ("num_inference_steps", "guidance_scale"), where="the call")
-    with pytest.raises(InvalidConfigError, match="'num_inference_step'.*Did you mean 'num_inference_steps'"):
+    with pytest.raises(InvalidConfigError, match=r"'num_inference_step'.*Did you mean 'num_inference_steps'"):
         check_keywords({"num_inference_step": 4}, ("num_inference_steps", "guidance_scale"), where="the call")

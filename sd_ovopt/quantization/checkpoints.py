@@ -2,7 +2,9 @@
 
 A checkpoint is a folder ``checkpoint-<step>`` with ``training_state.pt`` (student, optimizer and EMA
 state dicts, read back with ``weights_only=True``) and ``checkpoint.json`` (the step, the settings, and
-NNCF's description of where the quantizers sit, from which the student is rebuilt). The folder is
+NNCF's description of where the quantizers sit, from which the student is rebuilt). Reading one checks
+every field and tensor against the model first, so a checkpoint edited by hand, of another model or
+holding NaN is refused with :class:`~sd_ovopt.errors.CorruptModelError`. The folder is
 written under a temporary name and renamed into place, so a killed run leaves either a whole checkpoint
 or none; the temporary folders it leaves behind are removed when the next run starts.
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,10 @@ import torch
 
 from sd_ovopt._fs import atomic_output_dir, read_json_object
 from sd_ovopt._nncf import import_nncf
-from sd_ovopt.errors import CorruptModelError, ModelNotFoundError
-from sd_ovopt.quantization.config import QuantizationConfig
+from sd_ovopt.errors import CorruptModelError, InvalidConfigError, ModelNotFoundError
+from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
 from sd_ovopt.quantization.ptq import QUANTIZATION_ATTR
+from sd_ovopt.quantization.qat import ema_state_mismatch, state_mismatch, trainable_parameters
 from sd_ovopt.tome.config import ToMeConfig
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "checkpoint_info",
     "find_checkpoint",
     "load_checkpoint",
+    "read_checkpoint_info",
     "remove_partial_checkpoints",
     "save_checkpoint",
 ]
@@ -88,15 +94,63 @@ def remove_partial_checkpoints(folder: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, float_unet: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """Read a checkpoint; return its info, its state dicts, and the student rebuilt with its weights.
+#: What a refused checkpoint's message says to do.
+_FIX = (
+    "The file was changed by hand or written by another program or model: resume from another checkpoint "
+    "of this run, resume the run in the output folder that matches the model, or start a new run in a new "
+    "output folder."
+)
 
-    The student is rebuilt from a copy of ``float_unet`` (ToMe applied as recorded, then NNCF's quantizers
-    inserted where the checkpoint says), so resuming needs no calibration.
-    """
-    from sd_ovopt.tome.patch import apply_tome
 
-    info = read_json_object(path / INFO_FILE, fix="Resume from another checkpoint.")
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_error(value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value is None or (number and math.isfinite(value) and value >= 0)
+
+
+# Each field of checkpoint.json: a test of its value, and what it must be.
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "format": (lambda v: v == 1 and type(v) is int, "1"),
+    "step": (_is_count, "an integer >= 1"),
+    "world_size": (_is_count, "an integer >= 1"),
+    "ptq_error": (_is_error, "null or a finite number >= 0"),
+    "quantization": (lambda v: isinstance(v, dict), "a JSON object (a QuantizationConfig)"),
+    "tome": (lambda v: v is None or isinstance(v, dict), "null or a JSON object (a ToMeConfig)"),
+    "qat_config": (lambda v: isinstance(v, dict), "a JSON object (a QATConfig)"),
+    "nncf_config": (lambda v: isinstance(v, dict), "a JSON object (NNCF's quantizer layout)"),
+}
+
+
+def read_checkpoint_info(path: Path) -> dict[str, Any]:
+    """``checkpoint.json`` of the checkpoint folder ``path``, every field checked; CorruptModelError naming
+    the file and the field otherwise (a checkpoint edited by hand, cut short, or of another program)."""
+    file = path / INFO_FILE
+    info = read_json_object(file, fix=_FIX)
+    for name, (valid, rule) in _FIELDS.items():
+        if name not in info:
+            raise CorruptModelError(f"{file} has no {name!r} field. {_FIX}")
+        if not valid(info[name]):
+            raise CorruptModelError(f"{file}: {name!r} is {info[name]!r}; it must be {rule}. {_FIX}")
+    numbered = _NAME.match(path.name)
+    if numbered and int(numbered.group(1)) != info["step"]:
+        raise CorruptModelError(f"{file}: 'step' is {info['step']}, but the folder is {path.name}. {_FIX}")
+    known = {k: v for k, v in info["qat_config"].items() if k in QATConfig.__dataclass_fields__}
+    for name, read in (
+        ("quantization", lambda: QuantizationConfig.from_dict(info["quantization"])),
+        ("tome", lambda: info["tome"] is None or ToMeConfig.from_dict(info["tome"])),
+        ("qat_config", lambda: QATConfig(**known)),
+    ):
+        try:
+            read()
+        except (InvalidConfigError, TypeError) as exc:
+            raise CorruptModelError(f"{file}: {name!r} is not valid ({exc}). {_FIX}") from exc
+    return info
+
+
+def _read_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
@@ -105,14 +159,78 @@ def load_checkpoint(path: Path, float_unet: torch.nn.Module) -> tuple[dict[str, 
             f"cannot read {path / STATE_FILE} ({type(exc).__name__}): it is truncated, or not a checkpoint "
             "sd_ovopt wrote (code in it is never run). Resume from another checkpoint."
         ) from exc
+    parts = ("student", "optimizer", "ema")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), dict) for k in parts):
+        found = sorted(state, key=str) if isinstance(state, dict) else type(state).__name__
+        raise CorruptModelError(
+            f"{path / STATE_FILE} must hold the dicts {list(parts)}, found {found}. {_FIX}"
+        )
+    return state
+
+
+def _rebuild_student(path: Path, info: dict[str, Any], float_unet: torch.nn.Module) -> Any:
+    """A copy of ``float_unet``, ToMe applied as recorded, NNCF's quantizers inserted where recorded."""
+    from sd_ovopt.tome.patch import apply_tome
+
     import_nncf()
     import nncf.torch
 
     student = copy.deepcopy(float_unet)
     if info["tome"] is not None:
         apply_tome(student, ToMeConfig.from_dict(info["tome"]))
-    student = nncf.torch.load_from_config(student, info["nncf_config"])
+    try:
+        student = nncf.torch.load_from_config(student, info["nncf_config"])
+    except Exception as exc:  # NNCF raises KeyError, RuntimeError, ... for a layout of another model
+        raise CorruptModelError(
+            f"{path / INFO_FILE}: 'nncf_config' does not fit this UNet ({type(exc).__name__}: {exc}); the "
+            f"checkpoint was written for another model. {_FIX}"
+        ) from exc
     setattr(student, QUANTIZATION_ATTR, QuantizationConfig.from_dict(info["quantization"]))
+    return student
+
+
+def _optimizer_mismatch(saved: dict[str, Any], student: torch.nn.Module) -> str | None:
+    """Why ``saved`` is not the AdamW state of ``student``'s two parameter groups; ``None`` if it is."""
+    groups = trainable_parameters(student)
+    saved_groups, per_parameter = saved.get("param_groups"), saved.get("state")
+    if not isinstance(saved_groups, list) or not isinstance(per_parameter, dict):
+        return "the optimizer state lacks 'param_groups' or 'state'"
+    sizes = [len(g.get("params", ())) if isinstance(g, dict) else None for g in saved_groups]
+    if sizes != [len(group) for group in groups]:
+        return f"the optimizer state has parameter groups of {sizes} parameters, the model {[len(g) for g in groups]}"
+    for saved_group, params in zip(saved_groups, groups, strict=True):
+        for index, param in zip(saved_group["params"], params, strict=True):
+            entry = per_parameter.get(index, {}) if isinstance(index, int) else None
+            if not isinstance(entry, dict):
+                return f"the optimizer state of parameter {index!r} is not a dict of tensors"
+            for key, value in entry.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.ndim and value.shape != param.shape:
+                    return f"the optimizer's {key!r} of parameter {index} has another shape than the model's"
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    return f"the optimizer's {key!r} of parameter {index} holds NaN or infinite values"
+    return None
+
+
+def load_checkpoint(path: Path, float_unet: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Read a checkpoint; return its info, its state dicts, and the student rebuilt with its weights.
+
+    The student is rebuilt from a copy of ``float_unet`` (ToMe applied as recorded, then NNCF's quantizers
+    inserted where the checkpoint says), so resuming needs no calibration. Every field of the info and
+    every tensor of the state is checked first (names and shapes against the rebuilt student, finite
+    values): a checkpoint of another model, edited by hand or holding NaN raises CorruptModelError.
+    """
+    info = read_checkpoint_info(path)
+    state = _read_state(path)
+    student = _rebuild_student(path, info, float_unet)
+    problem = (
+        state_mismatch(state["student"], student.state_dict(), "the student state")
+        or ema_state_mismatch(state["ema"], student)
+        or _optimizer_mismatch(state["optimizer"], student)
+    )
+    if problem:
+        raise CorruptModelError(f"{path / STATE_FILE}: {problem}. {_FIX}")
     student.load_state_dict(state["student"])
     return info, state, student
 

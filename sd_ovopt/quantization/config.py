@@ -5,9 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sd_ovopt._config import JsonConfig
+from sd_ovopt._loading import MAX_IMAGE_SIDE
+from sd_ovopt._validation import check_float, check_int
 from sd_ovopt.errors import InvalidConfigError
 
-__all__ = ["DEFAULT_IGNORED_PATTERNS", "GRADIENT_CHECKPOINTING_REFUSAL", "QATConfig", "QuantizationConfig"]
+__all__ = [
+    "DEFAULT_IGNORED_PATTERNS",
+    "GRADIENT_CHECKPOINTING_REFUSAL",
+    "MAX_SEED",
+    "QATConfig",
+    "QuantizationConfig",
+    "check_ema_decay",
+]
 
 #: Kept in float by default: the time embedding MLP (tiny, and its error shifts every block), the first
 #: convolution (4 input channels: no int8 gain, raw latents) and the last one (its output is the noise
@@ -16,6 +25,37 @@ DEFAULT_IGNORED_PATTERNS: tuple[str, ...] = (r"^time_embedding/.*", r"^conv_in/.
 
 _PRESETS = ("mixed", "performance")
 _MODES = ("full", "hybrid")
+
+#: The most a seed may be: accelerate's ``set_seed`` also seeds NumPy, which takes seeds below 2**32.
+MAX_SEED = 2**32 - 1
+
+_QAT_COUNTS = (  # integer settings >= 1
+    "max_train_steps",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "checkpointing_steps",
+    "calibration_prompts",
+    "calibration_steps",
+)
+
+
+def _set(config: object, name: str, value: object) -> None:
+    """Store a checked value (a Python number, also when a numpy scalar was given) on a frozen dataclass."""
+    object.__setattr__(config, name, value)
+
+
+def _check_flags(owner: str, config: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, bool):
+            raise InvalidConfigError(
+                f"{owner}.{name}={value!r} ({type(value).__name__}); it must be True or False."
+            )
+
+
+def _check_version(owner: str, value: object) -> None:
+    if check_int(f"{owner}.version", value) != 1:
+        raise InvalidConfigError(f"{owner}.version={value!r}; this sd_ovopt reads version 1.")
 
 
 @dataclass(frozen=True)
@@ -64,27 +104,19 @@ class QuantizationConfig(JsonConfig):
             raise InvalidConfigError(f"QuantizationConfig.preset={self.preset!r}; use one of {_PRESETS}.")
         if self.mode not in _MODES:
             raise InvalidConfigError(f"QuantizationConfig.mode={self.mode!r}; use one of {_MODES}.")
-        if (
-            not isinstance(self.subset_size, int)
-            or isinstance(self.subset_size, bool)
-            or self.subset_size < 1
-        ):
-            raise InvalidConfigError(
-                f"QuantizationConfig.subset_size={self.subset_size!r}; it must be an integer >= 1 (default 200)."
-            )
-        for name in ("smooth_quant", "bias_correction"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidConfigError(f"QuantizationConfig.{name} must be a boolean.")
+        _set(
+            self,
+            "subset_size",
+            check_int("QuantizationConfig.subset_size", self.subset_size, minimum=1),
+        )
+        _check_flags("QuantizationConfig", self, ("smooth_quant", "bias_correction"))
         patterns = self.ignored_patterns
         if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
             raise InvalidConfigError(
                 "QuantizationConfig.ignored_patterns must be a sequence of regex strings."
             )
         object.__setattr__(self, "ignored_patterns", tuple(patterns))
-        if self.version != 1:
-            raise InvalidConfigError(
-                f"QuantizationConfig.version={self.version!r}; this sd_ovopt reads version 1."
-            )
+        _check_version("QuantizationConfig", self.version)
 
 
 #: Why quantization-aware training refuses gradient checkpointing (the message of the error it raises).
@@ -97,18 +129,6 @@ GRADIENT_CHECKPOINTING_REFUSAL = (
     "raise gradient_accumulation_steps, lower the resolution, use bf16 mixed precision "
     "(accelerate launch --mixed_precision bf16), or a device with more memory."
 )
-
-
-def _check_number(
-    owner: str, name: str, value: object, *, integer: bool, minimum: float, strict: bool
-) -> None:
-    kind = int if integer else (int, float)
-    bad_type = not isinstance(value, kind) or isinstance(value, bool)
-    if bad_type or value < minimum or (strict and value == minimum) or value != value:  # type: ignore[operator]
-        rule = f"{'>' if strict else '>='} {minimum}"
-        raise InvalidConfigError(
-            f"{owner}.{name}={value!r}; it must be {'an integer' if integer else 'a number'} {rule}."
-        )
 
 
 @dataclass(frozen=True)
@@ -126,20 +146,22 @@ class QATConfig(JsonConfig):
     ``d = ema_decay``, or with warm-up ``d = min(ema_decay, (1 + n) / (10 + n))``, ``n`` = updates done before.
 
     Attributes:
-        learning_rate: AdamW learning rate (constant), for weights and quantizer parameters.
-        weight_decay: AdamW weight decay of the weights; quantizer ranges get none.
+        learning_rate: AdamW learning rate (constant), for weights and quantizer parameters; ``0 < lr <= 1``.
+        weight_decay: AdamW weight decay of the weights, ``0 <= weight_decay <= 1``; quantizer ranges get none.
         max_train_steps: Optimizer steps in total.
         train_batch_size: Images per process per micro-batch.
         gradient_accumulation_steps: Micro-batches per optimizer step.
-        max_grad_norm: Gradient norm clipping, or ``None`` for none.
+        max_grad_norm: Gradient norm clipping (a finite number > 0), or ``None`` for none.
         task_loss_weight: Weight of the loss against the noise (or velocity) target.
         distillation_loss_weight: Weight of the loss against the float teacher's prediction.
         ema_decay: EMA decay, ``0 <= ema_decay < 1``.
         ema_warmup: Ramp the decay up as ``(1 + n) / (10 + n)`` until it reaches ``ema_decay``.
-        resolution: Training image size in pixels (square; default: the UNet's native size).
+        resolution: Training image size in pixels (square, a multiple of 8 up to 4096; default: the UNet's
+            native size).
         checkpointing_steps: Save a checkpoint every this many optimizer steps (and at the end).
         checkpoints_total_limit: Keep at most this many checkpoints (default: keep all).
-        seed: Seeds data order, noise and timesteps: they are a function of the seed and the step.
+        seed: Seeds data order, noise and timesteps: they are a function of the seed and the step
+            (``0 <= seed <= MAX_SEED``, 2**32 - 1).
         gradient_checkpointing: Always refused: see :data:`GRADIENT_CHECKPOINTING_REFUSAL`.
         calibration_prompts: Distinct captions (the first ones) whose pipeline runs calibrate the quantizers.
         calibration_steps: Denoising steps per calibration prompt (one calibration sample each).
@@ -179,46 +201,10 @@ class QATConfig(JsonConfig):
     version: int = 1
 
     def __post_init__(self) -> None:
-        check = _check_number
-        name = "QATConfig"
-        check(name, "learning_rate", self.learning_rate, integer=False, minimum=0, strict=True)
-        check(name, "weight_decay", self.weight_decay, integer=False, minimum=0, strict=False)
-        for field in (
-            "max_train_steps",
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "checkpointing_steps",
-            "calibration_prompts",
-            "calibration_steps",
-        ):
-            check(name, field, getattr(self, field), integer=True, minimum=1, strict=False)
-        for field in ("checkpoints_total_limit", "resolution"):
-            if getattr(self, field) is not None:
-                check(name, field, getattr(self, field), integer=True, minimum=1, strict=False)
-        if self.max_grad_norm is not None:
-            check(name, "max_grad_norm", self.max_grad_norm, integer=False, minimum=0, strict=True)
-        check(name, "task_loss_weight", self.task_loss_weight, integer=False, minimum=0, strict=False)
-        check(
-            name,
-            "distillation_loss_weight",
-            self.distillation_loss_weight,
-            integer=False,
-            minimum=0,
-            strict=False,
-        )
-        if self.task_loss_weight == 0 and self.distillation_loss_weight == 0:
-            raise InvalidConfigError(
-                "QATConfig.task_loss_weight and distillation_loss_weight are both 0: nothing to train on. "
-                "Set at least one of them > 0 (default 1.0 each)."
-            )
-        check(name, "ema_decay", self.ema_decay, integer=False, minimum=0, strict=False)
-        if self.ema_decay >= 1:
-            raise InvalidConfigError(f"QATConfig.ema_decay={self.ema_decay!r}; it must be < 1 (e.g. 0.9999).")
-        check(name, "seed", self.seed, integer=True, minimum=0, strict=False)
-        check(name, "eval_samples", self.eval_samples, integer=True, minimum=0, strict=False)
-        for field in ("ema_warmup", "export_ptq", "export"):
-            if not isinstance(getattr(self, field), bool):
-                raise InvalidConfigError(f"QATConfig.{field} must be a boolean.")
+        self._check_optimizer()
+        self._check_counts()
+        self._check_loss_and_ema()
+        _check_flags("QATConfig", self, ("ema_warmup", "export_ptq", "export"))
         if not isinstance(self.caption_column, str) or not self.caption_column:
             raise InvalidConfigError(
                 f"QATConfig.caption_column={self.caption_column!r}; name the caption key of metadata.jsonl "
@@ -228,5 +214,69 @@ class QATConfig(JsonConfig):
             raise InvalidConfigError(
                 f"QATConfig.gradient_checkpointing={self.gradient_checkpointing!r}: {GRADIENT_CHECKPOINTING_REFUSAL}"
             )
-        if self.version != 1:
-            raise InvalidConfigError(f"QATConfig.version={self.version!r}; this sd_ovopt reads version 1.")
+        _check_version("QATConfig", self.version)
+
+    def _check_optimizer(self) -> None:
+        """AdamW's settings: finite, and in the range where one step cannot wreck the weights."""
+        lr = check_float(
+            "QATConfig.learning_rate",
+            self.learning_rate,
+            minimum=0,
+            maximum=1,
+            open_minimum=True,
+            hint="AdamW moves each weight by about the learning rate per step; the recipe uses 1e-5.",
+        )
+        _set(self, "learning_rate", lr)
+        decay = check_float(
+            "QATConfig.weight_decay",
+            self.weight_decay,
+            minimum=0,
+            maximum=1,
+            hint="AdamW multiplies each weight by 1 - learning_rate * weight_decay per step (default 1e-2).",
+        )
+        _set(self, "weight_decay", decay)
+        if self.max_grad_norm is not None:
+            norm = check_float(
+                "QATConfig.max_grad_norm",
+                self.max_grad_norm,
+                minimum=0,
+                open_minimum=True,
+                hint="Use None for no clipping (default 1.0).",
+            )
+            _set(self, "max_grad_norm", norm)
+
+    def _check_counts(self) -> None:
+        """The integer settings (numpy integers accepted, stored as Python ints)."""
+        for name in _QAT_COUNTS:
+            _set(self, name, check_int(f"QATConfig.{name}", getattr(self, name), minimum=1))
+        if self.checkpoints_total_limit is not None:
+            limit = check_int("QATConfig.checkpoints_total_limit", self.checkpoints_total_limit, minimum=1)
+            _set(self, "checkpoints_total_limit", limit)
+        if self.resolution is not None:
+            size = check_int("QATConfig.resolution", self.resolution, minimum=8, maximum=MAX_IMAGE_SIDE)
+            if size % 8:
+                raise InvalidConfigError(
+                    f"QATConfig.resolution={self.resolution!r}; it must be a multiple of 8, e.g. "
+                    f"{max(8, round(size / 8) * 8)} (or None for the UNet's native size)."
+                )
+            _set(self, "resolution", size)
+        _set(self, "seed", check_int("QATConfig.seed", self.seed, minimum=0, maximum=MAX_SEED))
+        _set(self, "eval_samples", check_int("QATConfig.eval_samples", self.eval_samples, minimum=0))
+
+    def _check_loss_and_ema(self) -> None:
+        for name in ("task_loss_weight", "distillation_loss_weight"):
+            _set(self, name, check_float(f"QATConfig.{name}", getattr(self, name), minimum=0))
+        if self.task_loss_weight == 0 and self.distillation_loss_weight == 0:
+            raise InvalidConfigError(
+                "QATConfig.task_loss_weight and distillation_loss_weight are both 0: nothing to train on. "
+                "Set at least one of them > 0 (default 1.0 each)."
+            )
+        _set(self, "ema_decay", check_ema_decay("QATConfig.ema_decay", self.ema_decay))
+
+
+def check_ema_decay(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite number with ``0 <= value < 1``; raise InvalidConfigError."""
+    decay = check_float(name, value, minimum=0, hint="It must be >= 0 and < 1 (e.g. 0.9999).")
+    if decay >= 1:
+        raise InvalidConfigError(f"{name}={value!r}; it must be >= 0 and < 1 (e.g. 0.9999).")
+    return decay

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sd_ovopt._loading import find_unet, load_sd_pipeline
-from sd_ovopt.errors import InvalidConfigError, UnsupportedModelError
-from sd_ovopt.quantization.config import GRADIENT_CHECKPOINTING_REFUSAL, QATConfig
+from sd_ovopt._validation import check_finite_tensor, check_float
+from sd_ovopt.errors import CorruptModelError, InvalidConfigError, UnsupportedModelError
+from sd_ovopt.quantization.config import GRADIENT_CHECKPOINTING_REFUSAL, QATConfig, check_ema_decay
 from sd_ovopt.quantization.ptq import is_quantized
 
 if TYPE_CHECKING:
@@ -34,9 +35,13 @@ __all__ = [
     "QATLoss",
     "QATModel",
     "WeightEMA",
+    "check_finite_weights",
     "check_no_gradient_checkpointing",
+    "ema_state_mismatch",
     "is_quantizer_parameter",
     "noise_target",
+    "state_mismatch",
+    "trainable_parameters",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +62,24 @@ def check_no_gradient_checkpointing(unet: nn.Module) -> None:
             f"the UNet has gradient checkpointing enabled; {GRADIENT_CHECKPOINTING_REFUSAL} "
             "Call unet.disable_gradient_checkpointing() first."
         )
+
+
+@torch.no_grad()
+def check_finite_weights(module: nn.Module, what: str) -> None:
+    """Raise CorruptModelError naming the first parameter or buffer of ``module`` that holds NaN or infinity.
+
+    Such a model predicts NaN everywhere: training from it (or towards it) can only produce NaN losses.
+    """
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    floating = [(n, t) for n, t in tensors if t.is_floating_point()]
+    if not floating or torch.stack([torch.isfinite(t).all() for _, t in floating]).all():
+        return
+    name = next(n for n, t in floating if not torch.isfinite(t).all())
+    raise CorruptModelError(
+        f"{what} holds NaN or infinite values (first in {name!r}), so every prediction would be NaN. "
+        "Load the model again from its original files (a damaged download or an earlier failed run "
+        "may have written it)."
+    )
 
 
 def _prediction_type(scheduler: Any) -> str:
@@ -129,9 +152,17 @@ class DistillationLoss(nn.Module):
                 "student before quantize_unet instead)."
             )
         check_no_gradient_checkpointing(unet)
+        self.task_weight = check_float("DistillationLoss task_weight", task_weight, minimum=0)
+        self.distillation_weight = check_float(
+            "DistillationLoss distillation_weight", distillation_weight, minimum=0
+        )
+        if self.task_weight == 0 and self.distillation_weight == 0:
+            raise InvalidConfigError(
+                "DistillationLoss task_weight and distillation_weight are both 0: nothing to train on. "
+                "Set at least one of them > 0 (default 1.0 each)."
+            )
+        check_finite_weights(unet, "the teacher UNet")
         self.teacher = (copy.deepcopy(unet) if copy_teacher else unet).eval().requires_grad_(False)
-        self.task_weight = float(task_weight)
-        self.distillation_weight = float(distillation_weight)
 
     def train(self, mode: bool = True) -> DistillationLoss:
         super().train(mode)
@@ -157,8 +188,81 @@ class DistillationLoss(nn.Module):
         return QATLoss(total, task.detach(), distillation.detach())
 
 
+def trainable_parameters(student: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The student's trainable weights and its trainable quantizer parameters: the two AdamW groups."""
+    weights, quantizers = [], []
+    for name, param in student.named_parameters():
+        if param.requires_grad:
+            (quantizers if is_quantizer_parameter(name) else weights).append(param)
+    return weights, quantizers
+
+
+_SAMPLE_KEYS = ("latents", "encoder_hidden_states", "noise", "timesteps")
+
+
+def _check_samples(samples: Any) -> None:
+    """Refuse evaluation samples that are missing, lack a key, or hold NaN (the error would be NaN)."""
+    if not isinstance(samples, (list, tuple)) or not samples:
+        raise InvalidConfigError(
+            f"teacher_error needs a non-empty list of samples, got {type(samples).__name__}."
+        )
+    for i, item in enumerate(samples):
+        missing = [k for k in _SAMPLE_KEYS if not isinstance(item, dict) or k not in item]
+        if missing:
+            raise InvalidConfigError(
+                f"teacher_error samples[{i}] lacks {missing}; each sample is a dict of {list(_SAMPLE_KEYS)}."
+            )
+        for key in _SAMPLE_KEYS:
+            check_finite_tensor(f"teacher_error samples[{i}][{key!r}]", item[key])
+
+
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if not is_quantizer_parameter(n)}
+
+
+def state_mismatch(saved: Any, expected: dict[str, torch.Tensor], what: str) -> str | None:
+    """Why the tensors ``saved`` cannot replace ``expected`` (other names or shapes, not tensors, NaN or
+    infinity), as a sentence naming ``what`` and the first offending entry; ``None`` if they can."""
+    if not isinstance(saved, dict):
+        return f"{what} is a {type(saved).__name__}, not a dict of tensors"
+    missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys(), key=str)
+    if missing or extra:
+        return (
+            f"{what} holds other tensors than the model has ({len(missing)} missing, e.g. {missing[:3]}; "
+            f"{len(extra)} unexpected, e.g. {extra[:3]}): it belongs to another model"
+        )
+    for name, tensor in expected.items():
+        value = saved[name]
+        if not isinstance(value, torch.Tensor):
+            return f"{what}[{name!r}] is a {type(value).__name__}, not a tensor"
+        if value.shape != tensor.shape:
+            return (
+                f"{what}[{name!r}] has shape {tuple(value.shape)}, the model {tuple(tensor.shape)}: it "
+                "belongs to another model"
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return f"{what}[{name!r}] holds NaN or infinite values"
+    return None
+
+
+def ema_state_mismatch(state: Any, model: nn.Module) -> str | None:
+    """Why ``state`` is not a :meth:`WeightEMA.state_dict` of ``model``'s weights; ``None`` if it is."""
+    return _ema_state_mismatch(state, _weights(model))
+
+
+def _ema_state_mismatch(state: Any, shadow: dict[str, torch.Tensor]) -> str | None:
+    keys = {"decay", "warmup", "num_updates", "shadow"}
+    if not isinstance(state, dict) or not keys <= state.keys():
+        found = sorted(state, key=str) if isinstance(state, dict) else type(state).__name__
+        return f"the EMA state must be a dict with {sorted(keys)}, got {found}"
+    decay, warmup, updates = state["decay"], state["warmup"], state["num_updates"]
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        return f"the EMA decay is {decay!r}, not a number >= 0 and < 1"
+    if not isinstance(warmup, bool):
+        return f"the EMA warmup is {warmup!r}, not True or False"
+    if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+        return f"the EMA num_updates is {updates!r}, not an integer >= 0"
+    return state_mismatch(state["shadow"], shadow, "the EMA shadow")
 
 
 class WeightEMA:
@@ -192,9 +296,7 @@ class WeightEMA:
         warmup: bool = True,
         device: str | torch.device = "cpu",
     ) -> None:
-        if not 0 <= decay < 1:
-            raise InvalidConfigError(f"WeightEMA decay={decay!r}; it must be >= 0 and < 1.")
-        self.decay = float(decay)
+        self.decay = check_ema_decay("WeightEMA decay", decay)
         self.warmup = bool(warmup)
         self.device = torch.device(device)
         self.num_updates = 0
@@ -257,9 +359,11 @@ class WeightEMA:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; refuse one of another model, or with NaN, before changing anything."""
+        problem = _ema_state_mismatch(state, self.shadow)
+        if problem:
+            raise UnsupportedModelError(f"{problem}; load the EMA state saved for this model.")
         shadow = state["shadow"]
-        if shadow.keys() != self.shadow.keys():
-            raise UnsupportedModelError("the saved EMA tracks other parameters than this model has.")
         self.decay = float(state["decay"])
         self.warmup = bool(state["warmup"])
         self.num_updates = int(state["num_updates"])
@@ -308,6 +412,7 @@ class QATModel(nn.Module):
                 "the student must be a UNet returned by sd_ovopt.quantize_unet (it trains the quantizers)."
             )
         check_no_gradient_checkpointing(student)
+        check_finite_weights(student, "the student UNet")
         self.config = config
         self.student = student
         self.loss = DistillationLoss(
@@ -328,10 +433,7 @@ class QATModel(nn.Module):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: the weights (with weight decay) and the quantizer parameters (without)."""
-        weights, quantizers = [], []
-        for name, param in self.student.named_parameters():
-            if param.requires_grad:
-                (quantizers if is_quantizer_parameter(name) else weights).append(param)
+        weights, quantizers = trainable_parameters(self.student)
         return [
             {"params": weights, "weight_decay": self.config.weight_decay},
             {"params": quantizers, "weight_decay": 0.0},
@@ -360,8 +462,7 @@ class QATModel(nn.Module):
         ``samples`` are dicts of ``latents``, ``encoder_hidden_states``, ``noise`` and ``timesteps``. This
         is the number quantization-aware training should bring down from its post-training value.
         """
-        if not samples:
-            raise InvalidConfigError("teacher_error needs at least one sample.")
+        _check_samples(samples)
         device = next(self.student.parameters()).device
         context = self.ema.applied_to(self.student) if use_ema else contextlib.nullcontext()
         was_training = self.training

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from sd_ovopt.errors import InvalidDatasetError
+from sd_ovopt._validation import check_int
+from sd_ovopt.errors import InvalidConfigError, InvalidDatasetError
 
-__all__ = ["METADATA_FILE", "CaptionedImageFolder", "encode_batch", "sample_indices", "step_generator"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "METADATA_FILE",
+    "CaptionedImageFolder",
+    "encode_batch",
+    "sample_indices",
+    "step_generator",
+]
 
 METADATA_FILE = "metadata.jsonl"
+#: The most pixels a training image may have (8192 x 8192, 64 megapixels): far above any training
+#: resolution, and below PIL's own decompression-bomb threshold. A larger image (or a file whose header
+#: claims one, to exhaust memory when decoded) is refused from its header, without decoding it.
+MAX_IMAGE_PIXELS = 8192 * 8192
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 _LAYOUT = (
     f"Write {METADATA_FILE} next to the images, one JSON object per line: "
@@ -45,8 +59,13 @@ class CaptionedImageFolder:
     """
 
     def __init__(self, folder: str | Path, *, resolution: int, caption_column: str = "text") -> None:
+        self.resolution = check_int("CaptionedImageFolder resolution", resolution, minimum=1)
+        if not isinstance(caption_column, str) or not caption_column:
+            raise InvalidConfigError(
+                f"CaptionedImageFolder caption_column={caption_column!r}; name the caption key of "
+                f"{METADATA_FILE} (default 'text')."
+            )
         self.folder = Path(folder).expanduser().resolve()
-        self.resolution = resolution
         if not self.folder.is_dir():
             raise InvalidDatasetError(
                 f"training data folder {self.folder} does not exist or is not a folder."
@@ -109,12 +128,12 @@ class CaptionedImageFolder:
         path, caption = self.items[index]
         with _open_image(path) as opened:
             image = opened.convert("RGB")
-        size = self.resolution
-        scale = size / min(image.size)
-        resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
-        image = image.resize(resized, Image.Resampling.BILINEAR)
-        left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
-        image = image.crop((left, top, left + size, top + size))
+        # The centre square, resized straight to the resolution: no intermediate as large as the image
+        # scaled (a 1 x 100000 strip would otherwise become 512 x 51 million pixels).
+        side = min(image.size)
+        left, top = (image.width - side) / 2, (image.height - side) / 2
+        box = (left, top, left + side, top + side)
+        image = image.resize((self.resolution,) * 2, Image.Resampling.BILINEAR, box=box)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
         return pixels.permute(2, 0, 1).contiguous(), caption
 
@@ -169,20 +188,47 @@ def encode_batch(
 
 def _check_headers(paths: list[Path]) -> None:
     """Every image's header read (not its pixels: a fraction of a millisecond each), so that a file that is
-    not an image fails here, before the models load, rather than steps into training."""
+    not an image, or too large, fails here, before the models load, rather than steps into training."""
     for path in paths:
         with _open_image(path):
             pass
 
 
+def _too_large(path: Path, size: str) -> InvalidDatasetError:
+    return InvalidDatasetError(
+        f"image {path} has too many pixels ({size}): training images may have at most MAX_IMAGE_PIXELS = "
+        f"{MAX_IMAGE_PIXELS} (8192 x 8192), and decoding it could exhaust memory. Downscale it (e.g. to 1024 "
+        f"pixels on the shorter side) or remove it from {METADATA_FILE}."
+    )
+
+
+#: What PIL raises for a file it cannot read: not an image (UnidentifiedImageError is an OSError), cut
+#: short, a malformed chunk (ValueError, SyntaxError, struct.error, ...), a text chunk that inflates too far.
+_READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error)
+
+
 @contextlib.contextmanager
 def _open_image(path: Path) -> Iterator[Any]:
-    """``PIL.Image.open(path)``; what PIL cannot read in the block (not an image, cut short) raises
+    """``PIL.Image.open(path)``, refused from its header if over :data:`MAX_IMAGE_PIXELS`; what PIL cannot
+    read in the block (not an image, cut short, malformed, a decompression bomb) raises
     :class:`InvalidDatasetError` naming the file."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Our own limit, lower than PIL's, decides: PIL's warning is not for the user to act on.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError as exc:  # its header claims more than twice PIL's limit
+        raise _too_large(path, f"PIL: {exc}") from exc
+    except _READ_ERRORS as exc:
+        raise InvalidDatasetError(f"cannot read image {path}: {exc}") from exc
+    try:
+        with opened as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise _too_large(path, f"{image.width} x {image.height}")
             yield image
-    except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
+    except InvalidDatasetError:
+        raise
+    except _READ_ERRORS as exc:
         raise InvalidDatasetError(f"cannot read image {path}: {exc}") from exc

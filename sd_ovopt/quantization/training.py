@@ -21,24 +21,25 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from tqdm.auto import tqdm
 
 from sd_ovopt._fs import atomic_file, check_safe_output_path
 from sd_ovopt._loading import check_image_size, load_sd_pipeline
-from sd_ovopt.errors import InvalidConfigError, NonFiniteLossError, OutputExistsError
+from sd_ovopt.errors import CorruptModelError, InvalidConfigError, NonFiniteLossError, OutputExistsError
 from sd_ovopt.quantization.checkpoints import (
     CHECKPOINTS_DIR,
     checkpoint_info,
     find_checkpoint,
     load_checkpoint,
+    read_checkpoint_info,
     remove_partial_checkpoints,
     save_checkpoint,
 )
 from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
-from sd_ovopt.quantization.qat import QATModel, check_no_gradient_checkpointing
+from sd_ovopt.quantization.qat import QATModel, check_finite_weights, check_no_gradient_checkpointing
 from sd_ovopt.quantization.qat_data import CaptionedImageFolder, encode_batch, sample_indices, step_generator
 from sd_ovopt.tome.config import ToMeConfig
 
@@ -166,11 +167,57 @@ def _weight_signature(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()])
 
 
+def _log_step(line: str) -> int | None:
+    """The step of one log line; ``None`` for a line that is not a log record (cut short by a kill)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def _start_log(path: Path, start: int) -> None:
-    """Keep the log lines of steps up to ``start`` (a resumed run writes what comes after again)."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= start]
+    """Keep the log lines of steps up to ``start`` (a resumed run writes what comes after again); drop
+    lines that are not log records, such as the half line a killed run may leave."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+    records = [(line, _log_step(line)) for line in lines if line.strip()]
+    kept = [line for line, step in records if step is not None and step <= start]
+    if any(step is None for _, step in records):
+        logger.warning("dropped the lines of %s that are not log records", path)
     path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
+def _difference(given: Any, saved: Any) -> str:
+    """The settings of two configs that differ, as ``field=given (checkpoint: saved)``."""
+    if saved is None:
+        return f"{given!r} (checkpoint: None)"
+    new, old = given.to_dict(), saved.to_dict()
+    return ", ".join(f"{k}={new[k]!r} (checkpoint: {old.get(k)!r})" for k in new if new[k] != old.get(k))
+
+
+def _check_resumable(path: Path, config: QATConfig, quantization: Any, tome: Any) -> dict[str, Any]:
+    """The checkpoint's checked info, if this call can resume it: its step is within ``max_train_steps``,
+    and the quantization and ToMe given (``None``: the checkpoint's) are those it was trained with."""
+    info = read_checkpoint_info(path)
+    if info["step"] > config.max_train_steps:
+        raise InvalidConfigError(
+            f"QATConfig.max_train_steps={config.max_train_steps} is below the step of the checkpoint to "
+            f"resume, {path} (step {info['step']}). Pass max_train_steps >= {info['step']}, or start a new "
+            "run in a new output folder."
+        )
+    recorded = (
+        ("quantization", quantization, QuantizationConfig.from_dict(info["quantization"]), "--mode"),
+        ("tome", tome, None if info["tome"] is None else ToMeConfig.from_dict(info["tome"]), "--tome-ratio"),
+    )
+    for name, given, saved, flag in recorded:
+        if given is not None and given != saved:
+            raise InvalidConfigError(
+                f"{name} differs from what the checkpoint {path} was trained with: {_difference(given, saved)}. "
+                f"Resume with the same {name} (CLI: the same {flag}), leave it out (None) to take the "
+                "checkpoint's, or start a new run in a new output folder."
+            )
+    return info
 
 
 class _QATRun:
@@ -196,7 +243,7 @@ class _QATRun:
     def __init__(
         self,
         config: QATConfig,
-        quantization: QuantizationConfig,
+        quantization: QuantizationConfig | None,
         tome: ToMeConfig | None,
         *,
         cpu: bool,
@@ -241,6 +288,8 @@ class _QATRun:
             _check_fresh_output(self.out)
         elif self.resume is None:
             logger.info("no checkpoint in %s yet: starting a new run", self.out / CHECKPOINTS_DIR)
+        else:  # before any model loads: a checkpoint this call cannot continue fails at once
+            _check_resumable(self.resume, self.config, self.quantization, self.tome)
         self.last_checkpoint = self.resume
 
     def prepare_data(self, model: Any, train_data: str | Path) -> None:
@@ -249,6 +298,8 @@ class _QATRun:
 
         self.pipe = pipe = load_sd_pipeline(model)
         check_no_gradient_checkpointing(pipe.unet)
+        for name in ("unet", "vae", "text_encoder"):
+            check_finite_weights(getattr(pipe, name), f"the pipeline's {name}")
         self.resolution = self.config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         check_image_size(self.resolution, self.resolution, vae_scale_factor=pipe.vae_scale_factor)
         self.data = CaptionedImageFolder(
@@ -270,7 +321,7 @@ class _QATRun:
         student = quantize_pipeline_unet(
             self.pipe,
             tome=self.tome,
-            quantization=self.quantization,
+            quantization=self.quantization or QuantizationConfig(),
             calibration_prompts=list(dict.fromkeys(self.data.captions))[: config.calibration_prompts],
             num_inference_steps=config.calibration_steps,
             height=size,
@@ -295,7 +346,7 @@ class _QATRun:
         saved, state, student = load_checkpoint(self.resume, self.pipe.unet)
         _warn_config_changes(saved, self.config, self.accelerator.num_processes)
         self.tome = None if saved["tome"] is None else ToMeConfig.from_dict(saved["tome"])
-        self.start, self.ptq_error = int(saved["step"]), saved["ptq_error"]
+        self.start, self.ptq_error = saved["step"], saved["ptq_error"]
         logger.info("resuming from %s (step %d)", self.resume, self.start)
         return student, state
 
@@ -314,8 +365,7 @@ class _QATRun:
         optimizer = torch.optim.AdamW(qat.parameter_groups(), lr=config.learning_rate)
         self.model, self.optimizer = accelerator.prepare(qat, optimizer)
         if state:
-            self.optimizer.load_state_dict(state["optimizer"])
-            qat.ema.load_state_dict(state["ema"])
+            self.load_state(state)
         self.info = checkpoint_info(
             qat.student,
             qat_config=config.to_dict(),
@@ -325,6 +375,23 @@ class _QATRun:
         )
         if self.main:
             _start_log(self.out / LOG_FILE, self.start)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint's optimizer moments and EMA (checked by ``load_checkpoint``), with this call's
+        settings: the learning rate, weight decay and EMA decay given now, not the ones saved."""
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CorruptModelError(
+                f"cannot load the optimizer state of {self.resume} ({type(exc).__name__}: {exc}). Resume from "
+                "another checkpoint, or start a new run in a new output folder."
+            ) from exc
+        for group, setting in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(setting)
+        ema = self.qat.ema
+        ema.load_state_dict(state["ema"])
+        ema.decay, ema.warmup = self.config.ema_decay, self.config.ema_warmup
 
     def score_ptq(self) -> None:
         """Fix the evaluation inputs (main process) and score the post-training-quantized student once."""
@@ -382,25 +449,38 @@ class _QATRun:
         return latents, states, noise, timesteps
 
     def optimizer_step(self, step: int, losses: torch.Tensor) -> float:
-        """Clip, step and fold into the EMA (return its decay); refuse a non-finite loss before applying it."""
+        """Clip, step and fold into the EMA (return its decay); refuse a non-finite loss before applying it,
+        and weights that the step made non-finite before they reach the EMA or a checkpoint."""
         if not torch.isfinite(losses).all():
-            kept = (
-                f"the last good checkpoint is {self.last_checkpoint}"
-                if self.last_checkpoint
-                else "no checkpoint was saved yet"
-            )
-            raise NonFiniteLossError(
+            self.stop(
                 f"the training loss is not finite at step {step + 1} (total, task, distillation per "
-                f"process: {losses.tolist()}); training stopped before applying or saving that step, and "
-                f"{kept}. Lower the learning rate or check the data, then resume with "
-                "--resume-from-checkpoint latest."
+                f"process: {losses.tolist()}); training stopped before applying or saving that step"
             )
+        trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.config.max_grad_norm is not None:
-            trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
             self.accelerator.clip_grad_norm_(trainable, self.config.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not torch.stack([torch.isfinite(p).all() for p in trainable]).all():
+            names = {p: n for n, p in self.qat.student.named_parameters()}
+            bad = next(names.get(p, "?") for p in trainable if not torch.isfinite(p).all())
+            self.stop(
+                f"the weights are not finite after the optimizer step of step {step + 1} (first: {bad!r}), "
+                "although the loss was; training stopped before saving that step"
+            )
         return self.qat.update_ema()
+
+    def stop(self, what: str) -> NoReturn:
+        """Raise NonFiniteLossError: ``what`` happened, the last good checkpoint, and how to go on."""
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was saved yet"
+        )
+        raise NonFiniteLossError(
+            f"{what}, and {kept}. Lower the learning rate (or max_grad_norm) or check the data, then resume "
+            "with --resume-from-checkpoint latest."
+        )
 
     def log(self, done: int, losses: torch.Tensor, ema_decay: float, bar: Any) -> None:
         """The mean losses of all processes: on the progress bar, and (main process) in the log file."""
@@ -478,6 +558,23 @@ class _QATRun:
         }
 
 
+def _check_arguments(config: Any, quantization: Any, tome: Any, resume_from_checkpoint: Any) -> None:
+    """The types of train_qat's settings, before anything is read or written."""
+    for name, value, kind in (
+        ("config", config, QATConfig),
+        ("quantization", quantization, QuantizationConfig),
+        ("tome", tome, ToMeConfig),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise InvalidConfigError(
+                f"{name} must be a {kind.__name__} (or None), got {type(value).__name__}."
+            )
+    if resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint, (str, os.PathLike)):
+        raise InvalidConfigError(
+            f"resume_from_checkpoint={resume_from_checkpoint!r}; pass 'latest' or a checkpoint folder."
+        )
+
+
 @_discard_run_without_checkpoint
 def train_qat(
     model: Any,
@@ -505,8 +602,10 @@ def train_qat(
         train_data: Folder of images with ``metadata.jsonl`` captions (diffusers' text-to-image layout).
         output_dir: The run folder (see the module docstring); must be new or empty unless resuming.
         config: Training, calibration, evaluation and export settings (default ``QATConfig()``).
-        quantization: Quantization settings (default ``QuantizationConfig()``).
-        tome: Token merging applied to the student before quantization (the teacher stays unmerged).
+        quantization: Quantization settings (default ``QuantizationConfig()``; on resume, the checkpoint's,
+            and one that differs is refused).
+        tome: Token merging applied to the student before quantization (the teacher stays unmerged; on
+            resume, ``None`` takes the checkpoint's, and one that differs is refused).
         resume_from_checkpoint: ``"latest"`` (start fresh if there is none yet) or a checkpoint folder.
         cpu: Train on the CPU even if an accelerator is present (always on the CPU if none is).
         show_progress: Show a progress bar with the losses (main process only).
@@ -515,15 +614,14 @@ def train_qat(
         The exported OpenVINO pipeline folder, ``OUT/ov`` (without ``config.export``: the last checkpoint).
 
     Raises:
-        NonFiniteLossError: The loss became NaN or infinite; nothing of that step is applied or saved.
+        NonFiniteLossError: The loss or the weights became NaN or infinite; nothing of that step is saved.
+        CorruptModelError: The checkpoint to resume is damaged, edited, or of another model.
 
     Example:
         >>> from sd_ovopt import QATConfig, train_qat
         >>> train_qat("sd15", "pokemon", "sd15-qat", QATConfig(max_train_steps=4096))  # doctest: +SKIP
     """
-    config = config or QATConfig()
-    quantization = quantization or QuantizationConfig()
-    if not isinstance(config, QATConfig) or not isinstance(quantization, QuantizationConfig):
-        raise InvalidConfigError("config must be a QATConfig and quantization a QuantizationConfig.")
+    config = QATConfig() if config is None else config
+    _check_arguments(config, quantization, tome, resume_from_checkpoint)
     run = _QATRun(config, quantization, tome, cpu=cpu, show_progress=show_progress)
     return run(model, train_data, output_dir, resume_from_checkpoint)

@@ -120,4 +120,3 @@ def test_export_takes_numpy_sizes(tiny_pipe, tmp_path):
     )
     meta = read_metadata(out)
     assert (meta.height, meta.width, meta.batch_size) == (32, 32, 1) and type(meta.height) is int
-
