@@ -28,6 +28,7 @@ __all__ = [
     "find_unet",
     "load_for_output",
     "load_sd_pipeline",
+    "max_steps",
     "read_model_index",
 ]
 
@@ -137,9 +138,9 @@ def load_sd_pipeline(source: Any) -> StableDiffusionPipeline:
         pipe = StableDiffusionPipeline.from_pretrained(
             str(source), local_files_only=True, safety_checker=None, requires_safety_checker=False
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptModelError(
-            f"could not load the Stable Diffusion pipeline in {source}: {exc}. "
+            f"could not load the Stable Diffusion pipeline in {source} ({type(exc).__name__}: {exc}). "
             "Check that every part folder (unet, vae, text_encoder, tokenizer, scheduler) is complete."
         ) from exc
     pipe.set_progress_bar_config(disable=True)
@@ -195,6 +196,15 @@ def check_steps(value: object, name: str = "num_inference_steps") -> int:
             f"{name}={value!r}; it must be an integer >= 1 (the number of denoising steps, e.g. 20)."
         ) from None
     return steps
+
+
+def max_steps(scheduler: Any) -> int | None:
+    """The most denoising steps ``scheduler`` can take: its training timesteps, or for consistency
+    schedulers (LCM, TCD) the steps of the schedule they were distilled on; ``None`` if unknown."""
+    config = getattr(scheduler, "config", None) or {}
+    limits = [config.get(key) for key in ("num_train_timesteps", "original_inference_steps")]
+    limits = [limit for limit in limits if isinstance(limit, int) and limit > 0]
+    return min(limits) if limits else None
 
 
 def find_unet(target: Any, *, user: str, hint: str = "") -> Any:

@@ -416,6 +416,7 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("load-unknown-keyword", "poor", "layers", lambda c: SdOvOptPipeline.from_pretrained(c.ov, precison="f32"), InvalidConfigError, "unknown keyword argument 'precison'"),
     ("pipeline-unknown-keyword", "poor", "numbers", lambda c: c.ov_pipe("a", num_inference_step=1), InvalidConfigError, "Did you mean 'num_inference_steps'"),
     ("pipeline-steps-beyond-the-schedule", "poor", "numbers", lambda c: c.ov_pipe("a", num_inference_steps=5000), InvalidConfigError, "at most 1000 steps"),
+    ("calibration-steps-beyond-the-schedule", "poor", "numbers", lambda c: collect_calibration(c.pipe, ["a"], num_inference_steps=5000), InvalidConfigError, "at most 1000 steps"),
     ("pipeline-steps-a-float", "handled", "numbers", lambda c: c.ov_pipe("a", num_inference_steps=2.5), InvalidConfigError, "num_inference_steps=2.5"),
     ("pipeline-negative-guidance", "poor", "numbers", lambda c: c.ov_pipe("a", guidance_scale=-3.0, num_inference_steps=1), InvalidConfigError, "guidance_scale=-3.0"),
     ("pipeline-negative-prompt-int", "poor", "numbers", lambda c: c.ov_pipe("a", negative_prompt=5, num_inference_steps=1), InvalidConfigError, "negative_prompt=5"),
@@ -577,6 +578,15 @@ def test_counts():
     kinds = [c[1] for c in CASES]
     assert len({c[0] for c in CASES}) == len(CASES)
     assert {c[2] for c in CASES} <= set(FAMILIES)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
+    for family in FAMILIES:  # the docs' table counts what this table holds
+        found = [c[1] for c in CASES if c[2] == family]
+        counts = " | ".join(str(found.count(kind)) for kind in ("broken", "poor", "handled"))
+        assert (
+            f"| {family} |" in docs
+            and f" | {counts} |\n" in docs.split(f"| {family} |", 1)[1].split("\n", 1)[0] + "\n"
+        ), family
+    assert f"all {len(CASES)} rows" in docs
     assert kinds.count("broken") >= 9 and kinds.count("poor") >= 10 and kinds.count("handled") >= 10
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sd_ovopt._loading import check_steps
+from sd_ovopt._loading import check_steps, max_steps
 from sd_ovopt._validation import check_finite_tensor, check_float, check_int, check_keywords
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError
 
-__all__ = ["CALL_KEYWORDS", "check_call_arguments", "max_steps"]
+__all__ = ["CALL_KEYWORDS", "check_call_arguments"]
 
 #: The keywords of ``StableDiffusionPipeline.__call__`` after the prompt (and its deprecated callbacks).
 CALL_KEYWORDS = (
@@ -46,15 +46,6 @@ CALL_KEYWORDS = (
 _TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 #: Float knobs: (minimum, maximum) of each.
 _FLOATS = {"guidance_scale": (0.0, None), "eta": (0.0, 1.0), "guidance_rescale": (0.0, 1.0)}
-
-
-def max_steps(scheduler: Any) -> int | None:
-    """The most denoising steps ``scheduler`` can take: its training timesteps, or for consistency
-    schedulers (LCM, TCD) the steps of the schedule they were distilled on; ``None`` if unknown."""
-    config = getattr(scheduler, "config", None) or {}
-    limits = [config.get(key) for key in ("num_train_timesteps", "original_inference_steps")]
-    limits = [limit for limit in limits if isinstance(limit, int) and limit > 0]
-    return min(limits) if limits else None
 
 
 #: Accepted by diffusers' call but meaningless for an exported pipeline (no torch modules to hook).
