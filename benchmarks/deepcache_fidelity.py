@@ -7,8 +7,7 @@ All 144 held-out prompts x 2 seeds (0, 1), the reference model's evaluation sett
 Rows: PyTorch FP32 (the reference images), OpenVINO f32 uncached, OpenVINO f32 with step caching at each
 ``--intervals`` value (branch 0) and at interval 3 with each ``--branches`` value, and with ``--int8`` the recipe's ToMe (0.4) + INT8 folder (calibrated on 48 training captions) without and with
 caching at interval 3. Each image is compared with the PyTorch FP32 image of the same prompt and seed.
-Writes ``--work/fidelity.{json,md}``. The issue's bar: accuracy within 2 points of the uncached pipeline at
-interval 3.
+Writes ``--work/fidelity.{json,md}``.
 """
 
 from __future__ import annotations

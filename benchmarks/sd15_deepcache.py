@@ -17,7 +17,7 @@ warm-up excluded, ``--steps`` steps per image:
 when loaded plainly (bf16 on AMX / AVX512-BF16 CPUs, f32 elsewhere); our INT8 variants get the same.
 Writes ``--work/bench/results.{json,md}`` (the harness's table) and ``--work/deepcache.{json,md}``: the
 ratios, with the CPU model and its ISA (AVX2 / AVX-512 VNNI / AMX). The DeepCache interval of the
-bench variants is 3 (branch 0), the paper's and the issue's setting.
+bench variants is 3 (branch 0), the paper's setting.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 PROMPTS = ["a photo of an astronaut riding a horse", "a red circle on a blue background"]
-#: Step caching of the ``*-dc`` stages: the paper's and issue 15's SD-1.5 setting.
+#: Step caching of the ``*-dc`` stages: the paper's SD-1.5 setting.
 DEEPCACHE = {"interval": 3, "branch": 0}
 #: The parts of a step-caching folder (``unet_shallow``: sd_ovopt.deepcache.SHALLOW_PART).
 DC_PARTS = ("unet", "unet_shallow", "text_encoder", "vae_decoder", "vae_encoder")
