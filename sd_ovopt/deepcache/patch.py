@@ -126,6 +126,7 @@ class _State:
         self.shallow = False  # the mode of the current call
         self.replay: dict[int, torch.Tensor] = {}  # id(sample) -> feature of recorded cached steps
         self.replay_hits = 0
+        self.handles: list[Any] = []  # of the hooks registered by ``attach`` (copied with a deepcopy)
         # Skip the left-out modules (True), or run them and only substitute the cached feature (False):
         # NNCF names a quantized UNet's ops by call order, so there every op must still run (the results
         # are the same; in an exported IR the unused ops are removed).
@@ -203,9 +204,6 @@ def _resolve_mode(time_proj: nn.Module, args: tuple, kwargs: dict) -> None:
     time_proj.__dict__[_STATE].resolve(timesteps.reshape(-1)[:1])
 
 
-_HOOKS = (_take_feature, _resolve_mode)
-
-
 # -- public API --------------------------------------------------------------------------------------
 def _find_unet(target: Any) -> nn.Module:
     return find_unet(
@@ -238,8 +236,10 @@ def attach(unet: nn.Module, config: DeepCacheConfig, pipeline: Any = None) -> nn
     state = _State(config, plan, pipeline)
     setattr(unet, _STATE, state)
     object.__setattr__(unet.time_proj, _STATE, state)
-    unet.register_forward_pre_hook(_take_feature, with_kwargs=True)
-    unet.time_proj.register_forward_pre_hook(_resolve_mode, with_kwargs=True)
+    state.handles = [
+        unet.register_forward_pre_hook(_take_feature, with_kwargs=True),
+        unet.time_proj.register_forward_pre_hook(_resolve_mode, with_kwargs=True),
+    ]
     for name in plan.skipped:
         module = modules[name]
         object.__setattr__(module, _STATE, (state, name))
@@ -303,16 +303,15 @@ def apply_deepcache(pipeline: Any, config: DeepCacheConfig, *, replace: bool = F
 def remove_deepcache(target: Any) -> Any:
     """Remove step caching from ``target``'s UNet (no-op if not applied); return ``target``."""
     unet = _find_unet(target)
+    state = state_of(unet)
+    for handle in state.handles if state is not None else ():
+        handle.remove()
     for module in unet.modules():
         if _STATE not in module.__dict__:
             continue
         del module.__dict__[_STATE]
         if isinstance(module.__dict__.get("forward"), functools.partial):
             del module.__dict__["forward"]
-        for hooks in (module._forward_pre_hooks,):
-            for key in [k for k, fn in hooks.items() if fn in _HOOKS]:
-                del hooks[key]
-                module._forward_pre_hooks_with_kwargs.pop(key, None)
     return target
 
 

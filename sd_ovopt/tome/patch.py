@@ -43,6 +43,9 @@ class _UNetState:
     def __init__(self, config: ToMeConfig) -> None:
         self.config = config
         self.latent_hw: tuple[int, int] | None = None
+        # The handles of every hook the patch registered (a deepcopy of the UNet copies them along with
+        # the hook dictionaries they point into, so a copy removes its own hooks).
+        self.handles: list[Any] = []
 
 
 class _Op(nn.Module):
@@ -141,9 +144,6 @@ def _unmerge_output(
     return tome.unmerge_op(output, tome.plan)
 
 
-_HOOKS = (_record_latent_size, _plan_block, _clear_block, _merge_input, _unmerge_output)
-
-
 # -- public API --------------------------------------------------------------------------------------
 def _find_unet(target: Any) -> nn.Module:
     return find_unet(
@@ -219,32 +219,27 @@ def apply_tome(target: Any, config: ToMeConfig, *, replace: bool = False) -> Any
     state = _UNetState(config)
     setattr(unet, _STATE, state)
     object.__setattr__(unet.conv_in, _STATE, state)
-    unet.conv_in.register_forward_pre_hook(_record_latent_size, with_kwargs=True)
+    hooks = state.handles
+    hooks.append(unet.conv_in.register_forward_pre_hook(_record_latent_size, with_kwargs=True))
     for block, layers in zip(blocks, layer_lists, strict=True):
         tome = TokenMerging(state)
         block.add_module(_SUBMODULE, tome)
-        block.register_forward_pre_hook(_plan_block, with_kwargs=True)
-        block.register_forward_hook(_clear_block, with_kwargs=True)
+        hooks.append(block.register_forward_pre_hook(_plan_block, with_kwargs=True))
+        hooks.append(block.register_forward_hook(_clear_block, with_kwargs=True))
         for layer in layers:
             object.__setattr__(layer, _STATE, tome)  # a reference, not a registered submodule
-            layer.register_forward_pre_hook(_merge_input, with_kwargs=True)
-            layer.register_forward_hook(_unmerge_output, with_kwargs=True)
+            hooks.append(layer.register_forward_pre_hook(_merge_input, with_kwargs=True))
+            hooks.append(layer.register_forward_hook(_unmerge_output, with_kwargs=True))
     return target
-
-
-def _drop_hooks(module: nn.Module) -> None:
-    for hooks in (module._forward_pre_hooks, module._forward_hooks):
-        for key in [k for k, fn in hooks.items() if fn in _HOOKS]:
-            del hooks[key]
-            module._forward_pre_hooks_with_kwargs.pop(key, None)
-            module._forward_hooks_with_kwargs.pop(key, None)
 
 
 def remove_tome(target: Any) -> Any:
     """Remove token merging from ``target``'s UNet (no-op if not applied); return ``target``."""
     unet = _find_unet(target)
+    state = getattr(unet, _STATE, None)
+    for handle in state.handles if state is not None else ():
+        handle.remove()
     for module in list(unet.modules()):
-        _drop_hooks(module)
         if _STATE in module.__dict__:
             del module.__dict__[_STATE]
         if _SUBMODULE in module._modules:

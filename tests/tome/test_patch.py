@@ -111,6 +111,18 @@ def test_deepcopy_carries_a_working_independent_patch(tiny_pipe, unet_inputs):
     remove_tome(clone)
     assert is_tome_applied(unet) and not is_tome_applied(clone)
     assert not torch.equal(_run(clone, unet_inputs), _run(unet, unet_inputs))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in clone.modules())
+    assert len(unet.conv_in._forward_pre_hooks) == 1  # the copy's handles removed only the copy's hooks
+
+
+def test_remove_keeps_the_users_own_hooks(tiny_pipe, unet_inputs):
+    unet = tiny_pipe.unet
+    seen = []
+    mine = unet.conv_in.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    apply_tome(unet, ToMeConfig(ratio=0.5))
+    remove_tome(unet)
+    _run(unet, unet_inputs)
+    assert len(seen) == 1 and list(unet.conv_in._forward_pre_hooks) == [mine.id]
 
 
 def test_gradients_flow_through_merged_blocks(tiny_pipe, unet_inputs):
