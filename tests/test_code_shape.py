@@ -58,3 +58,23 @@ def test_no_function_in_the_package_is_longer_than_60_lines():
             if lines > MAX_LINES:
                 too_long.append(f"{relative}::{name} ({lines} lines)")
     assert not too_long, f"functions over {MAX_LINES} lines; split them into named steps: {too_long}"
+
+
+def test_no_private_name_is_imported_from_another_subpackage():
+    """A name another subpackage needs is public in its module (``_``-prefixed modules, the ground floor
+    such as ``sd_ovopt._fs``, are shared by all and may be imported from anywhere)."""
+    crossing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        here = parts[0] if len(parts) > 1 else ""
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sd_ovopt.")):
+                continue
+            target = node.module.split(".")
+            there = target[1] if len(target) > 2 else ""
+            private = [
+                a.name for a in node.names if a.name.startswith("_") and not target[-1].startswith("_")
+            ]
+            if private and there != here:
+                crossing.append(f"{path.relative_to(PACKAGE)}: {node.module}.{private}")
+    assert not crossing, crossing

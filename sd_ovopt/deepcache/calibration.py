@@ -20,9 +20,9 @@ from sd_ovopt.deepcache.patch import apply_deepcache, attach, remove_deepcache, 
 from sd_ovopt.errors import InvalidConfigError, UnsupportedModelError
 from sd_ovopt.quantization.calibration import (
     UNET_INPUTS,
-    _check_collect_request,
-    _InputRecorder,
-    _run_prompts,
+    InputRecorder,
+    check_collect_request,
+    run_prompts,
 )
 
 __all__ = ["collect_deepcache_calibration", "quantize_deepcache_unet"]
@@ -57,11 +57,11 @@ def collect_deepcache_calibration(
         >>> sum("deepcache_feature" in item for item in items)  # steps 1 and 3 are cached
         2
     """
-    unet = _check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
+    unet = check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
     had = state_of(unet)
     apply_deepcache(pipeline, config)
     try:
-        return _run_prompts(
+        return run_prompts(
             pipeline,
             prompts,
             _CachedStepRecorder(max_samples, state_of(unet)),
@@ -77,7 +77,7 @@ def collect_deepcache_calibration(
             remove_deepcache(pipeline)
 
 
-class _CachedStepRecorder(_InputRecorder):
+class _CachedStepRecorder(InputRecorder):
     """The calibration recorder as a UNet forward hook: after each call, its inputs and, on a cached step,
     the cached feature the shallow branch was given (one copy per refresh, shared by its cached steps)."""
 

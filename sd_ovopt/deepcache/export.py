@@ -18,7 +18,7 @@ from torch import nn
 from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.deepcache.patch import FEATURE_KWARG, attach, full_mode, remove_deepcache, state_of
 from sd_ovopt.errors import AlreadyAppliedError
-from sd_ovopt.export.convert import _convert, _UNetForExport, unet_example_inputs, unet_input_spec
+from sd_ovopt.export.convert import UNetForExport, convert_module, unet_example_inputs, unet_input_spec
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -31,7 +31,7 @@ FEATURE_NAME = "deepcache_feature"
 SHALLOW_PART = "unet_shallow"
 
 
-class _FullForExport(_UNetForExport):
+class _FullForExport(UNetForExport):
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +39,7 @@ class _FullForExport(_UNetForExport):
         return out, state_of(self.unet).feature  # type: ignore[union-attr]
 
 
-class _ShallowForExport(_UNetForExport):
+class _ShallowForExport(UNetForExport):
     def forward(
         self,
         sample: torch.Tensor,
@@ -93,13 +93,13 @@ def convert_deepcache_unets(
         shape = feature_shape(unet, example)
         base = unet_input_spec(example)
         with full_mode(unet):
-            full = _convert(_FullForExport(unet), example, base, ["out_sample", FEATURE_NAME])
+            full = convert_module(_FullForExport(unet), example, base, ["out_sample", FEATURE_NAME])
         with torch.no_grad():  # the kept outputs of the skipped modules are the example's
             unet(**example, return_dict=False)
         state_of(unet).feature = None  # type: ignore[union-attr]
         shallow_example = {**example, FEATURE_NAME: torch.zeros(shape)}
         spec = [*base, (FEATURE_NAME, list(shape), ov.Type.f32)]
-        shallow = _convert(_ShallowForExport(unet), shallow_example, spec, ["out_sample"])
+        shallow = convert_module(_ShallowForExport(unet), shallow_example, spec, ["out_sample"])
         return full, shallow, shape
     finally:
         if added:

@@ -266,14 +266,14 @@ class _Builder:
                 OVWeightQuantizationConfig,
             )
 
-            from sd_ovopt.export.convert import _tracing
+            from sd_ovopt.export.convert import quiet_tracing
 
             passes = -(
                 -s.num_samples // (len(s.calibration_prompts) * _PEER_STEPS)
             )  # as many samples as ours
             dataset = list(s.calibration_prompts) * passes
             # optimum-intel traces like our export does: the same trace-time notices kept quiet
-            with _tracing(), atomic_output_dir(path, overwrite=True) as tmp:
+            with quiet_tracing(), atomic_output_dir(path, overwrite=True) as tmp:
                 if name == PEER:
                     config = OVWeightQuantizationConfig(
                         bits=8, quant_method="hybrid", dataset=dataset, num_samples=s.num_samples
@@ -398,10 +398,10 @@ def _load_sd_ovopt(variant: BuiltVariant, **_: Any) -> Any:
 def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_scale: float) -> Any:
     from optimum.intel import OVStableDiffusionPipeline
 
-    from sd_ovopt.pipelines.ov_pipeline import _quiet_safety_checker_warning
+    from sd_ovopt.pipelines.ov_pipeline import quiet_safety_checker_warning
 
     hint = {} if variant.precision in (None, "default") else {"INFERENCE_PRECISION_HINT": variant.precision}
-    with _quiet_safety_checker_warning():  # local folder: optimum's loader, no hub look-ups
+    with quiet_safety_checker_warning():  # local folder: optimum's loader, no hub look-ups
         pipe = OVStableDiffusionPipeline._from_pretrained(
             model_id=str(variant.path),
             config=OVStableDiffusionPipeline._load_config(str(variant.path)),

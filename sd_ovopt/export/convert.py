@@ -34,7 +34,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class _UNetForExport(nn.Module):
+class UNetForExport(nn.Module):
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
         self.unet = unet
@@ -74,7 +74,7 @@ class _VaeEncoderForExport(nn.Module):
 
 
 @contextlib.contextmanager
-def _tracing() -> Iterator[None]:
+def quiet_tracing() -> Iterator[None]:
     """No grad, and the trace-time warnings that static-shape tracing makes harmless kept quiet."""
     with torch.no_grad(), _quiet_library_notices():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -101,14 +101,18 @@ def _quiet_library_notices() -> Iterator[None]:
             library.setLevel(level)
 
 
-def _convert(module: nn.Module, example: dict[str, torch.Tensor], input_spec: list, output_names: list[str]):
+def convert_module(
+    module: nn.Module, example: dict[str, torch.Tensor], input_spec: list, output_names: list[str]
+) -> ov.Model:
+    """Trace ``module`` on ``example`` into an OpenVINO model whose inputs are ``input_spec`` (name, shape,
+    type) and whose outputs are named ``output_names``, each port carrying exactly its own name."""
     import openvino as ov
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
     was_training = module.training
     module.eval()
     try:
-        with _tracing():
+        with quiet_tracing():
             # torch.jit.trace's check re-traces and re-runs the module to compare: as much time again as
             # the trace itself, on a model whose ops are all static at trace time (optimum-intel skips it
             # for diffusers models too).
@@ -161,7 +165,7 @@ def convert_unet(
     example = unet_example_inputs(
         unet, batch=batch, latent_height=latent_height, latent_width=latent_width, text_length=text_length
     )
-    return _convert(_UNetForExport(unet), example, unet_input_spec(example), ["out_sample"])
+    return convert_module(UNetForExport(unet), example, unet_input_spec(example), ["out_sample"])
 
 
 def unet_input_spec(example: dict[str, torch.Tensor]) -> list[tuple[str, list[int], ov.Type]]:
@@ -199,7 +203,7 @@ def convert_text_encoder(text_encoder: nn.Module, *, text_length: int) -> ov.Mod
     example = {"input_ids": torch.ones(1, text_length, dtype=torch.int64)}
     spec = [("input_ids", [-1, text_length], ov.Type.i64)]
     with _traceable_attention_masks():
-        return _convert(
+        return convert_module(
             _TextEncoderForExport(text_encoder), example, spec, ["last_hidden_state", "pooler_output"]
         )
 
@@ -211,7 +215,7 @@ def convert_vae_decoder(vae: nn.Module, *, latent_height: int, latent_width: int
     channels = vae.config.latent_channels
     example = {"latent_sample": torch.zeros(1, channels, latent_height, latent_width)}
     spec = [("latent_sample", [-1, channels, latent_height, latent_width], ov.Type.f32)]
-    return _convert(_VaeDecoderForExport(vae), example, spec, ["sample"])
+    return convert_module(_VaeDecoderForExport(vae), example, spec, ["sample"])
 
 
 def convert_vae_encoder(vae: nn.Module, *, height: int, width: int) -> ov.Model:
@@ -221,7 +225,7 @@ def convert_vae_encoder(vae: nn.Module, *, height: int, width: int) -> ov.Model:
     channels = vae.config.in_channels
     example = {"sample": torch.zeros(1, channels, height, width)}
     spec = [("sample", [-1, channels, height, width], ov.Type.f32)]
-    return _convert(_VaeEncoderForExport(vae), example, spec, ["latent_parameters"])
+    return convert_module(_VaeEncoderForExport(vae), example, spec, ["latent_parameters"])
 
 
 def convert_tokenizer(tokenizer: object) -> tuple[ov.Model, ov.Model | None]:

@@ -95,7 +95,7 @@ def _check_unet_matches_record(model: Any, meta: ExportMetadata, path: Path) -> 
 
 
 @contextlib.contextmanager
-def _quiet_safety_checker_warning() -> Iterator[None]:
+def quiet_safety_checker_warning() -> Iterator[None]:
     """optimum-intel cannot pass ``requires_safety_checker=False`` on, so diffusers warns on every load
     of a folder exported without a safety checker, which is every sd_ovopt export. Silence that logger."""
     sd_logger = logging.getLogger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
@@ -181,7 +181,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         """optimum-intel's loader on a checked local folder (it skips the hub look-ups that only log
         noise offline), with its errors turned into ones that name the folder."""
         try:
-            with _quiet_safety_checker_warning():
+            with quiet_safety_checker_warning():
                 return cls._from_pretrained(
                     model_id=str(path),
                     config=cls._load_config(str(path)),

@@ -59,11 +59,11 @@ def collect_calibration(
         >>> len(data), sorted(data[0])
         (2, ['encoder_hidden_states', 'sample', 'timestep'])
     """
-    _check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
-    return _run_prompts(
+    check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
+    return run_prompts(
         pipeline,
         prompts,
-        _InputRecorder(max_samples),
+        InputRecorder(max_samples),
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
         height=height,
@@ -73,7 +73,7 @@ def collect_calibration(
     )
 
 
-def _check_collect_request(
+def check_collect_request(
     pipeline: Any, prompts: Sequence[str], max_samples: int | None, num_inference_steps: int
 ) -> torch.nn.Module:
     """The pipeline's UNet, once the request is checked."""
@@ -96,7 +96,7 @@ def _check_collect_request(
     return unet
 
 
-class _InputRecorder:
+class InputRecorder:
     """A UNet forward pre-hook (``with_kwargs=True``) keeping each call's inputs on the CPU in float32;
     raises :class:`_Full` once ``max_samples`` are kept."""
 
@@ -128,10 +128,10 @@ class _InputRecorder:
             raise _Full
 
 
-def _run_prompts(
+def run_prompts(
     pipeline: Any,
     prompts: Sequence[str],
-    recorder: _InputRecorder,
+    recorder: InputRecorder,
     *,
     seed: int,
     show_progress: bool,

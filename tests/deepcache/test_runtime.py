@@ -71,10 +71,10 @@ def test_disabled_it_computes_the_uncached_pipeline(ov_pipe, torch_images):
 def test_plain_optimum_intel_loads_the_folder_and_runs_the_full_unet(deepcache_export, torch_images):
     from optimum.intel import OVStableDiffusionPipeline
 
-    from sd_ovopt.pipelines.ov_pipeline import _quiet_safety_checker_warning
+    from sd_ovopt.pipelines.ov_pipeline import quiet_safety_checker_warning
 
     plain, _ = torch_images
-    with _quiet_safety_checker_warning():
+    with quiet_safety_checker_warning():
         pipe = OVStableDiffusionPipeline._from_pretrained(
             model_id=str(deepcache_export),
             config=OVStableDiffusionPipeline._load_config(str(deepcache_export)),
