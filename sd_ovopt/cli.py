@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sd_ovopt._precision import EXPLICIT_PRECISIONS, PRECISIONS
+from sd_ovopt._precision import PRECISIONS
 from sd_ovopt._validation import check_float, check_int
 from sd_ovopt.errors import InvalidConfigError, OutputExistsError, SdOvOptError, ShapeMismatchError
 
@@ -360,9 +360,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-steps", type=int, default=None, help="steps per calibration prompt")
     p.add_argument(
         "--precision",
-        choices=EXPLICIT_PRECISIONS,
+        choices=PRECISIONS,
         default="f32",
-        help="OpenVINO precision of the INT8 variants and the peer (default f32)",
+        help="OpenVINO precision of the INT8 variants and the peer (default f32; auto: sd_ovopt's default, "
+        "bf16 where the CPU has native BF16, else f32)",
     )
     p.add_argument("--judge", default=None, help="MODULE:FUNCTION judging (image, prompt) -> bool")
     p.add_argument(

@@ -227,8 +227,23 @@ def optimize_pipeline(
         ...     tiny_pipeline(), "tiny-int8", tome=ToMeConfig(ratio=0.4), quantization=QuantizationConfig()
         ... )  # doctest: +SKIP
     """
-    # Each stage takes the arguments it needs from these, all of them, by name.
-    return _Recipe(**locals()).run()
+    recipe = _Recipe(
+        pipeline_or_path=pipeline_or_path,
+        output_dir=output_dir,
+        tome=tome,
+        quantization=quantization,
+        calibration=calibration,
+        calibration_prompts=calibration_prompts,
+        calibration_steps=calibration_steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+        compress_weights=compress_weights,
+        overwrite=overwrite,
+        show_progress=show_progress,
+        deepcache=deepcache,
+    )
+    return recipe.run()
 
 
 @dataclass(frozen=True)

@@ -78,3 +78,13 @@ def test_no_private_name_is_imported_from_another_subpackage():
             if private and there != here:
                 crossing.append(f"{path.relative_to(PACKAGE)}: {node.module}.{private}")
     assert not crossing, crossing
+
+
+def test_no_function_forwards_its_locals():
+    """``f(**locals())`` hides which arguments a call takes: every call names them."""
+    found = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "**locals()" in path.read_text(encoding="utf-8") or "**vars()" in path.read_text(encoding="utf-8")
+    ]
+    assert not found, found

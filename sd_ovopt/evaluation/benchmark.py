@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sd_ovopt._precision import EXPLICIT_PRECISIONS
+from sd_ovopt._precision import PRECISIONS, resolve_precision
 from sd_ovopt.errors import InvalidConfigError, NotAPipelineError, OutputExistsError
 from sd_ovopt.evaluation.fidelity import Judge, image_fidelity, prompt_accuracy
 from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult, machine_info
@@ -135,8 +135,10 @@ class BenchmarkSettings:
         if self.calibration_steps is not None:
             check_int("calibration_steps", self.calibration_steps, minimum=1)
         check_int("unet_error_samples", self.unet_error_samples, minimum=0)
-        if self.precision not in EXPLICIT_PRECISIONS:  # variants load through optimum-intel: no "auto"
-            raise InvalidConfigError(f"precision={self.precision!r}; use one of {EXPLICIT_PRECISIONS}.")
+        if self.precision not in PRECISIONS:
+            raise InvalidConfigError(f"precision={self.precision!r}; use one of {PRECISIONS}.")
+        # "auto" (sd_ovopt's default) resolves here, so our variants and the peers get the same hint
+        object.__setattr__(self, "precision", resolve_precision(self.precision))
         ToMeConfig(ratio=self.tome_ratio)  # raises for a ratio out of range
 
 

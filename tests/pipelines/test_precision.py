@@ -85,3 +85,12 @@ def test_conflicting_precision_is_a_typed_error(exported_tiny):
 def test_cli_generate_follows_the_library_default():
     args = build_parser().parse_args(["generate", "folder", "a red circle"])
     assert args.precision == "auto" and set(PRECISIONS) >= {"auto", "f32", "bf16", "f16", "default"}
+
+
+def test_the_harness_measures_the_library_default(capabilities):
+    """``precision="auto"`` in the benchmark resolves once, so our variants and the peers get one hint."""
+    from sd_ovopt.evaluation.benchmark import BenchmarkSettings
+
+    reported, _ = capabilities
+    assert BenchmarkSettings(precision="auto").precision == ("bf16" if "BF16" in reported else "f32")
+    assert BenchmarkSettings(precision="f32").precision == "f32"
