@@ -1,12 +1,11 @@
-"""sd_ovopt.evaluation: fidelity metrics, typed errors for bad input, `sd-ovopt bench` end to end (reference model)."""
+"""sd_ovopt.evaluation.benchmark: `sd-ovopt bench` typed errors, and end to end on the shipped reference model
+(scored by its judge)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-import math
-import sys
 import warnings
 
 import numpy as np
@@ -14,60 +13,7 @@ import pytest
 from PIL import Image
 
 from sd_ovopt.cli import main
-from sd_ovopt.errors import ShapeMismatchError
-from sd_ovopt.evaluation import image_fidelity, prompt_accuracy
 from sd_ovopt.reference import held_out_prompts, reference_model_dir
-
-# -- fidelity metrics ---------------------------------------------------------------------------------
-
-
-def test_identical_images_have_infinite_psnr_and_ssim_one():
-    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    result = image_fidelity(image, image.copy())
-    assert math.isinf(result.psnr_db) and result.ssim == 1.0
-
-
-def test_psnr_matches_its_formula_on_a_known_offset():
-    reference = np.full((16, 16, 3), 100, np.uint8)
-    image = reference + 10  # every pixel off by 10: MSE = 100
-    result = image_fidelity(image, reference)
-    assert result.psnr_db == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-9)
-    assert result.ssim < 1.0
-
-
-def test_float_uint8_and_pil_inputs_give_the_same_numbers():
-    rng = np.random.default_rng(1)
-    reference = rng.random((32, 32, 3))
-    image = np.clip(reference + rng.normal(0, 0.05, reference.shape), 0, 1)
-    as_uint8 = (image * 255).round().astype(np.uint8)
-    ref_uint8 = (reference * 255).round().astype(np.uint8)
-    a = image_fidelity(image, reference)
-    b = image_fidelity(as_uint8, ref_uint8)
-    c = image_fidelity(Image.fromarray(as_uint8), Image.fromarray(ref_uint8))
-    assert a == b == c
-
-
-def test_more_noise_means_lower_psnr_and_ssim():
-    rng = np.random.default_rng(2)
-    reference = rng.random((32, 32, 3))
-    scores = [
-        image_fidelity(np.clip(reference + rng.normal(0, sigma, reference.shape), 0, 1), reference)
-        for sigma in (0.01, 0.05, 0.2)
-    ]
-    assert scores[0].psnr_db > scores[1].psnr_db > scores[2].psnr_db
-    assert scores[0].ssim > scores[1].ssim > scores[2].ssim
-
-
-def test_fidelity_refuses_images_of_different_sizes():
-    with pytest.raises(ShapeMismatchError, match="differ in size"):
-        image_fidelity(np.zeros((32, 32, 3), np.uint8), np.zeros((16, 16, 3), np.uint8))
-
-
-def test_prompt_accuracy_counts_what_the_judge_accepts():
-    images = [np.zeros((8, 8, 3), np.uint8)] * 4
-    prompts = ["a red circle", "a blue square", "a red square", "a cat"]
-    assert prompt_accuracy(images, prompts, lambda image, prompt: "red" in prompt) == 0.5
-
 
 # -- bad input: typed errors, exit code 2, before anything slow -----------------------------------------
 
@@ -97,29 +43,6 @@ def test_bad_input_exits_2_with_a_clear_message(tiny_saved, tmp_path, capsys, ex
 def test_missing_model_folder(tmp_path, capsys):
     assert main(["bench", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_default_variants_add_qat_only_when_a_qat_model_is_given():
-    from sd_ovopt.evaluation.variants import DEFAULT_VARIANTS, resolve_variants
-
-    assert resolve_variants(None, qat_model=None) == DEFAULT_VARIANTS
-    assert resolve_variants(None, qat_model="x")[-1] == "ov-int8-qat"
-    assert resolve_variants(["ov-f32", "ov-f32"], qat_model=None) == ("ov-f32",)
-
-
-def test_peak_memory_probe_runs_in_a_process_of_its_own(tiny_saved):
-    from sd_ovopt.evaluation.memory import measure_peak_memory
-    from sd_ovopt.evaluation.timing import Call
-    from sd_ovopt.evaluation.variants import BuiltVariant
-
-    variant = BuiltVariant("pytorch-fp32", "torch", tiny_saved, None)
-    peak = measure_peak_memory(
-        variant, Call(steps=2, guidance_scale=7.5, height=32, width=32), prompt="a", seed=0
-    )
-    assert peak.error is None, peak.error
-    assert peak.peak_bytes >= peak.baseline_bytes > 100 * 2**20  # torch alone is more than 100 MiB
-    if sys.platform == "linux":
-        assert peak.method == "VmHWM"
 
 
 # -- `sd-ovopt bench` end to end on the shipped reference model, scored by its judge ---------------------
@@ -284,47 +207,6 @@ def test_accuracy_per_seed_and_unet_error_against_pytorch(bench):
     assert rows["ov-f32"]["unet_rel_error"] < rows["ov-int8-ptq"]["unet_rel_error"] < 0.5
     assert 0 < rows["optimum-int8-full"]["unet_rel_error"] < 0.5
     assert "UNet rel. error" in bench["markdown"]
-
-
-def test_a_variant_is_one_registration(tiny_saved, tmp_path):
-    from sd_ovopt.errors import InvalidConfigError
-    from sd_ovopt.evaluation import VariantSpec, register_variant, run_benchmark
-    from sd_ovopt.evaluation import variants as registry
-
-    spec = VariantSpec("pytorch-copy", "PyTorch again", "torch", lambda b: (b.model, None, False))
-    register_variant(spec)
-    try:
-        with pytest.raises(InvalidConfigError, match="registered already"):
-            register_variant(spec)
-        result = run_benchmark(
-            tiny_saved,
-            tmp_path / "out",
-            variants=["pytorch-copy"],
-            steps=1,
-            rounds=1,
-            measure_memory=False,
-            show_progress=False,
-        )
-        row = result.variant("pytorch-copy")
-        assert row.status == "ok" and row.label == "PyTorch again" and row.pipeline_s
-    finally:
-        registry._REGISTRY.pop("pytorch-copy")
-    with pytest.raises(InvalidConfigError, match="runtime"):
-        register_variant(VariantSpec("x", "x", "onnx", lambda b: (b.model, None, False)))
-    with pytest.raises(InvalidConfigError, match="unknown settings"):
-        run_benchmark(tiny_saved, tmp_path / "out2", stepz=2)
-
-
-def test_a_run_with_nothing_runnable_still_reports_why(tiny_saved, tmp_path):
-    if _cpu_has_bf16():
-        pytest.skip("this CPU runs bf16, so ov-bf16 would be built (slow)")
-    from sd_ovopt.evaluation import run_benchmark
-
-    result = run_benchmark(tiny_saved, tmp_path / "out", variants=["ov-bf16"], steps=1, show_progress=False)
-    row = result.variant("ov-bf16")
-    assert row.status == "skipped" and "BF16" in row.reason
-    assert set(result.outputs) == {"json", "markdown", "chart"}  # no images, so no grid
-    assert "- `ov-bf16` (skipped)" in (tmp_path / "out" / "results.md").read_text()
 
 
 @pytest.mark.slow
