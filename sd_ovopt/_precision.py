@@ -10,7 +10,16 @@ from typing import Any
 
 from sd_ovopt.errors import InvalidConfigError
 
-__all__ = ["EXPLICIT_PRECISIONS", "HINT", "PRECISIONS", "precision_config", "resolve_precision"]
+__all__ = [
+    "EXPLICIT_PRECISIONS",
+    "HINT",
+    "PRECISIONS",
+    "check_device_config",
+    "openvino_message",
+    "precision_config",
+    "precision_hint",
+    "resolve_precision",
+]
 
 #: The precisions that name what OpenVINO is told, "auto" aside: what optimum-intel's loader takes (the
 #: benchmark's variants load through it). ``"default"`` sets no hint and lets the plugin choose.
@@ -86,6 +95,20 @@ def precision_config(
     if resolved != "default":
         config[HINT] = resolved
     return config, resolved
+
+
+def precision_hint(precision: str | None) -> dict[str, str]:
+    """The OpenVINO property that pins an explicit precision: ``{}`` for ``None`` or ``"default"`` (the
+    plugin's choice), else ``{"INFERENCE_PRECISION_HINT": precision}`` (``"auto"`` resolved first).
+
+    Example:
+        >>> precision_hint("f32")
+        {'INFERENCE_PRECISION_HINT': 'f32'}
+    """
+    if precision is None:
+        return {}
+    resolved = resolve_precision(precision)
+    return {} if resolved == "default" else {HINT: resolved}
 
 
 def openvino_message(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sd_ovopt._precision import precision_hint
 from sd_ovopt.errors import InvalidConfigError, MissingDependencyError
 
 __all__ = ["GenAIPipeline", "genai_missing"]
@@ -97,9 +98,7 @@ class GenAIPipeline:
         import openvino_genai
 
         self.folder = Path(folder)
-        self.properties = dict(properties or {})
-        if precision not in (None, "default"):
-            self.properties["INFERENCE_PRECISION_HINT"] = precision
+        self.properties = {**(properties or {}), **precision_hint(precision)}
         self.pipe = openvino_genai.Text2ImagePipeline(str(self.folder), "CPU", **self.properties)
         self.unet = _UNet(self.folder, self.properties)
         vae = _read_json(self.folder / "vae_decoder" / "config.json")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sd_ovopt._fs import atomic_output_dir
+from sd_ovopt._precision import precision_hint
 from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError, ShapeMismatchError
 
 __all__ = [
@@ -400,7 +401,7 @@ def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_sc
 
     from sd_ovopt.pipelines.ov_pipeline import quiet_safety_checker_warning
 
-    hint = {} if variant.precision in (None, "default") else {"INFERENCE_PRECISION_HINT": variant.precision}
+    hint = precision_hint(variant.precision)
     with quiet_safety_checker_warning():  # local folder: optimum's loader, no hub look-ups
         pipe = OVStableDiffusionPipeline._from_pretrained(
             model_id=str(variant.path),

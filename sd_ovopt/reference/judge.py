@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError
+from sd_ovopt.errors import ShapeMismatchError
+from sd_ovopt.evaluation import fidelity
 from sd_ovopt.reference.shapes import BACKGROUNDS, COLOURS, coverage, parse_prompt
 
 if TYPE_CHECKING:
@@ -143,8 +144,6 @@ def score_image(image: Image.Image | np.ndarray, prompt: str) -> bool:
 
 
 def prompt_accuracy(images: Iterable[Image.Image | np.ndarray], prompts: Sequence[str]) -> float:
-    """Fraction of ``images`` whose colour and shape match their prompt."""
-    results = [score_image(img, p) for img, p in zip(images, prompts, strict=True)]
-    if not results:
-        raise InvalidConfigError("prompt_accuracy needs at least one image; pass a non-empty list")
-    return sum(results) / len(results)
+    """Fraction of ``images`` whose colour and shape match their prompt: the harness's
+    :func:`sd_ovopt.evaluation.prompt_accuracy` with this judge."""
+    return fidelity.prompt_accuracy(list(images), list(prompts), score_image)
