@@ -29,6 +29,7 @@ __all__ = [
     "load_for_output",
     "load_sd_pipeline",
     "max_steps",
+    "refuse_guidance_embedded",
     "read_model_index",
 ]
 
@@ -205,6 +206,20 @@ def max_steps(scheduler: Any) -> int | None:
     limits = [config.get(key) for key in ("num_train_timesteps", "original_inference_steps")]
     limits = [limit for limit in limits if isinstance(limit, int) and limit > 0]
     return min(limits) if limits else None
+
+
+#: Why INT8 and step caching refuse a UNet whose guidance is an input (LCM-distilled UNets).
+GUIDANCE_EMBEDDED_UNSUPPORTED = (
+    "this UNet takes its guidance as an input (time_cond_proj_dim, as LCM-distilled UNets do), and {what} "
+    "does not record that input yet. Export it in float (export_pipeline), which runs it at one UNet row "
+    "per image."
+)
+
+
+def refuse_guidance_embedded(unet: Any, what: str) -> None:
+    """Raise UnsupportedModelError for a UNet with ``time_cond_proj_dim`` (see the message)."""
+    if getattr(unet, "config", {}).get("time_cond_proj_dim"):
+        raise UnsupportedModelError(GUIDANCE_EMBEDDED_UNSUPPORTED.format(what=what))
 
 
 def find_unet(target: Any, *, user: str, hint: str = "") -> Any:

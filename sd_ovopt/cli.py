@@ -130,6 +130,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="prompts per call (default 1)")
     p.add_argument("--num-images-per-prompt", type=int, default=1)
     p.add_argument("--weights-dtype", choices=("f32", "f16"), default="f32")
+    p.add_argument(
+        "--guidance-free",
+        dest="classifier_free_guidance",
+        action="store_false",
+        default=None,
+        help="one UNet row per image, for calls with --guidance-scale <= 1 (few-step models); the default "
+        "is two rows, unless the UNet takes its guidance as an input (LCM), which always runs one",
+    )
     _add_deepcache_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_run_export)
@@ -189,6 +197,7 @@ def _run_export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_images_per_prompt=args.num_images_per_prompt,
         weights_dtype=args.weights_dtype,
+        classifier_free_guidance=args.classifier_free_guidance,
         deepcache=deepcache,
         overwrite=args.overwrite,
     )

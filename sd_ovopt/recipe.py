@@ -282,7 +282,8 @@ class _Recipe:
             compress_weights=self.compress_weights and self.quantization is not None,
             height=self.height,
             width=self.width,
-            classifier_free_guidance=self.guidance_scale > 1,
+            # > 1: two rows per image, unless the UNet takes its guidance as an input (LCM)
+            classifier_free_guidance=None if self.guidance_scale > 1 else False,
             overwrite=self.overwrite,
             show_progress=self.show_progress,
         )

@@ -27,6 +27,16 @@ def test_export_then_generate(tiny_saved, tmp_path, capsys):
     assert Image.open(png).size == (32, 32)
 
 
+def test_a_guidance_free_export_generates_at_guidance_1(tiny_saved, tmp_path, capsys):
+    out = tmp_path / "ov"
+    assert main(["export", str(tiny_saved), str(out), "--height", "32", "--guidance-free"]) == 0
+    capsys.readouterr()
+    png = tmp_path / "img.png"
+    args = ["generate", str(out), "a red circle", "--steps", "2", "--output", str(png)]
+    assert main([*args, "--guidance-scale", "1"]) == 0 and Image.open(png).size == (32, 32)
+    assert main(args) == 2 and "classifier_free_guidance=True" in capsys.readouterr().err
+
+
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -45,6 +45,29 @@ class UNetForExport(nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
 
+class _GuidanceEmbeddedUNetForExport(UNetForExport):
+    """A UNet distilled with its guidance as an input (``time_cond_proj_dim``: LCM and its kin), which takes
+    the guidance embedding as ``timestep_cond`` (optimum-intel's name)."""
+
+    def forward(  # type: ignore[override]
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        timestep_cond: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.unet(
+            sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False
+        )[0]
+
+
+def guidance_embedding_dim(unet: nn.Module) -> int | None:
+    """The size of ``unet``'s guidance embedding (``time_cond_proj_dim``), or ``None`` when guidance is
+    classifier-free (two UNet rows per image) rather than an input."""
+    dim = getattr(unet, "config", {}).get("time_cond_proj_dim")
+    return int(dim) if dim else None
+
+
 class _TextEncoderForExport(nn.Module):
     def __init__(self, text_encoder: nn.Module) -> None:
         super().__init__()
@@ -143,13 +166,17 @@ def unet_example_inputs(
     """Example UNet inputs of the given static shape (used for tracing and for calibration checks)."""
     config = unet.config
     generator = torch.Generator().manual_seed(0)
-    return {
+    example = {
         "sample": torch.randn(batch, config.in_channels, latent_height, latent_width, generator=generator),
         "timestep": torch.tensor([500], dtype=torch.int64),
         "encoder_hidden_states": torch.randn(
             batch, text_length, config.cross_attention_dim, generator=generator
         ),
     }
+    dim = guidance_embedding_dim(unet)
+    if dim is not None:
+        example["timestep_cond"] = torch.randn(batch, dim, generator=generator)
+    return example
 
 
 def convert_unet(
@@ -165,18 +192,22 @@ def convert_unet(
     example = unet_example_inputs(
         unet, batch=batch, latent_height=latent_height, latent_width=latent_width, text_length=text_length
     )
-    return convert_module(UNetForExport(unet), example, unet_input_spec(example), ["out_sample"])
+    wrapper = UNetForExport if "timestep_cond" not in example else _GuidanceEmbeddedUNetForExport
+    return convert_module(wrapper(unet), example, unet_input_spec(example), ["out_sample"])
 
 
 def unet_input_spec(example: dict[str, torch.Tensor]) -> list[tuple[str, list[int], ov.Type]]:
     """The static input spec of a UNet IR (optimum-intel's names; ``timestep`` a rank-1 i64 of size 1)."""
     import openvino as ov
 
-    return [
+    spec = [
         ("sample", list(example["sample"].shape), ov.Type.f32),
         ("timestep", [1], ov.Type.i64),
         ("encoder_hidden_states", list(example["encoder_hidden_states"].shape), ov.Type.f32),
     ]
+    if "timestep_cond" in example:  # a guidance-embedded UNet
+        spec.append(("timestep_cond", list(example["timestep_cond"].shape), ov.Type.f32))
+    return spec
 
 
 @contextlib.contextmanager

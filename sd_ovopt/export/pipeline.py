@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from sd_ovopt._fs import atomic_output_dir
-from sd_ovopt._loading import check_image_size, load_for_output
+from sd_ovopt._loading import check_image_size, load_for_output, refuse_guidance_embedded
 from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
 from sd_ovopt._validation import check_int
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
@@ -76,7 +76,7 @@ def export_pipeline(
     width: int | None = None,
     batch_size: int = 1,
     num_images_per_prompt: int = 1,
-    classifier_free_guidance: bool = True,
+    classifier_free_guidance: bool | None = None,
     weights_dtype: str = "f32",
     tome: ToMeConfig | None = None,
     unet: torch.nn.Module | None = None,
@@ -100,6 +100,8 @@ def export_pipeline(
         batch_size: Prompts per call.
         num_images_per_prompt: Images per prompt.
         classifier_free_guidance: Double the UNet batch for guidance (calls with ``guidance_scale > 1``).
+            Default: yes, except for a UNet whose guidance is an input (``time_cond_proj_dim``, as in LCM
+            models), which runs one row per image at any guidance scale.
         weights_dtype: ``"f32"`` (exact) or ``"f16"`` (half the disk size) for stored float weights.
         tome: Token merging baked into the UNet IR, applied for the export only (the UNet is left as it
             was). A UNet that already has ToMe applied is exported with it when ``tome`` is ``None``.
@@ -123,7 +125,6 @@ def export_pipeline(
         weights_dtype,
         batch_size,
         num_images_per_prompt,
-        classifier_free_guidance=classifier_free_guidance,
         compress_weights=compress_weights,
         overwrite=overwrite,
     )
@@ -132,6 +133,7 @@ def export_pipeline(
             check_image_size(side, side, vae_scale_factor=8)
     pipe, source = load_for_output(pipeline_or_path, output_dir, overwrite=overwrite)
     unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)
+    classifier_free_guidance = _guidance_rows(unet, classifier_free_guidance)
     # 2. Record what the IRs bake in: the static shape, ToMe, INT8, step caching
     shape = _static_shape(pipe, height, width, batch_size, num_images_per_prompt, classifier_free_guidance)
     meta = _metadata(shape, unet, tome, deepcache, weights_dtype, compress_weights)
@@ -158,6 +160,26 @@ def _check_export_args(
         except InvalidConfigError:
             raise ShapeMismatchError(f"{name}={value!r}; it must be an integer >= 1.") from None
     return counts[0], counts[1]
+
+
+def _guidance_rows(unet: Any, classifier_free_guidance: Any) -> bool:
+    """Whether the UNet runs two rows per image (classifier-free guidance); see ``export_pipeline``."""
+    from sd_ovopt.export.convert import guidance_embedding_dim
+
+    embedded = guidance_embedding_dim(unet) is not None
+    if classifier_free_guidance is None:
+        return not embedded
+    if not isinstance(classifier_free_guidance, bool):
+        raise InvalidConfigError(
+            f"classifier_free_guidance={classifier_free_guidance!r} ({type(classifier_free_guidance).__name__}); "
+            "pass True or False (or None: the UNet's own way)."
+        )
+    if classifier_free_guidance and embedded:
+        raise InvalidConfigError(
+            "classifier_free_guidance=True, but this UNet takes its guidance as an input (time_cond_proj_dim, "
+            "as LCM models do) and never runs a second, unconditional row. Leave it out or pass False."
+        )
+    return classifier_free_guidance
 
 
 def _check_unet(unet: Any, reference: Any) -> Any:
@@ -245,6 +267,7 @@ def _deepcache_config(unet: Any, deepcache: Any) -> Any:
     state = state_of(unet)
     config = deepcache if deepcache is not None or state is None else state.config
     if config is not None:
+        refuse_guidance_embedded(unet, "step caching")
         plan_skips(unet, config.branch)  # a branch this UNet lacks is refused before anything is written
     return config
 

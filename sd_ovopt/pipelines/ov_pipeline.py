@@ -373,7 +373,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         if static is None or len(static) != 4:
             return
         images, _, latent_height, latent_width = self._latents_shape(kwargs, prompt)  # type: ignore[misc]
-        unet_batch = images * (2 if kwargs.get("guidance_scale", 7.5) > 1 else 1)
+        unet_batch = images * (2 if self._guidance_rows(kwargs.get("guidance_scale", 7.5)) else 1)
         wanted = (unet_batch, latent_height, latent_width)
         baked = (static[0], static[2], static[3])
         if wanted != baked:
@@ -384,6 +384,12 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
                 f"pixels. This call needs UNet batch {wanted[0]} at {wanted[1] * scale}x{wanted[2] * scale}. "
                 "Call with the exported shape, or export again (sd_ovopt.export_pipeline) at the shape you need."
             )
+
+    def _guidance_rows(self, guidance_scale: float) -> bool:
+        """Whether a call runs two UNet rows per image: diffusers' rule (guidance > 1, unless the UNet
+        takes its guidance as an input, as LCM UNets do)."""
+        embedded = self.unet is not None and self.unet.config.get("time_cond_proj_dim") is not None
+        return guidance_scale > 1 and not embedded
 
     def _check_call(self, kwargs: dict[str, Any], prompt: Any) -> None:
         self._check_inputs(kwargs, prompt)
@@ -416,7 +422,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
                 f"{meta.batch_size}. Pass {meta.batch_size} prompt(s) or export again with batch_size={batch}."
             )
         guidance = kwargs.get("guidance_scale", 7.5)
-        if (guidance > 1) != meta.classifier_free_guidance:
+        if self._guidance_rows(guidance) != meta.classifier_free_guidance:
             needs = "> 1" if meta.classifier_free_guidance else "<= 1"
             raise ShapeMismatchError(
                 f"guidance_scale={guidance}, but the UNet was exported "

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sd_ovopt._loading import check_steps, max_steps
+from sd_ovopt._loading import check_steps, max_steps, refuse_guidance_embedded
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 
 __all__ = ["UNET_INPUTS", "collect_calibration", "validate_calibration"]
@@ -86,6 +86,7 @@ def check_collect_request(
         raise InvalidConfigError("prompts must be a non-empty list of strings.")
     if max_samples is not None and max_samples < 1:
         raise InvalidConfigError(f"max_samples={max_samples!r}; it must be >= 1 or None.")
+    refuse_guidance_embedded(unet, "calibration")
     steps = check_steps(num_inference_steps)
     limit = max_steps(getattr(pipeline, "scheduler", None))
     if limit is not None and steps > limit:

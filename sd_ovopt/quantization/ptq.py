@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sd_ovopt._loading import find_unet
+from sd_ovopt._loading import find_unet, refuse_guidance_embedded
 from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
 from sd_ovopt.errors import UnsupportedModelError
 from sd_ovopt.quantization.calibration import validate_calibration
@@ -25,6 +25,7 @@ QUANTIZATION_ATTR = "_sd_ovopt_quantization"
 
 def _find_unet(target: Any) -> torch.nn.Module:
     unet = find_unet(target, user="quantize_unet")
+    refuse_guidance_embedded(unet, "INT8 quantization")
     if is_quantized(unet):
         raise UnsupportedModelError("this UNet is already quantized; quantize the float UNet instead.")
     return unet
