@@ -29,8 +29,8 @@ __all__ = [
     "load_for_output",
     "load_sd_pipeline",
     "max_steps",
-    "refuse_guidance_embedded",
     "read_model_index",
+    "refuse_guidance_embedded",
 ]
 
 _SUPPORTED = ("StableDiffusionPipeline",)
