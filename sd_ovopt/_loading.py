@@ -208,11 +208,11 @@ def max_steps(scheduler: Any) -> int | None:
     return min(limits) if limits else None
 
 
-#: Why INT8 and step caching refuse a UNet whose guidance is an input (LCM-distilled UNets).
+#: Why step caching and QAT refuse a UNet whose guidance is an input (LCM-distilled UNets).
 GUIDANCE_EMBEDDED_UNSUPPORTED = (
-    "this UNet takes its guidance as an input (time_cond_proj_dim, as LCM-distilled UNets do), and {what} "
-    "does not record that input yet. Export it in float (export_pipeline), which runs it at one UNet row "
-    "per image."
+    "this UNet takes its guidance as an input (time_cond_proj_dim, as LCM-distilled UNets do), which {what} "
+    "does not support yet. Export it in float (export_pipeline) or post-training INT8 (optimize_pipeline "
+    "with quantization=QuantizationConfig())."
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from sd_ovopt._loading import refuse_guidance_embedded
 from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.deepcache.export import FEATURE_NAME
 from sd_ovopt.deepcache.patch import apply_deepcache, attach, remove_deepcache, state_of
@@ -58,6 +59,7 @@ def collect_deepcache_calibration(
         2
     """
     unet = check_collect_request(pipeline, prompts, max_samples, num_inference_steps)
+    refuse_guidance_embedded(unet, "step caching")
     had = state_of(unet)
     apply_deepcache(pipeline, config)
     try:

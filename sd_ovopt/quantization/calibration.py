@@ -8,12 +8,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sd_ovopt._loading import check_steps, max_steps, refuse_guidance_embedded
+from sd_ovopt._loading import check_steps, max_steps
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 
 __all__ = ["UNET_INPUTS", "collect_calibration", "validate_calibration"]
 
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
+#: The input of UNets that take their guidance as an embedding (``time_cond_proj_dim``: LCM-distilled).
+GUIDANCE_INPUT = "timestep_cond"
 
 
 class _Full(Exception):
@@ -86,7 +88,6 @@ def check_collect_request(
         raise InvalidConfigError("prompts must be a non-empty list of strings.")
     if max_samples is not None and max_samples < 1:
         raise InvalidConfigError(f"max_samples={max_samples!r}; it must be >= 1 or None.")
-    refuse_guidance_embedded(unet, "calibration")
     steps = check_steps(num_inference_steps)
     limit = max_steps(getattr(pipeline, "scheduler", None))
     if limit is not None and steps > limit:
@@ -117,14 +118,15 @@ class InputRecorder:
         values = dict(zip(UNET_INPUTS, args, strict=False))
         values.update({k: kwargs[k] for k in UNET_INPUTS if k in kwargs})
         timestep = torch.as_tensor(values["timestep"], dtype=torch.float32).reshape(-1)[:1]
-        self.samples.append(
-            {
-                "sample": values["sample"].detach().float().cpu().clone(),
-                "timestep": timestep.detach().cpu().clone(),
-                "encoder_hidden_states": values["encoder_hidden_states"].detach().float().cpu().clone(),
-                **extra,
-            }
-        )
+        sample = {
+            "sample": values["sample"].detach().float().cpu().clone(),
+            "timestep": timestep.detach().cpu().clone(),
+            "encoder_hidden_states": values["encoder_hidden_states"].detach().float().cpu().clone(),
+            **extra,
+        }
+        if kwargs.get(GUIDANCE_INPUT) is not None:
+            sample[GUIDANCE_INPUT] = kwargs[GUIDANCE_INPUT].detach().float().cpu().clone()
+        self.samples.append(sample)
         if self.max_samples is not None and len(self.samples) >= self.max_samples:
             raise _Full
 
@@ -180,6 +182,8 @@ def _as_input_dict(i: int, item: Any) -> dict[str, Any]:
             f"encoder_hidden_states) tuple; got {sorted(item) if isinstance(item, dict) else type(item).__name__}."
         )
     out = {key: _as_tensor(item[key]) for key in UNET_INPUTS}
+    if item.get(GUIDANCE_INPUT) is not None:
+        out[GUIDANCE_INPUT] = _as_tensor(item[GUIDANCE_INPUT])
     timestep = out["timestep"]
     if isinstance(timestep, torch.Tensor) and not timestep.is_floating_point() and not timestep.is_complex():
         if timestep.dtype == torch.bool:
@@ -243,4 +247,30 @@ def validate_calibration(calibration: Iterable[Any], unet: torch.nn.Module) -> l
                 f"calibration[{i}]['encoder_hidden_states'] has shape {tuple(ehs.shape)}; the UNet expects "
                 f"[{sample.shape[0]}, tokens, {config.cross_attention_dim}]."
             )
+        _check_guidance_input(i, item, sample.shape[0], config.get("time_cond_proj_dim"))
     return items
+
+
+def _check_guidance_input(i: int, item: dict[str, Any], batch: int, dim: int | None) -> None:
+    """A guidance-embedded UNet (``time_cond_proj_dim``) needs its ``timestep_cond`` in every item;
+    another UNet takes none."""
+    value = item.get(GUIDANCE_INPUT)
+    if dim is None:
+        if value is not None:
+            raise InvalidConfigError(
+                f"calibration[{i}] has '{GUIDANCE_INPUT}', but this UNet takes no guidance input "
+                "(time_cond_proj_dim is not set). Record the calibration with this UNet's pipeline."
+            )
+        return
+    if (
+        not isinstance(value, torch.Tensor)
+        or not value.is_floating_point()
+        or tuple(value.shape) != (batch, dim)
+    ):
+        raise ShapeMismatchError(
+            f"calibration[{i}]['{GUIDANCE_INPUT}'] is {getattr(value, 'shape', value)!r}; this UNet takes its "
+            f"guidance as an input and needs a float tensor of shape [{batch}, {dim}] in every item "
+            "(collect_calibration records it)."
+        )
+    if not torch.isfinite(value).all():
+        raise InvalidConfigError(f"calibration[{i}]['{GUIDANCE_INPUT}'] holds NaN or infinite values.")

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from sd_ovopt._loading import find_unet, refuse_guidance_embedded
+from sd_ovopt._loading import find_unet
 from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
 from sd_ovopt.errors import UnsupportedModelError
-from sd_ovopt.quantization.calibration import validate_calibration
+from sd_ovopt.quantization.calibration import GUIDANCE_INPUT, validate_calibration
 from sd_ovopt.quantization.config import QuantizationConfig
 from sd_ovopt.tome.patch import TOME_SCOPE_PATTERN
 
@@ -25,7 +25,6 @@ QUANTIZATION_ATTR = "_sd_ovopt_quantization"
 
 def _find_unet(target: Any) -> torch.nn.Module:
     unet = find_unet(target, user="quantize_unet")
-    refuse_guidance_embedded(unet, "INT8 quantization")
     if is_quantized(unet):
         raise UnsupportedModelError("this UNet is already quantized; quantize the float UNet instead.")
     return unet
@@ -57,12 +56,15 @@ def _unet_inputs(unet: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], d
     dtype = next(unet.parameters()).dtype
 
     def to_inputs(item: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return {
+        inputs = {
             "sample": item["sample"].to(device, dtype),
             "timestep": item["timestep"].to(device),
             "encoder_hidden_states": item["encoder_hidden_states"].to(device, dtype),
             "return_dict": False,
         }
+        if item.get(GUIDANCE_INPUT) is not None:  # a guidance-embedded (LCM) UNet
+            inputs[GUIDANCE_INPUT] = item[GUIDANCE_INPUT].to(device, dtype)
+        return inputs
 
     return to_inputs
 

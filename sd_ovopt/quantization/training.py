@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sd_ovopt._fs import atomic_file, check_safe_output_path
-from sd_ovopt._loading import check_image_size, load_sd_pipeline
+from sd_ovopt._loading import check_image_size, load_sd_pipeline, refuse_guidance_embedded
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError, NonFiniteLossError, OutputExistsError
 from sd_ovopt.quantization.checkpoints import (
     CHECKPOINTS_DIR,
@@ -298,6 +298,7 @@ class _QATRun:
 
         self.pipe = pipe = load_sd_pipeline(model)
         check_no_gradient_checkpointing(pipe.unet)
+        refuse_guidance_embedded(pipe.unet, "quantization-aware training")
         for name in ("unet", "vae", "text_encoder"):
             check_finite_weights(getattr(pipe, name), f"the pipeline's {name}")
         self.resolution = self.config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -70,12 +70,31 @@ def test_sd_ovopt_matches_diffusers_with_the_lcm_scheduler(lcm_tiny, guidance_sc
     assert not np.array_equal(image, _image(ours, 2.0))  # the guidance reaches the UNet as its input
 
 
-def test_int8_and_step_caching_refuse_it_and_guided_rows_are_refused(lcm_tiny, tmp_path):
-    from sd_ovopt import DeepCacheConfig, collect_calibration
+def test_int8_records_the_guidance_input_and_runs(lcm_tiny, tmp_path):
+    """The recipe calibrates along the LCM sampling (recording ``timestep_cond``) and exports an INT8 UNet
+    that still takes the guidance embedding."""
+    from sd_ovopt import QuantizationConfig, collect_calibration, optimize_pipeline
+
+    pipe, folder = lcm_tiny
+    items = collect_calibration(
+        pipe, [PROMPT], num_inference_steps=2, guidance_scale=8.0, show_progress=False
+    )
+    assert items[0]["timestep_cond"].shape == (1, EMBEDDING)
+    out = optimize_pipeline(
+        pipe, tmp_path / "int8", quantization=QuantizationConfig(subset_size=4), guidance_scale=8.0,
+        calibration_steps=2, show_progress=False,
+    )  # fmt: skip
+    int8 = SdOvOptPipeline.from_pretrained(out, precision="f32")
+    assert int8.quantization["unet"]["mode"] == "full" and int8.export_metadata.unet_batch == 1
+    image, float_image = _image(int8), _image(SdOvOptPipeline.from_pretrained(folder, precision="f32"))
+    assert np.isfinite(image).all() and 0 < np.abs(image - float_image).mean() < 0.1
+    assert not np.array_equal(image, _image(int8, 2.0))  # the guidance still reaches the INT8 UNet
+
+
+def test_step_caching_qat_and_guided_rows_are_refused(lcm_tiny, tmp_path):
+    from sd_ovopt import DeepCacheConfig
 
     pipe, _ = lcm_tiny
-    with pytest.raises(UnsupportedModelError, match="time_cond_proj_dim"):
-        collect_calibration(pipe, [PROMPT], num_inference_steps=2)
     with pytest.raises(UnsupportedModelError, match="step caching"):
         export_pipeline(pipe, tmp_path / "dc", deepcache=DeepCacheConfig(interval=2))
     with pytest.raises(InvalidConfigError, match="never runs a second, unconditional row"):
