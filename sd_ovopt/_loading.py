@@ -24,8 +24,10 @@ __all__ = [
     "MAX_IMAGE_SIDE",
     "check_image_size",
     "check_model_index",
+    "check_requested_size",
     "check_steps",
     "find_unet",
+    "guidance_embedding_dim",
     "load_for_output",
     "load_sd_pipeline",
     "max_steps",
@@ -187,15 +189,29 @@ def check_image_size(height: Any, width: Any, *, vae_scale_factor: int) -> tuple
     return checked[0], checked[1]
 
 
-def check_steps(value: object, name: str = "num_inference_steps") -> int:
-    """Return ``value`` as an int if it is an integer >= 1 (numpy integers accepted); raise
-    InvalidConfigError otherwise."""
+def check_requested_size(height: Any, width: Any) -> None:
+    """Before a model is read: each of ``height`` and ``width`` is ``None`` (the model's native size) or a
+    positive multiple of 8 of at most :data:`MAX_IMAGE_SIDE` (the VAE's own factor is checked later)."""
+    for side in (height, width):
+        if side is not None:
+            check_image_size(side, side, vae_scale_factor=8)
+
+
+def check_steps(value: object, name: str = "num_inference_steps", *, scheduler: Any = None) -> int:
+    """Return ``value`` as an int if it is an integer >= 1 (numpy integers accepted) and, given a
+    ``scheduler``, at most what it can take (:func:`max_steps`); raise InvalidConfigError otherwise."""
     try:
         steps = check_int(name, value, minimum=1)
     except InvalidConfigError:
         raise InvalidConfigError(
             f"{name}={value!r}; it must be an integer >= 1 (the number of denoising steps, e.g. 20)."
         ) from None
+    limit = None if scheduler is None else max_steps(scheduler)
+    if limit is not None and steps > limit:
+        raise InvalidConfigError(
+            f"{name}={steps}, but the {type(scheduler).__name__} can take at most {limit} steps "
+            "(its training schedule). Use fewer steps."
+        )
     return steps
 
 
@@ -216,9 +232,17 @@ GUIDANCE_EMBEDDED_UNSUPPORTED = (
 )
 
 
+def guidance_embedding_dim(unet: Any) -> int | None:
+    """The size of ``unet``'s guidance embedding (``time_cond_proj_dim``), or ``None`` when guidance is
+    classifier-free (two UNet rows per image) rather than an input. ``unet`` is a diffusers UNet or
+    optimum-intel's OpenVINO one (both carry the config)."""
+    dim = (getattr(unet, "config", None) or {}).get("time_cond_proj_dim")
+    return int(dim) if dim else None
+
+
 def refuse_guidance_embedded(unet: Any, what: str) -> None:
     """Raise UnsupportedModelError for a UNet with ``time_cond_proj_dim`` (see the message)."""
-    if getattr(unet, "config", {}).get("time_cond_proj_dim"):
+    if guidance_embedding_dim(unet) is not None:
         raise UnsupportedModelError(GUIDANCE_EMBEDDED_UNSUPPORTED.format(what=what))
 
 

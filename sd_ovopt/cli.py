@@ -182,13 +182,12 @@ def _deepcache_config(args: argparse.Namespace) -> Any:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from sd_ovopt._fs import check_output_dir
     from sd_ovopt.export.pipeline import export_pipeline
 
     _check_side("--height", args.height)
     _check_side("--width", args.width)
-    deepcache = _deepcache_config(args)  # batch sizes: export_pipeline checks them before loading
-    check_output_dir(args.out, overwrite=args.overwrite, source=args.src)  # before the model loads
+    # batch sizes and the output folder: export_pipeline checks them before it loads the model
+    deepcache = _deepcache_config(args)
     path = export_pipeline(
         args.src,
         args.out,
@@ -312,7 +311,6 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
-    from sd_ovopt._fs import check_output_dir
     from sd_ovopt._loading import check_steps
     from sd_ovopt.quantization import QuantizationConfig
     from sd_ovopt.recipe import optimize_pipeline
@@ -324,8 +322,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     _check_finite(args, "--tome-ratio")  # its range: ToMeConfig below
     _check_side("--height", args.height)
     _check_side("--width", args.width)
-    deepcache = _deepcache_config(args)
-    check_output_dir(args.out, overwrite=args.overwrite, source=args.src)  # fail before the slow part
+    deepcache = _deepcache_config(args)  # the output folder: optimize_pipeline checks it before loading
     path = optimize_pipeline(
         args.src,
         args.out,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd_ovopt._loading import check_image_size, check_steps, load_for_output
+from sd_ovopt._loading import check_requested_size, check_steps, load_for_output
 from sd_ovopt._validation import check_float
 
 if TYPE_CHECKING:
@@ -292,9 +292,7 @@ class _Recipe:
         """What can be checked before the model loads (the VAE's own size factor is checked after)."""
         check_float("guidance_scale", self.guidance_scale, minimum=0)
         check_steps(self.calibration_steps, "calibration_steps")
-        for side in (self.height, self.width):
-            if side is not None:
-                check_image_size(side, side, vae_scale_factor=8)
+        check_requested_size(self.height, self.width)
 
     def merged_unet(self, pipe: Any) -> torch.nn.Module | None:
         """A copy of the float UNet with ToMe merged in, or ``None`` (export the pipeline's own)."""

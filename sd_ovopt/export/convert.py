@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from sd_ovopt._loading import guidance_embedding_dim
 from sd_ovopt.errors import UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -59,13 +60,6 @@ class _GuidanceEmbeddedUNetForExport(UNetForExport):
         return self.unet(
             sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False
         )[0]
-
-
-def guidance_embedding_dim(unet: nn.Module) -> int | None:
-    """The size of ``unet``'s guidance embedding (``time_cond_proj_dim``), or ``None`` when guidance is
-    classifier-free (two UNet rows per image) rather than an input."""
-    dim = getattr(unet, "config", {}).get("time_cond_proj_dim")
-    return int(dim) if dim else None
 
 
 class _TextEncoderForExport(nn.Module):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sd_ovopt._fs import read_json_object
+from sd_ovopt._loading import MAX_IMAGE_SIDE
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError
 
 __all__ = ["METADATA_FILE", "ExportMetadata", "library_versions", "path_inside", "read_metadata"]
@@ -121,8 +122,8 @@ def _check_fields(meta: ExportMetadata, source: str) -> None:
     """Types, ranges and consistency of every field; the nested records are read by their own configs."""
     for name in ("height", "width"):
         value = getattr(meta, name)
-        if not (_is_int(value, 8) and value % 8 == 0 and value <= 4096):
-            raise _bad(source, name, value, "it must be a multiple of 8 from 8 to 4096")
+        if not (_is_int(value, 8) and value % 8 == 0 and value <= MAX_IMAGE_SIDE):
+            raise _bad(source, name, value, f"it must be a multiple of 8 from 8 to {MAX_IMAGE_SIDE}")
     for name in ("batch_size", "num_images_per_prompt", "unet_batch", "latent_height", "latent_width"):
         if not _is_int(getattr(meta, name), 1):
             raise _bad(source, name, getattr(meta, name), "it must be an integer >= 1")

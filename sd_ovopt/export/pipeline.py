@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from sd_ovopt._fs import atomic_output_dir
-from sd_ovopt._loading import check_image_size, load_for_output, refuse_guidance_embedded
+from sd_ovopt._loading import (
+    check_image_size,
+    check_requested_size,
+    guidance_embedding_dim,
+    load_for_output,
+    refuse_guidance_embedded,
+)
 from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
 from sd_ovopt._validation import check_int
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
@@ -128,9 +134,7 @@ def export_pipeline(
         compress_weights=compress_weights,
         overwrite=overwrite,
     )
-    for side in (height, width):  # the VAE's own factor is checked once the model is read
-        if side is not None:
-            check_image_size(side, side, vae_scale_factor=8)
+    check_requested_size(height, width)
     pipe, source = load_for_output(pipeline_or_path, output_dir, overwrite=overwrite)
     unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)
     classifier_free_guidance = _guidance_rows(unet, classifier_free_guidance)
@@ -164,8 +168,6 @@ def _check_export_args(
 
 def _guidance_rows(unet: Any, classifier_free_guidance: Any) -> bool:
     """Whether the UNet runs two rows per image (classifier-free guidance); see ``export_pipeline``."""
-    from sd_ovopt.export.convert import guidance_embedding_dim
-
     embedded = guidance_embedding_dim(unet) is not None
     if classifier_free_guidance is None:
         return not embedded

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sd_ovopt._loading import check_steps, max_steps
+from sd_ovopt._loading import check_steps
 from sd_ovopt._validation import check_finite_tensor, check_float, check_int, check_keywords
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError
 
@@ -150,12 +150,6 @@ def _check_schedule(checked: dict[str, Any], scheduler: Any) -> None:
                 check_float(f"{name}[{i}]", value, minimum=0)
     if checked.get("timesteps") is not None or checked.get("sigmas") is not None:
         return
-    steps = check_steps(checked.get("num_inference_steps", 50))
-    limit = max_steps(scheduler)
-    if limit is not None and steps > limit:
-        raise InvalidConfigError(
-            f"num_inference_steps={steps}, but the {type(scheduler).__name__} can take at most {limit} steps "
-            "(its training schedule). Use fewer steps."
-        )
+    steps = check_steps(checked.get("num_inference_steps", 50), scheduler=scheduler)
     if "num_inference_steps" in checked:
         checked["num_inference_steps"] = steps

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from optimum.intel import OVStableDiffusionPipeline
 
 from sd_ovopt._fs import read_json_object
-from sd_ovopt._loading import read_model_index
+from sd_ovopt._loading import guidance_embedding_dim, read_model_index
 from sd_ovopt._precision import PRECISIONS, check_device_config, openvino_message, precision_config
 from sd_ovopt._validation import check_keywords
 from sd_ovopt.errors import (
@@ -77,16 +77,13 @@ def _check_unet_matches_record(model: Any, meta: ExportMetadata, path: Path) -> 
     """The UNet IR's ``sample`` input must have the static shape ``sd_ovopt.json`` records."""
     sample = next((port for port in model.inputs if "sample" in port.get_names()), None)
     shape = sample.get_partial_shape() if sample is not None else None
-    recorded = [meta.unet_batch, None, meta.latent_height, meta.latent_width]
     if shape is None or not shape.is_static or len(shape) != 4:
         raise CorruptModelError(
             f"{path / 'unet'}: the UNet IR has no static 4-d 'sample' input, but {METADATA_FILE} records a "
             "static export. Export the pipeline again."
         )
     dims = [dim.get_length() for dim in shape]
-    if [d for d, r in zip(dims, recorded, strict=True) if r is not None] != [
-        r for r in recorded if r is not None
-    ]:
+    if (dims[0], dims[2], dims[3]) != (meta.unet_batch, meta.latent_height, meta.latent_width):
         raise CorruptModelError(
             f"{path / METADATA_FILE} records UNet batch {meta.unet_batch} at {meta.latent_height}x"
             f"{meta.latent_width} latents, but the UNet IR's sample input is {dims}: the record does not "
@@ -388,8 +385,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
     def _guidance_rows(self, guidance_scale: float) -> bool:
         """Whether a call runs two UNet rows per image: diffusers' rule (guidance > 1, unless the UNet
         takes its guidance as an input, as LCM UNets do)."""
-        embedded = self.unet is not None and self.unet.config.get("time_cond_proj_dim") is not None
-        return guidance_scale > 1 and not embedded
+        return guidance_scale > 1 and guidance_embedding_dim(self.unet) is None
 
     def _check_call(self, kwargs: dict[str, Any], prompt: Any) -> None:
         self._check_inputs(kwargs, prompt)

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sd_ovopt._loading import check_steps, max_steps
+from sd_ovopt._loading import check_steps, guidance_embedding_dim
+from sd_ovopt._validation import check_finite_tensor
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 
 __all__ = ["UNET_INPUTS", "collect_calibration", "validate_calibration"]
@@ -88,13 +89,7 @@ def check_collect_request(
         raise InvalidConfigError("prompts must be a non-empty list of strings.")
     if max_samples is not None and max_samples < 1:
         raise InvalidConfigError(f"max_samples={max_samples!r}; it must be >= 1 or None.")
-    steps = check_steps(num_inference_steps)
-    limit = max_steps(getattr(pipeline, "scheduler", None))
-    if limit is not None and steps > limit:
-        raise InvalidConfigError(
-            f"num_inference_steps={steps}, but the pipeline's scheduler can take at most {limit} steps. "
-            "Record calibration along fewer steps."
-        )
+    check_steps(num_inference_steps, scheduler=getattr(pipeline, "scheduler", None))
     return unet
 
 
@@ -247,7 +242,7 @@ def validate_calibration(calibration: Iterable[Any], unet: torch.nn.Module) -> l
                 f"calibration[{i}]['encoder_hidden_states'] has shape {tuple(ehs.shape)}; the UNet expects "
                 f"[{sample.shape[0]}, tokens, {config.cross_attention_dim}]."
             )
-        _check_guidance_input(i, item, sample.shape[0], config.get("time_cond_proj_dim"))
+        _check_guidance_input(i, item, sample.shape[0], guidance_embedding_dim(unet))
     return items
 
 
@@ -272,5 +267,4 @@ def _check_guidance_input(i: int, item: dict[str, Any], batch: int, dim: int | N
             f"guidance as an input and needs a float tensor of shape [{batch}, {dim}] in every item "
             "(collect_calibration records it)."
         )
-    if not torch.isfinite(value).all():
-        raise InvalidConfigError(f"calibration[{i}]['{GUIDANCE_INPUT}'] holds NaN or infinite values.")
+    check_finite_tensor(f"calibration[{i}]['{GUIDANCE_INPUT}']", value)
