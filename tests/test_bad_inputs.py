@@ -579,13 +579,10 @@ def test_counts():
     assert len({c[0] for c in CASES}) == len(CASES)
     assert {c[2] for c in CASES} <= set(FAMILIES)
     docs = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
-    for family in FAMILIES:  # the docs' table counts what this table holds
-        found = [c[1] for c in CASES if c[2] == family]
-        counts = " | ".join(str(found.count(kind)) for kind in ("broken", "poor", "handled"))
-        assert (
-            f"| {family} |" in docs
-            and f" | {counts} |\n" in docs.split(f"| {family} |", 1)[1].split("\n", 1)[0] + "\n"
-        ), family
+    for family in FAMILIES:  # the docs' table counts the rows this table holds
+        rows = sum(c[2] == family for c in CASES)
+        assert f"| {family} |" in docs, family
+        assert docs.split(f"| {family} |", 1)[1].split("\n", 1)[0].endswith(f" | {rows} |"), family
     assert f"all {len(CASES)} rows" in docs
     assert kinds.count("broken") >= 9 and kinds.count("poor") >= 10 and kinds.count("handled") >= 10
 
