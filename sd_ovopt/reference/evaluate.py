@@ -4,8 +4,10 @@
     python -m sd_ovopt.reference.evaluate --model shapes-ov     # a folder written by export_pipeline
     python -m sd_ovopt.reference.evaluate --grid docs/images/reference_grid.png
 
-Works with a diffusers ``StableDiffusionPipeline`` or an ``SdOvOptPipeline``: each prompt gets its own
-generator seeded ``seed + index``, so one prompt gives the same image however the prompts are batched.
+Works with a diffusers ``StableDiffusionPipeline`` or an ``SdOvOptPipeline``. Prompt ``i`` of a run with
+seed ``s`` draws its noise from ``sd_ovopt._seeding.noise_generator(s, i)`` (a CPU generator seeded
+``s * 1_000_000 + i``), so one prompt gives the same image however the prompts are batched, and two seeds
+never share noise.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sd_ovopt._seeding import noise_generator
 from sd_ovopt.errors import InvalidConfigError, SdOvOptError
 from sd_ovopt.reference.judge import judge_image
 from sd_ovopt.reference.shapes import held_out_prompts, parse_prompt
@@ -54,23 +57,30 @@ def generate_images(
     guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int | None = None,
 ) -> list[Image.Image]:
-    """Generate one image per prompt; prompt ``i`` uses ``torch.Generator().manual_seed(seed + i)``.
+    """Generate one image per prompt; prompt ``i`` draws its noise from ``noise_generator(seed, i)``.
 
-    ``batch_size`` defaults to the exported batch of an OpenVINO pipeline and to 16 otherwise.
+    ``batch_size`` defaults to the exported batch of an OpenVINO pipeline and to 16 otherwise; it does not
+    change the images. The last call of a static-batch pipeline is padded with copies of the last prompt,
+    whose noise continues the rule (indices ``len(prompts)``, ...) and whose images are dropped.
+
+    Example:
+        >>> images = generate_images(pipe, ["a red circle on a white background, centre"], seed=1)
     """
-    import torch
-
     metadata = getattr(pipe, "export_metadata", None)
     if batch_size is None:
         batch_size = metadata.batch_size if metadata is not None else 16
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidConfigError(
+            f"batch_size={batch_size!r}; pass an integer >= 1 (or None for the default)."
+        )
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+        generators = [noise_generator(seed, start + i) for i in range(len(chunk))]
         if metadata is not None and len(chunk) < batch_size:  # static batch: pad the last call
             pad = batch_size - len(chunk)
             chunk += chunk[-1:] * pad
-            generators += [torch.Generator().manual_seed(0) for _ in range(pad)]
+            generators += [noise_generator(seed, len(prompts) + i) for i in range(pad)]
         out = pipe(
             chunk,
             num_inference_steps=num_inference_steps,
