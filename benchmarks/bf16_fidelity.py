@@ -3,8 +3,8 @@
     python benchmarks/bf16_fidelity.py --work /tmp/bf16-fidelity --threads 1
 
 The shipped reference model (32x32 images) is exported once to OpenVINO at f32 weights, then generates
-every held-out prompt with each seed (prompt ``i`` with seed ``seed + i``, 20 steps, guidance 4, as
-``python -m sd_ovopt.reference.evaluate`` does) at ``precision="f32"`` and ``precision="bf16"`` (text
+every held-out prompt with each seed (prompt ``i`` of seed ``s`` draws its noise from
+``noise_generator(s, i)``, 20 steps, guidance 4, as ``python -m sd_ovopt.reference.evaluate`` does) at ``precision="f32"`` and ``precision="bf16"`` (text
 encoder, UNet and VAE decoder all in the precision). Reported: PSNR and SSIM of each bf16 image against
 the f32 image of the same prompt and seed, and the reference judge's prompt accuracy of both.
 """

@@ -3,7 +3,9 @@
     python benchmarks/deepcache_fidelity.py --work /tmp/dc-fidelity            # intervals 2, 3, 5
     python benchmarks/deepcache_fidelity.py --work /tmp/dc-fidelity --int8     # + ToMe+INT8 with and without
 
-All 144 held-out prompts x 2 seeds (0, 1), the reference model's evaluation settings (20 steps, guidance 4).
+All 144 held-out prompts x 2 seeds (0, 1), the reference model's evaluation settings (20 steps, guidance 4,
+prompt ``i`` of seed ``s`` drawing its noise from ``noise_generator(s, i)``, as
+``python -m sd_ovopt.reference.evaluate`` does).
 Rows: PyTorch FP32 (the reference images), OpenVINO f32 uncached, OpenVINO f32 with step caching at each
 ``--intervals`` value (branch 0) and at interval 3 with each ``--branches`` value, and with ``--int8`` the recipe's ToMe (0.4) + INT8 folder (calibrated on 48 training captions) without and with
 caching at interval 3. Each image is compared with the PyTorch FP32 image of the same prompt and seed.
@@ -102,7 +104,7 @@ def main() -> None:
     for name, folder in _folders(args.work, pipe, args).items():
         runner = pipe if folder is None else SdOvOptPipeline.from_pretrained(folder, precision="f32")
         runner.set_progress_bar_config(disable=True)
-        images = {seed: generate_images(runner, prompts, seed=seed * 1000) for seed in SEEDS}
+        images = {seed: generate_images(runner, prompts, seed=seed) for seed in SEEDS}
         if folder is None:
             reference = images
         rows[name] = _row(images, reference, prompts)

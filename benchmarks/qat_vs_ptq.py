@@ -11,9 +11,11 @@ Stages (a stage whose output exists is skipped, so a killed run resumes):
    to ``run/ov``. ``--tome-ratio`` applies ToMe to the student first.
 3. ``fp32``: ``export_pipeline`` of the reference model.
 4. ``eval``: held-out inputs are the 144 held-out prompts (never trained on nor calibrated with), encoded
-   by the text encoder, with seeded noisy latents at seeded timesteps. Each INT8 UNet IR is compared
-   with the FP32 UNet IR on them (mean relative L2 error); each pipeline generates the 144 held-out
-   prompts (20 DDIM steps, guidance 4, seed = prompt index) and the judge scores colour and shape.
+   by the text encoder, noised at a random timestep (input ``i`` draws its timestep and noise from
+   ``noise_generator(0, i)``). Each INT8 UNet IR is compared with the FP32 UNet IR on them (mean
+   relative L2 error); each pipeline generates the 144 held-out prompts with each ``--seeds`` value
+   (20 DDIM steps, guidance 4; prompt ``i`` of seed ``s`` draws its noise from ``noise_generator(s, i)``,
+   as ``python -m sd_ovopt.reference.evaluate`` does) and the judge scores colour and shape.
 """
 
 from __future__ import annotations
@@ -65,12 +67,14 @@ def _stage_fp32(work: Path, model: str) -> None:
 
 
 def _held_out_inputs(model: str, count: int) -> list[dict]:
-    """Held-out prompts' drawn images, VAE-encoded and noised with the DDPM schedule at seeded timesteps."""
+    """Held-out prompts' drawn images, VAE-encoded and noised with the DDPM schedule at a random timestep;
+    input ``i`` draws its timestep and noise from ``noise_generator(0, i)``."""
     import numpy as np
     import torch
     from diffusers import DDPMScheduler
 
     from sd_ovopt._loading import load_sd_pipeline
+    from sd_ovopt._seeding import noise_generator
     from sd_ovopt.reference import held_out_prompts, render
 
     pipe = load_sd_pipeline(model)
@@ -85,7 +89,6 @@ def _held_out_inputs(model: str, count: int) -> list[dict]:
     ).input_ids
     pixels = torch.from_numpy(np.stack([np.asarray(render(s)) for s in specs])).permute(0, 3, 1, 2)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         states = pipe.text_encoder(ids)[0]
         empty = pipe.text_encoder(
@@ -98,6 +101,7 @@ def _held_out_inputs(model: str, count: int) -> list[dict]:
         )
     inputs = []
     for i in range(count):
+        gen = noise_generator(0, i)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
         noise = torch.randn(latents[i : i + 1].shape, generator=gen)
         noisy = scheduler.add_noise(latents[i : i + 1], noise, t)
@@ -112,12 +116,29 @@ def _held_out_inputs(model: str, count: int) -> list[dict]:
     return inputs
 
 
-def _stage_eval(work: Path, model: str) -> dict:
+def _prompt_scores(pipe: object, prompts: list[str], seeds: list[int]) -> tuple[dict, list]:
+    """Judge scores of ``pipe``'s images of ``prompts`` (means over ``seeds``), and the first seed's images."""
+    from sd_ovopt.reference import generate_images, score_images
+
+    by_seed = {
+        seed: generate_images(pipe, prompts, seed=seed, num_inference_steps=20, guidance_scale=4.0)
+        for seed in seeds
+    }
+    scores = {seed: score_images(images, prompts) for seed, images in by_seed.items()}
+    row = {
+        key: round(sum(getattr(score, key) for score in scores.values()) / len(scores), 4)
+        for key in ("accuracy", "colour_accuracy", "shape_accuracy")
+    }
+    row["accuracy_by_seed"] = {str(seed): score.accuracy for seed, score in scores.items()}
+    return row, by_seed[seeds[0]]
+
+
+def _stage_eval(work: Path, model: str, seeds: list[int]) -> dict:
     import numpy as np
     import openvino as ov
 
     from sd_ovopt import SdOvOptPipeline
-    from sd_ovopt.reference import generate_images, held_out_prompts, make_grid, score_images
+    from sd_ovopt.reference import held_out_prompts, make_grid
 
     folders = {"fp32": work / "fp32", "ptq-int8": work / "run" / "ptq-ov", "qat-int8": work / "run" / "ov"}
     core = ov.Core()
@@ -137,12 +158,9 @@ def _stage_eval(work: Path, model: str) -> dict:
         ]
         pipe = SdOvOptPipeline.from_pretrained(folder, precision="f32")
         pipe.set_progress_bar_config(disable=True)
-        images = generate_images(pipe, prompts, num_inference_steps=20, guidance_scale=4.0)
+        scores, images = _prompt_scores(pipe, prompts, seeds)
         grids.append(make_grid(images[:24], columns=24))
-        rows[name] = {
-            "unet_rel_error_vs_fp32": round(float(np.mean(rel)), 5),
-            **score_images(images, prompts).to_dict(),
-        }
+        rows[name] = {"unet_rel_error_vs_fp32": round(float(np.mean(rel)), 5), **scores}
     make_grid(grids, columns=1, scale=1).save(work / "grid.png")
     return rows
 
@@ -159,6 +177,9 @@ def main() -> None:
     parser.add_argument("--tome-ratio", type=float, default=None)
     parser.add_argument("--task-weight", type=float, default=1.0, help="loss weight on the noise target")
     parser.add_argument("--distillation-weight", type=float, default=1.0, help="loss weight on the teacher")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1], help="noise seeds of the prompt scores"
+    )
     args = parser.parse_args()
     if args.model is None:
         from sd_ovopt.reference import reference_model_dir
@@ -172,17 +193,21 @@ def main() -> None:
         _stage_train(work, args)
     if not (work / "fp32" / "sd_ovopt.json").is_file():
         _stage_fp32(work, args.model)
-    rows = _stage_eval(work, args.model)
+    rows = _stage_eval(work, args.model, args.seeds)
     report = json.loads((work / "run" / "qat_report.json").read_text())
     result = {"settings": vars(args) | {"work": str(work)}, "qat_report": report, "rows": rows}
     (work / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result, indent=2, default=str))
-    print("\n| variant | UNet rel. error vs FP32 (held-out) | prompt accuracy | colour | shape |")
+    seeds = " / ".join(map(str, args.seeds))
+    print(
+        f"\n| variant | UNet rel. error vs FP32 (held-out) | prompt accuracy (seed {seeds}) | colour | shape |"
+    )
     print("|---|---|---|---|---|")
     for name, row in rows.items():
+        by_seed = " / ".join(f"{100 * a:.1f}" for a in row["accuracy_by_seed"].values())
         print(
-            f"| {name} | {row['unet_rel_error_vs_fp32']:.4f} | {row['accuracy']:.3f} | "
-            f"{row['colour_accuracy']:.3f} | {row['shape_accuracy']:.3f} |"
+            f"| {name} | {row['unet_rel_error_vs_fp32']:.4f} | {100 * row['accuracy']:.1f} % ({by_seed}) | "
+            f"{100 * row['colour_accuracy']:.1f} % | {100 * row['shape_accuracy']:.1f} % |"
         )
 
 

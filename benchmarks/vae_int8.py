@@ -4,10 +4,10 @@
 
 The shipped reference model (32x32 images) is exported once to OpenVINO at f32. Latents are recorded
 from real sampling (the f32 pipeline, 20 steps, guidance 4): calibration latents along training prompts,
-evaluation latents along the held-out prompts (prompt ``i`` with seed ``seed + i``, as
-``python -m sd_ovopt.reference.evaluate`` does). Every decoder decodes the same evaluation latents, so
-the images differ only by the decoder: PSNR and SSIM against the f32 decoder's images, and the reference
-judge's prompt accuracy. Decoders: f32, bf16 (where OpenVINO reports BF16), and the INT8 decoder with
+evaluation latents along the held-out prompts (prompt ``i`` of seed ``s`` draws its noise from
+``noise_generator(s, i)``, as ``python -m sd_ovopt.reference.evaluate`` does; calibration uses seed
+1000). Every decoder decodes the same evaluation latents, so the images differ only by the decoder:
+PSNR and SSIM against the f32 decoder's images, and the reference judge's prompt accuracy. Decoders: f32, bf16 (where OpenVINO reports BF16), and the INT8 decoder with
 NNCF's ``performance`` (symmetric) and ``mixed`` (asymmetric activations) presets, each run with the f32
 and the bf16 hint (the hint decides the precision of the ops left in float).
 """
@@ -48,15 +48,17 @@ def load_pipeline(folder: Path, precision: str, threads: int | None) -> Any:
 
 
 def sample(pipe: Any, prompts: list[str], seed: int, output_type: str) -> list[np.ndarray]:
-    """One output per prompt (latents, or float images in [0, 1]); prompt ``i`` uses seed ``seed + i``."""
-    import torch
+    """One output per prompt (latents, or float images in [0, 1]); prompt ``i`` draws its noise from
+    ``noise_generator(seed, i)``. The last call is padded to the static batch with the next indices' noise;
+    the padding's outputs are dropped."""
+    from sd_ovopt._seeding import noise_generator
 
     out: list[np.ndarray] = []
     for start in range(0, len(prompts), BATCH):
         chunk = prompts[start : start + BATCH]
         n = len(chunk)
         chunk = chunk + chunk[-1:] * (BATCH - n)  # static batch: pad the last call
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(BATCH)]
+        generators = [noise_generator(seed, start + i) for i in range(BATCH)]
         result = pipe(
             chunk,
             num_inference_steps=STEPS,
@@ -112,7 +114,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     folder = export_reference(args.work)
     prompts = [spec.prompt for spec in held_out_prompts()[: args.prompts]]
-    cache = args.work / f"latents-{args.prompts}-{'-'.join(map(str, args.seeds))}-{args.calibration}.npz"
+    # the decoder inputs of one seeding rule, prompt count, seed list and calibration size
+    seeds = "-".join(map(str, args.seeds))
+    cache = args.work / f"latents-by-index-{args.prompts}-{seeds}-{args.calibration}.npz"
     t0 = time.perf_counter()
     if cache.is_file():  # the decoder inputs of an earlier run with the same settings
         saved = np.load(cache)
