@@ -11,8 +11,8 @@ Stages (a stage whose output exists is skipped, so a killed run resumes):
    to ``run/ov``. ``--tome-ratio`` applies ToMe to the student first.
 3. ``fp32``: ``export_pipeline`` of the reference model.
 4. ``eval``: held-out inputs are the 144 held-out prompts (never trained on nor calibrated with), encoded
-   by the text encoder, noised at a random timestep (input ``i`` draws its timestep and noise from
-   ``noise_generator(0, i)``). Each INT8 UNet IR is compared with the FP32 UNet IR on them (mean
+   by the text encoder, with seeded noisy latents at seeded timesteps (one generator seeded 0, drawn
+   input after input). Each INT8 UNet IR is compared with the FP32 UNet IR on them (mean
    relative L2 error); each pipeline generates the 144 held-out prompts with each ``--seeds`` value
    (20 DDIM steps, guidance 4; prompt ``i`` of seed ``s`` draws its noise from ``noise_generator(s, i)``,
    as ``python -m sd_ovopt.reference.evaluate`` does) and the judge scores colour and shape.
@@ -67,14 +67,12 @@ def _stage_fp32(work: Path, model: str) -> None:
 
 
 def _held_out_inputs(model: str, count: int) -> list[dict]:
-    """Held-out prompts' drawn images, VAE-encoded and noised with the DDPM schedule at a random timestep;
-    input ``i`` draws its timestep and noise from ``noise_generator(0, i)``."""
+    """Held-out prompts' drawn images, VAE-encoded and noised with the DDPM schedule at seeded timesteps."""
     import numpy as np
     import torch
     from diffusers import DDPMScheduler
 
     from sd_ovopt._loading import load_sd_pipeline
-    from sd_ovopt._seeding import noise_generator
     from sd_ovopt.reference import held_out_prompts, render
 
     pipe = load_sd_pipeline(model)
@@ -89,6 +87,7 @@ def _held_out_inputs(model: str, count: int) -> list[dict]:
     ).input_ids
     pixels = torch.from_numpy(np.stack([np.asarray(render(s)) for s in specs])).permute(0, 3, 1, 2)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         states = pipe.text_encoder(ids)[0]
         empty = pipe.text_encoder(
@@ -101,7 +100,6 @@ def _held_out_inputs(model: str, count: int) -> list[dict]:
         )
     inputs = []
     for i in range(count):
-        gen = noise_generator(0, i)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
         noise = torch.randn(latents[i : i + 1].shape, generator=gen)
         noisy = scheduler.add_noise(latents[i : i + 1], noise, t)
