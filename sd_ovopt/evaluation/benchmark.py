@@ -1,7 +1,12 @@
-"""``run_benchmark``: build every variant, measure its memory, time it, score its images, write the table."""
+"""``run_benchmark``: build every variant, measure its memory, time it, score its images, write the table.
+
+The loop names no variant: what each one is (how it is built, loaded, which UNet IRs it runs, what it is
+compared with) is its registration in :mod:`sd_ovopt.evaluation.variants`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -9,28 +14,28 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sd_ovopt._precision import PRECISIONS, resolve_precision
+from sd_ovopt._precision import HINT, _hint_name
 from sd_ovopt.errors import InvalidConfigError, NotAPipelineError, OutputExistsError
 from sd_ovopt.evaluation.fidelity import Judge, image_fidelity, prompt_accuracy
 from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult, machine_info
-from sd_ovopt.evaluation.timing import Call
-from sd_ovopt.evaluation.variants import REFERENCE, BuildSettings, BuiltVariant, Unavailable, variant_labels
-from sd_ovopt.recipe import DEFAULT_CALIBRATION_PROMPTS as _RECIPE_PROMPTS
+from sd_ovopt.evaluation.settings import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS, BenchmarkSettings
+from sd_ovopt.evaluation.timing import Call, Loaded, Sample
+from sd_ovopt.evaluation.variants import (
+    REFERENCE,
+    BuildSettings,
+    BuiltVariant,
+    Unavailable,
+    variant_labels,
+    variant_spec,
+)
 
 __all__ = ["DEFAULT_CALIBRATION_PROMPTS", "DEFAULT_PROMPTS", "BenchmarkSettings", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PROMPTS: tuple[str, ...] = (
-    "a red circle on a blue background",
-    "a photo of an astronaut riding a horse",
-)
-#: Calibration prompts (the recipe's default set) differ from the evaluation prompts, so PTQ is not scored
-#: on what it saw.
-DEFAULT_CALIBRATION_PROMPTS: tuple[str, ...] = _RECIPE_PROMPTS
 
 
 def _geometry(model: Path) -> tuple[int, int]:
@@ -65,83 +70,6 @@ def _output_dir(output_dir: str | Path) -> Path:
     return out
 
 
-@dataclass(frozen=True)
-class BenchmarkSettings:
-    """What one benchmark run compares and how (frozen, validated; ``run_benchmark`` takes it).
-
-    Attributes:
-        variants: Names from :data:`sd_ovopt.evaluation.VARIANTS` (default: all but ``ov-int8-qat``,
-            which joins when ``qat_model`` is given).
-        prompts: Evaluation prompts; every prompt runs with every seed.
-        seeds: Seeds of the initial noise (a CPU ``torch.Generator``).
-        steps: Denoising steps per image.
-        rounds: Timed rounds (each runs every (prompt, seed) pair and one UNet step per variant).
-        guidance_scale: Classifier-free guidance (> 1 doubles the UNet batch).
-        height: Image height (default: the model's native size).
-        width: Image width (default: the model's native size).
-        tome_ratio: ToMe ratio of ``ov-tome-int8``.
-        qat_model: A folder exported from a quantization-aware-trained UNet (``ov-int8-qat``).
-        calibration_prompts: PTQ calibration prompts (ours and the peers').
-        num_samples: UNet calls recorded for calibration (ours and the peers').
-        calibration_steps: Steps per calibration prompt (default: ``steps``).
-        precision: OpenVINO precision of the INT8 variants and the peers (``"f32"``: the non-quantized ops
-            match PyTorch; ``"default"``: the CPU's choice, bf16 where supported).
-        unet_only: Time UNet steps only: no pipeline calls, images, fidelity or grid.
-        unet_error_samples: With ``pytorch-fp32`` among the variants, compare every variant's UNet with
-            it on this many inputs recorded along its sampling of the first prompts (0: not measured;
-            each costs PyTorch UNet calls, so keep it 0 for full-size models on small machines).
-        measure_memory: Measure peak memory (one extra process per variant).
-        rebuild: Build every model again even if an equal build exists.
-        show_progress: Show progress bars.
-    """
-
-    variants: tuple[str, ...] | None = None
-    prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    seeds: tuple[int, ...] = (0,)
-    steps: int = 20
-    rounds: int = 3
-    guidance_scale: float = 7.5
-    height: int | None = None
-    width: int | None = None
-    tome_ratio: float = 0.4
-    qat_model: str | Path | None = None
-    calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS
-    num_samples: int = 200
-    calibration_steps: int | None = None
-    precision: str = "f32"
-    unet_only: bool = False
-    unet_error_samples: int = 0
-    measure_memory: bool = True
-    rebuild: bool = False
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        from sd_ovopt._validation import check_int
-        from sd_ovopt.tome.config import ToMeConfig
-
-        for name in ("prompts", "calibration_prompts"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not value or not all(isinstance(p, str) and p for p in value):
-                raise InvalidConfigError(f"{name}={value!r}; pass a non-empty list of non-empty strings.")
-            object.__setattr__(self, name, tuple(value))
-        seeds = self.seeds
-        if isinstance(seeds, int) or not seeds or not all(isinstance(v, int) and v >= 0 for v in seeds):
-            raise InvalidConfigError(f"seeds={seeds!r}; pass a non-empty list of integers >= 0.")
-        object.__setattr__(self, "seeds", tuple(seeds))
-        if self.variants is not None and not isinstance(self.variants, str):
-            object.__setattr__(self, "variants", tuple(self.variants))
-        for name in ("steps", "rounds", "num_samples"):
-            check_int(name, getattr(self, name), minimum=1)
-        if self.calibration_steps is not None:
-            check_int("calibration_steps", self.calibration_steps, minimum=1)
-        check_int("unet_error_samples", self.unet_error_samples, minimum=0)
-        if self.precision not in PRECISIONS:
-            raise InvalidConfigError(f"precision={self.precision!r}; use one of {PRECISIONS}.")
-        # "auto" (sd_ovopt's default) resolves here, so our variants and the peers get the same hint
-        object.__setattr__(self, "precision", resolve_precision(self.precision))
-        ToMeConfig(ratio=self.tome_ratio)  # raises for a ratio out of range
-
-
 def run_benchmark(
     model: str | Path,
     output_dir: str | Path,
@@ -155,9 +83,10 @@ def run_benchmark(
     Builds each variant from the local diffusers folder ``model`` into ``output_dir/models`` (reused on
     the next run when the settings are the same), measures each variant's peak memory in a process of
     its own, then times all variants in one process, interleaved, warm-up excluded: full-pipeline
-    latency for ``steps`` steps and the latency of one UNet step. Every image is compared with the
-    PyTorch FP32 image of the same prompt and seed (PSNR, SSIM), and judged when ``judge`` is given.
-    Writes ``results.json``, ``results.md``, ``chart.png`` and ``grid.png`` into ``output_dir``.
+    latency for ``steps`` steps and the latency of one UNet step (and, with ``check_extrapolation``, of
+    every UNet IR and of the text encoder and VAE decoder). Every image is compared with the PyTorch FP32
+    image of the same prompt and seed (PSNR, SSIM), and judged when ``judge`` is given. Writes
+    ``results.json``, ``results.md``, ``chart.png`` and ``grid.png`` into ``output_dir``.
 
     Args:
         model: Local folder written by ``StableDiffusionPipeline.save_pretrained``.
@@ -177,17 +106,18 @@ def run_benchmark(
     from sd_ovopt.evaluation.report import write_report
 
     plan = _plan(model, output_dir, settings or BenchmarkSettings(), overrides, judge)
-    rows, images = _build_and_measure(plan)
+    rows, images, timing = _build_and_measure(plan)
     reference = next((n for n in (REFERENCE, "ov-f32") if images.get(n)), None)
-    _score(rows, images, reference, plan.pairs, judge)
+    _score(rows, images, reference, plan.samples, judge)
     result = BenchmarkResult(
         model=str(plan.source),
-        settings=_recorded_settings(plan, judge),
+        settings={**_recorded_settings(plan, judge), **timing.settings},
         machine=machine_info(),
         reference=reference,
         variants=[rows[n] for n in plan.names],
+        timing_peak_rss_bytes=timing.peak_rss_bytes,
     )
-    write_report(result, images, plan.pairs, plan.out)
+    write_report(result, images, plan.samples, plan.out)
     return result
 
 
@@ -202,7 +132,7 @@ class _Plan:
     build: BuildSettings
     qat_model: Path | None
     call: Call  # the timed pipeline call
-    pairs: list[tuple[str, int]]  # every (prompt, seed)
+    samples: list[Sample]  # every (prompt, seed) image
 
 
 def _plan(
@@ -213,8 +143,6 @@ def _plan(
     judge: Judge | None,
 ) -> _Plan:
     """Check the request (settings, judge, model, image size) and resolve what to build and time."""
-    import dataclasses
-
     from sd_ovopt._loading import check_image_size
     from sd_ovopt.evaluation.variants import check_qat_model, resolve_variants
 
@@ -233,23 +161,29 @@ def _plan(
     native, vae_scale = _geometry(source)
     height, width = cfg.height or native, cfg.width or native
     check_image_size(height, width, vae_scale_factor=vae_scale)
-    build = BuildSettings(
-        height=height,
-        width=width,
-        guidance_scale=float(cfg.guidance_scale),
-        tome_ratio=float(cfg.tome_ratio),
-        calibration_prompts=cfg.calibration_prompts,
-        num_samples=cfg.num_samples,
-        calibration_steps=cfg.steps if cfg.calibration_steps is None else cfg.calibration_steps,
-        precision=cfg.precision,
-    )
+    build = cfg.build_settings(height, width)
     qat_model = None if cfg.qat_model is None else check_qat_model(cfg.qat_model, build)
     call = Call(steps=cfg.steps, guidance_scale=float(cfg.guidance_scale), height=height, width=width)
-    pairs = [(p, s) for p in cfg.prompts for s in cfg.seeds]
-    return _Plan(cfg, source, _output_dir(output_dir), list(names), build, qat_model, call, pairs)
+    samples = [Sample(p, s, i) for i, p in enumerate(cfg.prompts) for s in cfg.seeds]
+    return _Plan(cfg, source, _output_dir(output_dir), list(names), build, qat_model, call, samples)
 
 
-def _build_and_measure(plan: _Plan) -> tuple[dict[str, VariantResult], dict[str, list[Any]]]:
+@dataclass(frozen=True)
+class _TimingRun:
+    """How the timing ran: the load mode, its estimate, and the timing process's peak memory."""
+
+    mode: str
+    estimate_bytes: int
+    peak_rss_bytes: int | None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"load_mode": self.mode, "estimated_all_at_once_bytes": self.estimate_bytes}
+
+
+def _build_and_measure(
+    plan: _Plan,
+) -> tuple[dict[str, VariantResult], dict[str, list[Any]], _TimingRun]:
     """Build (or reuse) every variant, measure peak memory, time; the table rows and first-round images."""
     from sd_ovopt.evaluation.variants import build_variants
 
@@ -267,8 +201,9 @@ def _build_and_measure(plan: _Plan) -> tuple[dict[str, VariantResult], dict[str,
     rows = _rows(built)
     ready = [item for item in built if isinstance(item, BuiltVariant)]
     if cfg.measure_memory:
-        _measure_memory(rows, ready, plan.call, plan.pairs[0], unet_only=cfg.unet_only)
-    return rows, _time(rows, ready, plan.call, plan.pairs, cfg)
+        _measure_memory(rows, ready, plan.call, plan.samples[0], unet_only=cfg.unet_only)
+    images, timing = _time(rows, ready, plan)
+    return rows, images, timing
 
 
 def _recorded_settings(plan: _Plan, judge: Judge | None) -> dict[str, Any]:
@@ -284,6 +219,9 @@ def _recorded_settings(plan: _Plan, judge: Judge | None) -> dict[str, Any]:
         "unet_batch": plan.call.unet_batch,
         "unet_only": cfg.unet_only,
         "unet_error_samples": cfg.unet_error_samples,
+        "check_extrapolation": cfg.check_extrapolation,
+        "load": cfg.load,
+        "memory_budget_gib": cfg.memory_budget_gib,
         "qat_model": None if plan.qat_model is None else str(plan.qat_model),
         "judge": None if judge is None else getattr(judge, "__qualname__", repr(judge)),
     }
@@ -295,6 +233,7 @@ def _rows(built: Sequence[BuiltVariant | Unavailable]) -> dict[str, VariantResul
     rows = {}
     for item in built:
         row = VariantResult(name=item.name, label=variant_labels()[item.name])
+        row.baseline = variant_spec(item.name).baseline
         if isinstance(item, Unavailable):
             row.status, row.reason = item.status, item.reason
         else:
@@ -309,7 +248,7 @@ def _measure_memory(
     rows: dict[str, VariantResult],
     ready: list[BuiltVariant],
     call: Call,
-    pair: tuple[str, int],
+    sample: Sample,
     *,
     unet_only: bool,
 ) -> None:
@@ -317,95 +256,151 @@ def _measure_memory(
 
     for item in ready:
         logger.info("measuring the peak memory of %s in a process of its own", item.name)
-        peak = measure_peak_memory(item, call, prompt=pair[0], seed=pair[1], unet_only=unet_only)
+        peak = measure_peak_memory(item, call, sample=sample, unet_only=unet_only)
         row = rows[item.name]
         row.peak_rss_bytes, row.baseline_rss_bytes = peak.peak_bytes, peak.baseline_bytes
         row.memory_method, row.memory_error = peak.method, peak.error
 
 
-def _time(
-    rows: dict[str, VariantResult],
-    ready: list[BuiltVariant],
-    call: Call,
-    pairs: list[tuple[str, int]],
-    cfg: BenchmarkSettings,
-) -> dict[str, list[Any]]:
-    """Load every ready variant into this process, time them interleaved; return first-round images."""
-    from sd_ovopt.evaluation.timing import time_variants
+def _load_mode(
+    cfg: BenchmarkSettings, ready: list[BuiltVariant], rows: dict[str, VariantResult]
+) -> _TimingRun:
+    """The load mode: ``cfg.load``, or for ``"auto"`` one at a time when the estimated resident size of all
+    variants at once exceeds the budget (twice an OpenVINO folder's weights on disk, the mapped file and
+    the compiled copy; 1.25 times a PyTorch folder's)."""
+    estimate = sum(
+        int((1.25 if item.runtime == "torch" else 2.0) * (rows[item.name].total_bytes or 0)) for item in ready
+    )
+    mode = cfg.load
+    if mode == "auto":
+        mode = "one" if estimate > cfg.memory_budget_gib * 2**30 else "all"
+    return _TimingRun(mode, estimate, None)
+
+
+def _load(item: BuiltVariant, call: Call) -> Loaded:
+    """Load a built variant for timing, with the further UNet IRs its registration names."""
     from sd_ovopt.evaluation.variants import load_variant
 
     size = {"height": call.height, "width": call.width, "guidance_scale": call.guidance_scale}
-    pipes = {item.name: (load_variant(item, **size), item.runtime) for item in ready}
-    for name, (pipe, runtime) in pipes.items():
-        rows[name].runtime_precision = _runtime_precision(pipe, runtime)
-    if REFERENCE in pipes and cfg.unet_error_samples:
-        _unet_error(rows, pipes, [p for p, _ in pairs], call, cfg.unet_error_samples)
+    pipe = load_variant(item, **size)
+    return Loaded(pipe, item.runtime, variant_spec(item.name).unet_irs(pipe, item))
+
+
+def _time(
+    rows: dict[str, VariantResult], ready: list[BuiltVariant], plan: _Plan
+) -> tuple[dict[str, list[Any]], _TimingRun]:
+    """Time every ready variant, interleaved (all loaded, or one at a time); return first-round images."""
+    from sd_ovopt.evaluation.memory import peak_rss_bytes, reset_peak_rss
+    from sd_ovopt.evaluation.timing import time_variants
+
+    cfg, call = plan.cfg, plan.call
+    run = _load_mode(cfg, ready, rows)
+    logger.info("timing %d variants, load mode %s", len(ready), run.mode)
+    probe = None
+    if cfg.unet_error_samples and any(item.name == REFERENCE for item in ready):
+        reference = next(item for item in ready if item.name == REFERENCE)
+        probe = _UNetProbe.record(reference, call, [s.prompt for s in plan.samples], cfg.unet_error_samples)
+    reset = reset_peak_rss()
     t0 = time.perf_counter()
     timings, images = time_variants(
-        pipes, pairs, call, rounds=cfg.rounds, unet_only=cfg.unet_only, show_progress=cfg.show_progress
+        {item.name: partial(_load, item, call) for item in ready},
+        plan.samples,
+        call,
+        rounds=cfg.rounds,
+        one_at_a_time=run.mode == "one",
+        unet_only=cfg.unet_only,
+        time_parts=cfg.check_extrapolation,
+        on_load=partial(_on_load, rows, call, cfg.check_extrapolation, probe),
+        show_progress=cfg.show_progress,
     )
-    logger.info("timed %d variants in %.0f s", len(pipes), time.perf_counter() - t0)
-    del pipes
+    logger.info("timed %d variants in %.0f s", len(ready), time.perf_counter() - t0)
     gc.collect()
     for name, timing in timings.items():
-        rows[name].pipeline_s, rows[name].unet_step_s = timing.pipeline_s, timing.unet_step_s
-    return images
+        row = rows[name]
+        row.pipeline_s, row.unet_step_s = timing.pipeline_s, timing.unet_step_s
+        row.unet_ir_s, row.other_s = timing.unet_ir_s, timing.other_s
+    peak = peak_rss_bytes() if reset else None
+    return images, dataclasses.replace(run, peak_rss_bytes=peak)
+
+
+def _on_load(
+    rows: dict[str, VariantResult],
+    call: Call,
+    extrapolation: bool,
+    probe: _UNetProbe | None,
+    name: str,
+    loaded: Loaded,
+) -> None:
+    """What a variant's first load tells: the precision it runs at, its UNet calls, its UNet error."""
+    row = rows[name]
+    row.runtime_precision = _runtime_precision(loaded.pipe, loaded.runtime)
+    if extrapolation:
+        spec = variant_spec(name)
+        row.unet_calls = spec.unet_calls(loaded.pipe, call.steps)
+        row.unet_calls_50 = spec.unet_calls(loaded.pipe, 50)
+    if probe is not None:
+        row.unet_rel_error = probe.error(loaded.pipe, loaded.runtime)
 
 
 def _runtime_precision(pipe: Any, runtime: str) -> str:
     if runtime == "torch":
         return str(next(pipe.unet.parameters()).dtype).removeprefix("torch.")
     pipe.unet.compile()
-    value = pipe.unet.request.get_property("INFERENCE_PRECISION_HINT")
-    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    return _hint_name(pipe.unet.request.get_property(HINT))
 
 
 #: The UNet-error column records the sampling trajectories of up to this many benchmark prompts.
 _UNET_ERROR_PROMPTS = 8
 
 
-def _unet_error(
-    rows: dict[str, VariantResult],
-    pipes: dict[str, tuple[Any, str]],
-    prompts: list[str],
-    call: Call,
-    samples: int,
-) -> None:
-    """Each variant's UNet against the PyTorch FP32 UNet on ``samples`` inputs spread evenly over the
-    reference's own sampling trajectories of the first benchmark prompts."""
-    import numpy as np
+@dataclass(frozen=True)
+class _UNetProbe:
+    """Inputs recorded along the PyTorch FP32 reference's sampling, and its UNet's outputs on them."""
 
-    from sd_ovopt.evaluation.timing import unet_outputs
-    from sd_ovopt.quantization import collect_calibration
+    inputs: list[dict[str, Any]]
+    expected: list[Any]
 
-    reference = pipes[REFERENCE][0]
-    inputs = collect_calibration(
-        reference,
-        list(dict.fromkeys(prompts))[:_UNET_ERROR_PROMPTS],
-        num_inference_steps=call.steps,
-        guidance_scale=call.guidance_scale,
-        height=call.height,
-        width=call.width,
-        show_progress=False,
-    )
-    inputs = [{k: v.numpy() for k, v in item.items()} for item in inputs[:: -(-len(inputs) // samples)]]
-    expected = unet_outputs(reference, "torch", inputs)
-    for name, (pipe, runtime) in pipes.items():
-        got = unet_outputs(pipe, runtime, inputs)
+    @classmethod
+    def record(cls, reference: BuiltVariant, call: Call, prompts: list[str], samples: int) -> _UNetProbe:
+        """``samples`` inputs spread evenly over the reference's own sampling of the first prompts."""
+        from sd_ovopt.evaluation.timing import unet_outputs
+        from sd_ovopt.quantization import collect_calibration
+
+        pipe = _load(reference, call).pipe
+        inputs = collect_calibration(
+            pipe,
+            list(dict.fromkeys(prompts))[:_UNET_ERROR_PROMPTS],
+            num_inference_steps=call.steps,
+            guidance_scale=call.guidance_scale,
+            height=call.height,
+            width=call.width,
+            show_progress=False,
+        )
+        picked = [{k: v.numpy() for k, v in item.items()} for item in inputs[:: -(-len(inputs) // samples)]]
+        return cls(picked, unet_outputs(pipe, "torch", picked))
+
+    def error(self, pipe: Any, runtime: str) -> float:
+        """The mean relative L2 error of ``pipe``'s UNet against the reference's on the recorded inputs."""
+        import numpy as np
+
+        from sd_ovopt.evaluation.timing import unet_outputs
+
+        got = unet_outputs(pipe, runtime, self.inputs)
         errors = [
-            np.linalg.norm(g - e) / max(np.linalg.norm(e), 1e-12) for g, e in zip(got, expected, strict=True)
+            np.linalg.norm(g - e) / max(np.linalg.norm(e), 1e-12)
+            for g, e in zip(got, self.expected, strict=True)
         ]
-        rows[name].unet_rel_error = float(np.mean(errors))
+        return float(np.mean(errors))
 
 
 def _score(
     rows: dict[str, VariantResult],
     images: dict[str, list[Any]],
     reference: str | None,
-    pairs: list[tuple[str, int]],
+    samples: list[Sample],
     judge: Judge | None,
 ) -> None:
-    prompts = [p for p, _ in pairs]
+    prompts = [s.prompt for s in samples]
     for name, imgs in images.items():
         if not imgs:
             continue
@@ -418,8 +413,8 @@ def _score(
             rows[name].ssim = statistics.fmean(s.ssim for s in scores)
         if judge is not None:
             rows[name].prompt_accuracy = prompt_accuracy(imgs, prompts, judge)
-            for seed in dict.fromkeys(s for _, s in pairs):
-                picked = [i for i, (_, s) in enumerate(pairs) if s == seed]
+            for seed in dict.fromkeys(s.seed for s in samples):
+                picked = [i for i, s in enumerate(samples) if s.seed == seed]
                 rows[name].prompt_accuracy_by_seed[str(seed)] = prompt_accuracy(
                     [imgs[i] for i in picked], [prompts[i] for i in picked], judge
                 )

@@ -6,8 +6,9 @@ steps, guidance, size and ``torch.Generator`` noise give the same image as :clas
 on the same folder, up to 8-bit rounding. The whole generation (tokenizer, text encoder, denoising
 loop, scheduler, VAE decoder) runs inside GenAI.
 
-For the UNet-step timing and the runtime-precision column, ``unet`` compiles the folder's UNet IR on its
-own with the same properties (GenAI does not expose its compiled models); it is compiled only when asked.
+For the harness's timing of single parts and its runtime-precision column, ``unet``, ``text_encoder`` and
+``vae_decoder`` compile the folder's IRs on their own with the same properties (GenAI does not expose its
+compiled models); each is compiled only when asked.
 """
 
 from __future__ import annotations
@@ -58,12 +59,14 @@ def _torch_noise(generator: Any) -> Any:
     return TorchNoise()
 
 
-class _UNet:
-    """The folder's UNet IR, compiled on demand with the pipeline's properties (timing and precision only)."""
+class _Part:
+    """One IR of the folder (``unet``, ``text_encoder``, ``vae_decoder``), compiled on demand with the
+    pipeline's properties (timing and precision only)."""
 
-    def __init__(self, folder: Path, properties: dict[str, Any]) -> None:
-        self.config = _read_json(folder / "unet" / "config.json")
-        self._xml, self._properties = folder / "unet" / "openvino_model.xml", properties
+    def __init__(self, folder: Path, part: str, properties: dict[str, Any]) -> None:
+        config = folder / part / "config.json"
+        self.config = _read_json(config) if config.is_file() else {}
+        self._xml, self._properties = folder / part / "openvino_model.xml", properties
         self.request: Any = None
 
     def compile(self) -> None:
@@ -100,11 +103,21 @@ class GenAIPipeline:
         self.folder = Path(folder)
         self.properties = {**(properties or {}), **precision_hint(precision)}
         self.pipe = openvino_genai.Text2ImagePipeline(str(self.folder), "CPU", **self.properties)
-        self.unet = _UNet(self.folder, self.properties)
+        self.unet = _Part(self.folder, "unet", self.properties)
+        self.text_encoder = _Part(self.folder, "text_encoder", self.properties)
+        self.vae_decoder = _Part(self.folder, "vae_decoder", self.properties)
         vae = _read_json(self.folder / "vae_decoder" / "config.json")
         self.vae_scale_factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
         tokenizer = _read_json(self.folder / "tokenizer" / "tokenizer_config.json")
         self.tokenizer = SimpleNamespace(model_max_length=int(tokenizer.get("model_max_length", 77)))
+
+    @property
+    def scheduler(self) -> Any:
+        """The folder's scheduler as diffusers builds it (GenAI runs its own copy of the same schedule)."""
+        import diffusers  # optional heavy dependency: only the harness's step counting asks
+
+        config = _read_json(self.folder / "scheduler" / "scheduler_config.json")
+        return getattr(diffusers, str(config.get("_class_name"))).from_config(config)
 
     def set_progress_bar_config(self, **_: Any) -> None:
         """GenAI shows no progress bar (kept so the harness treats every pipeline alike)."""

@@ -19,10 +19,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sd_ovopt.evaluation.timing import Call
+from sd_ovopt.evaluation.timing import Call, Sample
 from sd_ovopt.evaluation.variants import BuiltVariant
 
-__all__ = ["PeakMemory", "measure_peak_memory"]
+__all__ = ["PeakMemory", "measure_peak_memory", "peak_rss_bytes", "reset_peak_rss"]
 
 _MARKER = "SD_OVOPT_PEAK_MEMORY "
 
@@ -61,16 +61,29 @@ def _reset_high_water_mark() -> bool:
     return True
 
 
+def reset_peak_rss() -> bool:
+    """Start a new resident-set high-water mark for this process (False where Linux's ``/proc`` lacks it)."""
+    return _reset_high_water_mark()
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's resident-set high-water mark since :func:`reset_peak_rss` (None where unreadable)."""
+    try:
+        return _proc_status("VmHWM")
+    except OSError:
+        return None
+
+
 def measure_peak_memory(
     variant: BuiltVariant,
     call: Call,
     *,
-    prompt: str,
-    seed: int,
+    sample: Sample,
     unet_only: bool = False,
     timeout: float = 3600,
 ) -> PeakMemory:
-    """Run the probe for ``variant`` in a new Python process and return its peak memory."""
+    """Run the probe for ``variant`` in a new Python process and return its peak memory while it loads and
+    generates ``sample`` (or, with ``unet_only``, runs one UNet step)."""
     try:
         import resource  # noqa: F401
     except ImportError:
@@ -78,8 +91,7 @@ def measure_peak_memory(
     spec = {
         "variant": {**asdict(variant), "path": str(variant.path)},
         "call": asdict(call),
-        "prompt": prompt,
-        "seed": seed,
+        "sample": list(sample),
         "unet_only": unet_only,
     }
     try:
@@ -116,7 +128,7 @@ def _probe(spec: dict) -> PeakMemory:
     if spec["unet_only"]:
         unet_step(pipe, variant.runtime, call)()
     else:
-        generate(pipe, spec["prompt"], spec["seed"], call)
+        generate(pipe, Sample(*spec["sample"]), call)
     peak = _proc_status("VmHWM") if reset else _max_rss_bytes()
     return PeakMemory(peak_bytes=peak, baseline_bytes=baseline, method="VmHWM" if reset else "ru_maxrss")
 

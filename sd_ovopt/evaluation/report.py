@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sd_ovopt.evaluation.fidelity import to_uint8
-from sd_ovopt.evaluation.variants import PEER, REFERENCE
+from sd_ovopt.evaluation.variants import PEER, PEER_FULL, REFERENCE
 
 if TYPE_CHECKING:
     from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult
+    from sd_ovopt.evaluation.timing import Sample
 
 __all__ = ["GRID_CAPTION", "GRID_CELL_MIN", "GRID_HEADER", "GRID_ROWS_MAX", "markdown_table", "write_report"]
 
@@ -36,19 +38,54 @@ def _ratio(value: float | None) -> str:
 
 
 def _speed_rows(result: BenchmarkResult, ok: list[VariantResult]) -> list[str]:
+    """The speed table; a column against the full-INT8 peer and one against each row's baseline (e.g. its
+    uncached twin) join when the run has them."""
+    names = {r.name for r in ok}
+    full = PEER_FULL in names
+    baselines = any(r.baseline in names for r in ok)
+    extra = (" vs full INT8 peer |" if full else "") + (" vs baseline |" if baselines else "")
     lines = [
-        "| variant | runtime precision | pipeline s, median (min) | vs PyTorch FP32 | vs peer "
-        "| UNet step ms, median (min) | vs PyTorch FP32 | vs peer |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | runtime precision | pipeline s, median (min) | vs PyTorch FP32 | vs peer |"
+        + extra
+        + " UNet step ms, median (min) | vs PyTorch FP32 | vs peer |",
+        "|---|---|---|---|---|" + "---|" * (full + baselines) + "---|---|---|",
     ]
     for r in ok:
         pipeline = f"{_fmt(r.pipeline_median_s, '.3f')} ({_fmt(r.pipeline_min_s, '.3f')})"
         step = f"{_fmt(r.unet_step_median_s, '.1f', 1e3)} ({_fmt(r.unet_step_min_s, '.1f', 1e3)})"
+        cells = [_ratio(result.speedup(r.name, PEER_FULL))] if full else []
+        if baselines:
+            against = result.speedup(r.name, r.baseline) if r.baseline in names else None
+            cells.append(_MISSING if against is None else f"{_ratio(against)} vs {r.baseline}")
         lines.append(
             f"| {r.name} | {r.runtime_precision or _MISSING} | {pipeline} "
-            f"| {_ratio(result.speedup(r.name, REFERENCE))} | {_ratio(result.speedup(r.name, PEER))} "
-            f"| {step} | {_ratio(result.speedup(r.name, REFERENCE, 'unet_step'))} "
+            f"| {_ratio(result.speedup(r.name, REFERENCE))} | {_ratio(result.speedup(r.name, PEER))} | "
+            + "".join(f"{cell} | " for cell in cells)
+            + f"{step} | {_ratio(result.speedup(r.name, REFERENCE, 'unet_step'))} "
             f"| {_ratio(result.speedup(r.name, PEER, 'unet_step'))} |"
+        )
+    return lines
+
+
+def _calls(calls: dict[str, int]) -> str:
+    return " + ".join(f"{n} {ir}" for ir, n in calls.items()) or _MISSING
+
+
+def _extrapolation_rows(ok: list[VariantResult]) -> list[str]:
+    """Each row's pipeline call against the sum of its timed parts, and a 50-step call from them."""
+    lines = [
+        "| variant | UNet calls | UNet IR s, median | TE + VAE s | extrapolated s | measured / extrapolated "
+        "| 50 steps: UNet calls | 50 steps s (extrapolated) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ok:
+        irs = {"unet": r.unet_step_median_s, **{k: statistics.median(v) for k, v in r.unet_ir_s.items()}}
+        per_ir = ", ".join(f"{_fmt(v, '.3f')} ({k})" for k, v in irs.items())
+        other = statistics.median(r.other_s) if r.other_s else None
+        lines.append(
+            f"| {r.name} | {_calls(r.unet_calls)} | {per_ir} | {_fmt(other, '.3f')} "
+            f"| {_fmt(r.extrapolated_s, '.3f')} | {_fmt(r.measured_over_extrapolated, '.3f')} "
+            f"| {_calls(r.unet_calls_50)} | {_fmt(r.pipeline_50_steps_s, '.1f')} |"
         )
     return lines
 
@@ -85,6 +122,35 @@ def _footprint_rows(ok: list[VariantResult]) -> list[str]:
     return lines
 
 
+def _load_line(result: BenchmarkResult) -> str:
+    s = result.settings
+    if s.get("load_mode") == "one":
+        text = "Timed one variant at a time in each round (load, warm-up, timed calls, release)"
+    else:
+        text = "Timed with every variant loaded at once"
+    estimate = s.get("estimated_all_at_once_bytes")
+    if estimate is not None:
+        text += f" (all at once estimated at {estimate / 2**30:.2f} GiB)"
+    if result.timing_peak_rss_bytes is not None:
+        text += f"; peak RSS while timing {result.timing_peak_rss_bytes / 2**30:.2f} GiB"
+    return text + "."
+
+
+def _extrapolation_section(result: BenchmarkResult, ok: list[VariantResult]) -> list[str]:
+    if not result.settings.get("check_extrapolation") or result.settings["unet_only"]:
+        return []
+    return [
+        "## Pipeline call vs its parts",
+        "",
+        *_extrapolation_rows(ok),
+        "",
+        "Extrapolated: each UNet IR's median times its calls (counted on the variant's scheduler), plus the "
+        "text encoder and VAE decoder of one call (TE + VAE); measured / extrapolated above 1 is the time "
+        "between the parts (scheduler, latents, Python).",
+        "",
+    ]
+
+
 def markdown_table(result: BenchmarkResult) -> str:
     """The results as markdown: settings and machine, a speed table, a footprint and fidelity table."""
     s, m = result.settings, result.machine
@@ -104,10 +170,13 @@ def markdown_table(result: BenchmarkResult) -> str:
         f"torch {versions.get('torch')} ({m.get('torch_threads')} threads), optimum-intel "
         f"{versions.get('optimum-intel')}, NNCF {versions.get('nncf')}.",
         "",
+        _load_line(result),
+        "",
         "## Speed",
         "",
         *_speed_rows(result, ok),
         "",
+        *_extrapolation_section(result, ok),
         "## Footprint and fidelity",
         "",
         *_footprint_rows(ok),
@@ -200,7 +269,7 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
     return text
 
 
-def _write_grid(images: dict[str, list[Any]], pairs: Sequence[tuple[str, int]], path: Path) -> None:
+def _write_grid(images: dict[str, list[Any]], samples: Sequence[Sample], path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     names = [n for n, imgs in images.items() if imgs]
@@ -208,7 +277,7 @@ def _write_grid(images: dict[str, list[Any]], pairs: Sequence[tuple[str, int]], 
     h, w = first.shape[:2]
     factor = max(1, math.ceil(GRID_CELL_MIN / max(h, w)))
     ch, cw = h * factor, w * factor
-    grid = Image.new("RGB", (cw * len(names), GRID_HEADER + len(pairs) * (GRID_CAPTION + ch)), "white")
+    grid = Image.new("RGB", (cw * len(names), GRID_HEADER + len(samples) * (GRID_CAPTION + ch)), "white")
     draw = ImageDraw.Draw(grid)
     try:
         font = ImageFont.load_default(size=12)
@@ -216,7 +285,7 @@ def _write_grid(images: dict[str, list[Any]], pairs: Sequence[tuple[str, int]], 
         font = ImageFont.load_default()
     for col, name in enumerate(names):
         draw.text((cw * col + 2, 6), _fit(draw, name, font, cw), fill="black", font=font)
-    for row, (prompt, seed) in enumerate(pairs):
+    for row, (prompt, seed, _) in enumerate(samples):
         top = GRID_HEADER + row * (GRID_CAPTION + ch)
         caption = _fit(draw, f"seed {seed}: {prompt}", font, cw * len(names))
         draw.text((2, top + 3), caption, fill="black", font=font)
@@ -234,18 +303,18 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def write_report(
-    result: BenchmarkResult, images: dict[str, list[Any]], pairs: Sequence[tuple[str, int]], output_dir: Path
+    result: BenchmarkResult, images: dict[str, list[Any]], samples: Sequence[Sample], output_dir: Path
 ) -> dict[str, str]:
     """Write the four outputs (the grid only when there are images) and each image; return their paths."""
     out = Path(output_dir)
     outputs = {"json": out / "results.json", "markdown": out / "results.md", "chart": out / "chart.png"}
     if any(images.values()):
         outputs["grid"] = out / "grid.png"
-        _write_grid(images, pairs[:GRID_ROWS_MAX], outputs["grid"])
+        _write_grid(images, samples[:GRID_ROWS_MAX], outputs["grid"])
         for name, imgs in images.items():
             folder = out / "images" / name
             folder.mkdir(parents=True, exist_ok=True)
-            for i, (image, (_, seed)) in enumerate(zip(imgs, pairs, strict=False)):
+            for i, (image, (_, seed, _)) in enumerate(zip(imgs, samples, strict=False)):
                 from PIL import Image
 
                 Image.fromarray(to_uint8(image)).save(folder / f"{i:02d}-seed{seed}.png")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sd_ovopt.errors import InvalidConfigError
-from sd_ovopt.evaluation.variants import PEER, REFERENCE
+from sd_ovopt.evaluation.variants import PEER, PEERS, REFERENCE
 
 __all__ = ["BenchmarkResult", "VariantResult", "machine_info"]
 
@@ -31,6 +31,12 @@ class VariantResult:
     (its spread is the seed-to-seed noise of the accuracy). ``unet_rel_error`` is the mean relative L2
     error of the variant's UNet against the PyTorch FP32 UNet on inputs recorded along the reference's
     sampling trajectories of the benchmark prompts. ``status`` is ``"ok"``, ``"skipped"`` or ``"failed"`` (see ``reason``).
+
+    With the extrapolation check on, ``unet_ir_s`` holds the times of the variant's further UNet IRs (e.g.
+    the shallow IR of step caching), ``other_s`` those of one call's text encoder and VAE decoder, and
+    ``unet_calls`` / ``unet_calls_50`` how many calls of each IR (``"unet"`` and the further ones) a call of
+    the benchmark's steps and of 50 steps makes: the pipeline call extrapolated from its parts is
+    :attr:`extrapolated_s`. ``baseline`` names the variant this one is compared with (e.g. its uncached twin).
     """
 
     name: str
@@ -57,6 +63,11 @@ class VariantResult:
     prompt_accuracy: float | None = None
     prompt_accuracy_by_seed: dict[str, float] = field(default_factory=dict)
     unet_rel_error: float | None = None
+    baseline: str | None = None
+    unet_ir_s: dict[str, list[float]] = field(default_factory=dict)
+    other_s: list[float] = field(default_factory=list)
+    unet_calls: dict[str, int] = field(default_factory=dict)
+    unet_calls_50: dict[str, int] = field(default_factory=dict)
 
     @property
     def pipeline_median_s(self) -> float | None:
@@ -74,6 +85,31 @@ class VariantResult:
     def unet_step_min_s(self) -> float | None:
         return min(self.unet_step_s) if self.unet_step_s else None
 
+    def _from_parts(self, calls: dict[str, int]) -> float | None:
+        """Seconds of a pipeline call summed from its parts: each UNet IR's median times its calls, plus
+        the text encoder and VAE decoder (None when a part was not timed)."""
+        medians = {"unet": _median(self.unet_step_s), **{k: _median(v) for k, v in self.unet_ir_s.items()}}
+        other = _median(self.other_s)
+        if not calls or other is None or any(medians.get(k) is None for k in calls):
+            return None
+        return sum(n * medians[k] for k, n in calls.items()) + other  # type: ignore[operator]
+
+    @property
+    def extrapolated_s(self) -> float | None:
+        """The pipeline call of the benchmark's steps, summed from its parts."""
+        return self._from_parts(self.unet_calls)
+
+    @property
+    def measured_over_extrapolated(self) -> float | None:
+        """Measured pipeline median over :attr:`extrapolated_s` (above 1: time between the parts)."""
+        measured, parts = self.pipeline_median_s, self.extrapolated_s
+        return None if measured is None or not parts else measured / parts
+
+    @property
+    def pipeline_50_steps_s(self) -> float | None:
+        """A 50-step pipeline call, summed from its parts."""
+        return self._from_parts(self.unet_calls_50)
+
 
 @dataclass
 class BenchmarkResult:
@@ -85,6 +121,8 @@ class BenchmarkResult:
     reference: str | None
     variants: list[VariantResult]
     outputs: dict[str, str] = field(default_factory=dict)
+    #: The timing process's resident-set high-water mark while it timed (None where not readable).
+    timing_peak_rss_bytes: int | None = None
 
     def variant(self, name: str) -> VariantResult:
         for row in self.variants:
@@ -114,6 +152,12 @@ class BenchmarkResult:
                 data[f"{metric}_min_s"] = getattr(row, f"{metric}_min_s")
                 data[f"{metric}_speedup_vs_{REFERENCE}"] = self.speedup(row.name, REFERENCE, metric)
                 data[f"{metric}_speedup_vs_peer"] = self.speedup(row.name, PEER, metric)
+                for peer in PEERS:
+                    data[f"{metric}_speedup_vs_{peer}"] = self.speedup(row.name, peer, metric)
+                if row.baseline is not None:
+                    data[f"{metric}_speedup_vs_baseline"] = self.speedup(row.name, row.baseline, metric)
+            for name in ("extrapolated_s", "measured_over_extrapolated", "pipeline_50_steps_s"):
+                data[name] = getattr(row, name)
             rows.append(data)
         out = {
             "model": self.model,
@@ -123,6 +167,7 @@ class BenchmarkResult:
             "peer": PEER,
             "variants": rows,
             "outputs": self.outputs,
+            "timing_peak_rss_bytes": self.timing_peak_rss_bytes,
         }
         return _finite(out)
 

@@ -37,6 +37,7 @@ __all__ = [
     "register_variant",
     "resolve_variants",
     "variant_labels",
+    "variant_spec",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,19 @@ PEER_FULL = "optimum-int8-full"
 PEERS = (PEER, PEER_FULL)
 #: optimum-intel calibrates by calling the pipeline with its default number of steps.
 _PEER_STEPS = 50
+
+
+def _timesteps(pipe: Any, steps: int) -> list[Any]:
+    """The timesteps of a ``steps``-step call: one UNet call each (PNDM repeats one: steps + 1 calls)."""
+    import copy
+
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps)
+    return list(scheduler.timesteps)
+
+
+def _scheduled_calls(pipe: Any, steps: int) -> dict[str, int]:
+    return {"unet": len(_timesteps(pipe, steps))}
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,11 @@ class VariantSpec:
         precision: The OpenVINO precision hint it runs with, from the settings (None for PyTorch).
         unavailable: Why it cannot run on this machine (None when it can): it is then skipped.
         default: Whether it runs when no variant list is given.
+        unet_irs: ``unet_irs(pipe, variant) -> {name: compiled model}``: UNet IRs the pipeline runs besides
+            its ``unet`` (e.g. the shallow IR of step caching), timed one call each.
+        unet_calls: ``unet_calls(pipe, steps) -> {ir: calls}``: UNet calls per IR (``"unet"`` and the names
+            of ``unet_irs``) of a ``steps``-step pipeline call, for the extrapolation check.
+        baseline: The variant this one is compared with (e.g. its uncached twin), or None.
     """
 
     name: str
@@ -75,6 +94,9 @@ class VariantSpec:
     precision: Callable[[BuildSettings], str | None] = lambda settings: settings.precision
     unavailable: Callable[[], str | None] = lambda: None
     default: bool = True
+    unet_irs: Callable[[Any, BuiltVariant], dict[str, Any]] = lambda pipe, variant: {}
+    unet_calls: Callable[[Any, int], dict[str, int]] = _scheduled_calls
+    baseline: str | None = None
 
 
 _REGISTRY: dict[str, VariantSpec] = {}
@@ -402,12 +424,9 @@ def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_sc
     from sd_ovopt.pipelines.ov_pipeline import quiet_safety_checker_warning
 
     hint = precision_hint(variant.precision)
-    with quiet_safety_checker_warning():  # local folder: optimum's loader, no hub look-ups
-        pipe = OVStableDiffusionPipeline._from_pretrained(
-            model_id=str(variant.path),
-            config=OVStableDiffusionPipeline._load_config(str(variant.path)),
-            ov_config=hint,
-            compile=False,
+    with quiet_safety_checker_warning():  # a local folder: no hub look-ups
+        pipe = OVStableDiffusionPipeline.from_pretrained(
+            str(variant.path), ov_config=hint, compile=False, local_files_only=True
         )
     if guidance_scale > 1:
         pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)
@@ -529,24 +548,92 @@ def _deepcache_build(builder: _Builder, name: str, *, int8: bool) -> tuple[Path,
     return builder.recipe(name, tome=int8, int8=int8, deepcache=DeepCacheConfig(**_DEEPCACHE))
 
 
+def _shallow_ir(pipe: Any, variant: BuiltVariant) -> dict[str, Any]:
+    """The shallow UNet IR of a step-caching folder, compiled with the variant's precision hint."""
+    import openvino as ov
+
+    from sd_ovopt.deepcache import SHALLOW_PART
+
+    xml = variant.path / SHALLOW_PART / "openvino_model.xml"
+    return {"shallow": ov.Core().compile_model(xml, "CPU", precision_hint(variant.precision))}
+
+
+def _cached_calls(pipe: Any, steps: int) -> dict[str, int]:
+    """Full and shallow UNet calls of a ``steps``-step call, counted on the pipeline's own scheduler by the
+    step tracker the pipeline runs."""
+    from sd_ovopt.deepcache import StepTracker
+
+    timesteps = _timesteps(pipe, steps)
+    tracker = StepTracker(pipe.deepcache)
+    full = sum(bool(tracker.refresh(t, timesteps)) for t in timesteps)
+    return {"unet": full, "shallow": len(timesteps) - full}
+
+
+def _deepcache_spec(
+    name: str, label: str, *, folder: str, int8: bool, baseline: str, **precision: Any
+) -> VariantSpec:
+    """A step-caching variant: built into ``folder``, timed with its shallow IR, compared with ``baseline``."""
+    return VariantSpec(
+        name,
+        label,
+        "sd_ovopt",
+        lambda b: _deepcache_build(b, folder, int8=int8),
+        default=False,
+        unet_irs=_shallow_ir,
+        unet_calls=_cached_calls,
+        baseline=baseline,
+        **precision,
+    )
+
+
+def _auto(settings: BuildSettings) -> str:
+    """sd_ovopt's own default precision (``"auto"``) resolved on this CPU, whatever the settings ask."""
+    from sd_ovopt._precision import resolve_precision
+
+    return resolve_precision("auto")
+
+
 for _spec in (
-    VariantSpec(
+    _deepcache_spec(
         "ov-deepcache",
         "OpenVINO FP32 + step caching (DeepCache, interval 3)",
-        "sd_ovopt",
-        lambda b: _deepcache_build(b, "ov-deepcache", int8=False),
+        folder="ov-deepcache",
+        int8=False,
+        baseline="ov-f32",
         precision=lambda s: "f32",
-        default=False,
     ),
-    VariantSpec(
+    _deepcache_spec(
         "ov-tome-int8-deepcache",
         "OpenVINO ToMe + INT8 + step caching (DeepCache, interval 3)",
+        folder="ov-tome-int8-deepcache",
+        int8=True,
+        baseline="ov-tome-int8",
+    ),
+    VariantSpec(
+        "ov-fp32-auto",
+        "OpenVINO FP32 folder, sd_ovopt default precision",
         "sd_ovopt",
-        lambda b: _deepcache_build(b, "ov-tome-int8-deepcache", int8=True),
+        _Builder.ov_f32,
+        precision=_auto,
         default=False,
+    ),
+    _deepcache_spec(
+        "ov-deepcache-auto",
+        "OpenVINO FP32 folder + step caching (interval 3), sd_ovopt default precision",
+        folder="ov-deepcache",
+        int8=False,
+        baseline="ov-fp32-auto",
+        precision=_auto,
     ),
 ):
     register_variant(_spec)
+
+
+def variant_spec(name: str) -> VariantSpec:
+    """The registration of variant ``name``."""
+    if name not in _REGISTRY:
+        raise InvalidConfigError(f"unknown variant {name!r}; choose from {list(_REGISTRY)}.")
+    return _REGISTRY[name]
 
 
 def variant_labels() -> dict[str, str]:

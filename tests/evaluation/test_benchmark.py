@@ -233,9 +233,10 @@ def test_accuracy_is_reported_per_seed():
     """The seed-to-seed spread of prompt accuracy: each seed's images are judged on their own."""
     from sd_ovopt.evaluation.benchmark import _score
     from sd_ovopt.evaluation.results import VariantResult
+    from sd_ovopt.evaluation.timing import Sample
 
     dark, light = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)
-    pairs = [("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)]
+    pairs = [Sample("p0", 0, 0), Sample("p0", 1, 0), Sample("p1", 0, 1), Sample("p1", 1, 1)]
     rows = {"v": VariantResult(name="v", label="v")}
     _score(
         rows,
