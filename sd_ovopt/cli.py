@@ -340,34 +340,66 @@ def _run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``bench`` flags that set the :class:`~sd_ovopt.evaluation.BenchmarkSettings` field of the same name when
+#: given; left out (None), the preset's value or the settings' default applies.
+_BENCH_SETTINGS = (
+    "variants",
+    "steps",
+    "rounds",
+    "seeds",
+    "qat_model",
+    "tome_ratio",
+    "unet_only",
+    "height",
+    "width",
+    "guidance_scale",
+    "num_samples",
+    "calibration_steps",
+    "precision",
+    "unet_error_samples",
+    "measure_memory",
+    "check_extrapolation",
+    "load",
+    "memory_budget_gib",
+    "rebuild",
+)
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="latency, memory, size and fidelity of every variant vs PyTorch FP32 and optimum-intel"
     )
-    p.add_argument(
-        "--model", required=True, help="local folder written by StableDiffusionPipeline.save_pretrained"
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="local folder written by StableDiffusionPipeline.save_pretrained")
+    source.add_argument(
+        "--preset",
+        help="a named benchmark with its own model (built offline, random weights) and settings: sd15-512 "
+        "(SD-1.5's architecture, 512x512, 10 steps, every row) or tiny-32 (the tiny test pipeline); the "
+        "other flags override its settings",
     )
     p.add_argument(
         "--output", required=True, help="folder for results.json/.md, chart.png, grid.png and models/"
     )
     p.add_argument("--variants", nargs="+", default=None, help="variant names (default: all but ov-int8-qat)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps per image (default 20)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per image (default 20)")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds after the warm-up (default 3)")
     p.add_argument("--prompts", default=None, help="text file, one evaluation prompt per line")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (default 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="noise seeds (default 0)")
     p.add_argument("--qat-model", default=None, help="folder exported from a QAT UNet (adds ov-int8-qat)")
-    p.add_argument("--tome-ratio", type=float, default=0.4, help="ToMe ratio of ov-tome-int8 (default 0.4)")
-    p.add_argument("--unet-only", action="store_true", help="time UNet steps only (no images, no fidelity)")
+    p.add_argument("--tome-ratio", type=float, default=None, help="ToMe ratio of ov-tome-int8 (default 0.4)")
+    p.add_argument(
+        "--unet-only", action="store_true", default=None, help="time UNet steps only (no images, no fidelity)"
+    )
     p.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
     p.add_argument("--width", type=int, default=None, help="image width (default: the model's native size)")
-    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--guidance-scale", type=float, default=None, help="guidance (default 7.5)")
     p.add_argument("--calibration-prompts", default=None, help="text file of PTQ calibration prompts")
-    p.add_argument("--num-samples", type=int, default=200, help="UNet calls for calibration (default 200)")
+    p.add_argument("--num-samples", type=int, default=None, help="UNet calls for calibration (default 200)")
     p.add_argument("--calibration-steps", type=int, default=None, help="steps per calibration prompt")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="f32",
+        default=None,
         help="OpenVINO precision of the INT8 variants and the peer (default f32; auto: sd_ovopt's default, "
         "bf16 where the CPU has native BF16, else f32)",
     )
@@ -377,15 +409,42 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="evaluate the reference model's 144 held-out prompts with its judge (instead of --prompts/--judge)",
     )
+    _add_bench_timing(p)
+    p.set_defaults(func=_run_bench)
+
+
+def _add_bench_timing(p: argparse.ArgumentParser) -> None:
+    """The ``bench`` flags of what is measured besides latency, and how the variants are loaded."""
     p.add_argument(
         "--unet-error-samples",
         type=int,
-        default=0,
+        default=None,
         help="compare each variant's UNet with PyTorch FP32 on N recorded inputs (default 0: off)",
     )
-    p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
-    p.add_argument("--rebuild", action="store_true", help="build every model again, even if built before")
-    p.set_defaults(func=_run_bench)
+    p.add_argument(
+        "--memory",
+        dest="measure_memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure each variant's peak memory in a process of its own (default on; presets: off)",
+    )
+    p.add_argument(
+        "--check-extrapolation",
+        action="store_true",
+        default=None,
+        help="also time each variant's UNet IRs, text encoder and VAE decoder: the pipeline call vs its parts",
+    )
+    p.add_argument(
+        "--load",
+        choices=("auto", "all", "one"),
+        default=None,
+        help="load all variants at once, one at a time in each round, or auto: one at a time when they do "
+        "not fit in --memory-budget-gib (default all; presets: auto)",
+    )
+    p.add_argument(
+        "--memory-budget-gib", type=float, default=None, help="what --load auto allows (default 20)"
+    )
+    p.add_argument("--rebuild", action="store_true", default=None, help="build every model again")
 
 
 def _load_judge(spec: str) -> Any:
@@ -407,6 +466,8 @@ def _check_bench_output(args: argparse.Namespace) -> None:
     from sd_ovopt.errors import UnsafeOutputError
 
     out = _check_reused_dir("--output", args.output)
+    if args.model is None:  # a preset: its model is written under the output folder
+        return
     src = Path(args.model).expanduser().resolve()
     if src.is_dir() and (out == src or src in out.parents or out / "models" in (src, *src.parents)):
         raise UnsafeOutputError(
@@ -416,25 +477,25 @@ def _check_bench_output(args: argparse.Namespace) -> None:
 
 
 def _bench_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """The prompts, judge and calibration prompts of ``bench``, once every argument is checked (the
-    benchmark itself checks the model, the variants and its integer settings before it builds anything)."""
-    from sd_ovopt.evaluation import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS
-
+    """The prompts, judge and calibration prompts of ``bench`` (None: not given), once every argument is
+    checked (the benchmark itself checks the model, the variants and its integer settings before it
+    builds anything)."""
     if args.held_out_prompts and (args.prompts is not None or args.judge is not None):
         raise InvalidConfigError(
             "--held-out-prompts brings its own prompts and judge; drop --prompts and --judge, or drop "
             "--held-out-prompts."
         )
-    check_float("--guidance-scale", args.guidance_scale, minimum=0, hint=_GUIDANCE_HINT)
-    _check_finite(args, "--tome-ratio")  # its range: the benchmark's ToMeConfig
-    for seed in args.seeds:
+    if args.guidance_scale is not None:
+        check_float("--guidance-scale", args.guidance_scale, minimum=0, hint=_GUIDANCE_HINT)
+    _check_finite(args, "--tome-ratio", "--memory-budget-gib")  # ranges: the benchmark's settings
+    for seed in args.seeds or ():
         _check_seed("--seeds", seed)
     _check_side("--height", args.height)
     _check_side("--width", args.width)
     _check_bench_output(args)
-    prompts = DEFAULT_PROMPTS if args.prompts is None else _read_prompts(args.prompts)
+    prompts = None if args.prompts is None else _read_prompts(args.prompts)
     calibration = (
-        DEFAULT_CALIBRATION_PROMPTS
+        None
         if args.calibration_prompts is None
         else _read_prompts(args.calibration_prompts, "--calibration-prompts")
     )
@@ -447,32 +508,17 @@ def _bench_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from sd_ovopt.evaluation import run_benchmark
+    from sd_ovopt.evaluation import run_benchmark, run_preset
 
     prompts, judge, calibration = _bench_inputs(args)
-    result = run_benchmark(
-        args.model,
-        args.output,
-        variants=args.variants,
-        prompts=prompts,
-        seeds=args.seeds,
-        steps=args.steps,
-        rounds=args.rounds,
-        guidance_scale=args.guidance_scale,
-        height=args.height,
-        width=args.width,
-        tome_ratio=args.tome_ratio,
-        qat_model=args.qat_model,
-        judge=judge,
-        calibration_prompts=calibration,
-        num_samples=args.num_samples,
-        calibration_steps=args.calibration_steps,
-        precision=args.precision,
-        unet_only=args.unet_only,
-        unet_error_samples=args.unet_error_samples,
-        measure_memory=not args.no_memory,
-        rebuild=args.rebuild,
-    )
+    overrides = {name: getattr(args, name) for name in _BENCH_SETTINGS if getattr(args, name) is not None}
+    for name, value in (("prompts", prompts), ("calibration_prompts", calibration)):
+        if value is not None:
+            overrides[name] = value
+    if args.preset is not None:
+        result = run_preset(args.preset, args.output, judge=judge, **overrides)
+    else:
+        result = run_benchmark(args.model, args.output, judge=judge, **overrides)
     print(Path(result.outputs["markdown"]).read_text(encoding="utf-8"))
     return 0
 

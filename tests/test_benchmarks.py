@@ -1,81 +1,95 @@
-"""benchmarks/sd15_quantization.py runs every stage on the tiny pipeline (`--tiny`), the e2e table included,
-with its step-caching rows, in both of e2e's loading modes."""
+"""Benchmark presets (`sd-ovopt bench --preset`): the machinery on the tiny pipeline, in both load modes, and
+the scripts in benchmarks/ that call it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from sd_ovopt.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
+ROWS = ["pytorch-fp32", "ov-fp32-auto", "ov-deepcache-auto"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _bench(out: Path, *flags: str) -> tuple[dict, str]:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["bench", "--preset", "tiny-32", "--output", str(out), *flags]) == 0
+    return json.loads((out / "results.json").read_text()), stdout.getvalue()
+
+
+def _rows(result: dict) -> dict[str, dict]:
+    return {row["name"]: row for row in result["variants"]}
+
+
+def test_a_preset_builds_its_model_and_checks_the_call_against_its_parts(tmp_path):
+    out = tmp_path / "bench"
+    result, printed = _bench(out, "--variants", *ROWS, "--rounds", "1", "--load", "one")
+    assert (out / "tiny-random-weights" / "model_index.json").is_file()  # built offline, then reused
+    settings = result["settings"]
+    assert settings["steps"] == 2 and settings["height"] == 32 and settings["load_mode"] == "one"
+    assert settings["check_extrapolation"] and settings["precision"] in ("bf16", "f32")  # "auto", resolved
+    rows = _rows(result)
+    assert list(rows) == ROWS and all(row["status"] == "ok" for row in rows.values())
+    assert rows["ov-fp32-auto"]["runtime_precision"] == settings["precision"]
+    for name, row in rows.items():
+        assert row["pipeline_median_s"] > 0 and row["other_s"] and row["extrapolated_s"] > 0, name
+        assert 0.3 < row["measured_over_extrapolated"] < 5, name
+    cached = rows["ov-deepcache-auto"]
+    assert cached["baseline"] == "ov-fp32-auto" and cached["pipeline_speedup_vs_baseline"] > 0
+    assert cached["unet_calls"] == {"unet": 1, "shallow": 1} and cached["unet_ir_s"]["shallow"]
+    assert cached["unet_calls_50"] == {"unet": 17, "shallow": 33}  # interval 3 over 50 calls
+    assert rows["ov-fp32-auto"]["unet_calls"] == {"unet": 2}
+    assert float(rows["ov-fp32-auto"]["psnr_db"]) > 30  # the same noise as PyTorch FP32
+    table = (out / "results.md").read_text()
+    assert printed.startswith(table) and "Timed one variant at a time in each round" in table
+    assert "| ov-deepcache-auto | 1 unet + 1 shallow |" in table
+    assert "x vs ov-fp32-auto |" in table
+    for name in ROWS:  # a speed row, a parts row, a footprint row
+        assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 3, name
+
+    # the same rows again, all loaded at once: the models are reused, not rebuilt
+    result, _ = _bench(out, "--variants", *ROWS, "--rounds", "2", "--load", "all")
+    rows = _rows(result)
+    assert result["settings"]["load_mode"] == "all" and all(rows[n]["reused"] for n in ROWS[1:])
+    assert len(rows["ov-deepcache-auto"]["pipeline_s"]) == 2
+    assert "Timed with every variant loaded at once" in (out / "results.md").read_text()
+
+
+def test_an_unknown_preset_is_refused(tmp_path, capsys):
+    assert main(["bench", "--preset", "sd99", "--output", str(tmp_path / "out")]) == 2
+    assert "unknown preset 'sd99'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["sd15_quantization.py", "sd15_deepcache.py"])
+def test_the_sd15_scripts_are_the_presets(script):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "--preset" in done.stdout
 
 
 @pytest.mark.slow
-def test_sd15_script_runs_every_stage_on_the_tiny_pipeline(tmp_path):
+def test_the_tiny_preset_runs_every_row(tmp_path):
+    """Every row of the SD-1.5 preset, on the tiny pipeline: both peers, GenAI and step caching."""
+    from sd_ovopt.evaluation.presets import PRESET_ROWS
+
     pytest.importorskip("openvino_genai")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "sd15_quantization.py"), "--work", str(tmp_path)]
-    command += ["--tiny", "--steps", "2", "--repeats", "1", "--steps-e2e", "2", "--threads", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    e2e = json.loads((tmp_path / "e2e.json").read_text())
-    assert e2e["steps"] == 2 and e2e["machine"]["cpu"] and "isa" in e2e["machine"]
-    rows = e2e["rows"]
-    assert list(rows) == [
-        "pytorch-fp32",
-        "ov-fp32",
-        "ov-tome-int8",
-        "optimum-int8-hybrid",
-        "optimum-int8-full",
-        "genai-tome-int8",
-        "ov-deepcache",
-        "tome-int8-deepcache",
-    ]
-    assert e2e["load_mode"] == "all" and e2e["peak_gib"] > 0  # auto: the tiny rows fit
+    result, _ = _bench(tmp_path / "bench")
+    rows = _rows(result)
+    assert tuple(rows) == PRESET_ROWS
     for name, row in rows.items():
-        assert row["pipeline_median_s"] > 0 and row["unet_step_median_s"] > 0, name
-        assert row["extrapolated_s"] > 0 and row["vs_optimum-int8-full"] > 0, name
-    assert rows["pytorch-fp32"]["vs_pytorch_fp32"] == 1.0
-    assert rows["genai-tome-int8"]["psnr_vs_pytorch_db"] > 10  # GenAI generated an image, not noise
-    table = (tmp_path / "e2e.md").read_text()
-    assert table.startswith("CPU: ") and "| ours in OpenVINO GenAI" in table
-    assert "| ours: ToMe + INT8" in done.stdout  # the summary prints the table
-    assert (tmp_path / "peer-full" / "unet" / "openvino_model.xml").is_file()
-    for folder in ("fp32-dc", "tome-int8-dc"):  # both step-caching IRs, recorded in sd_ovopt.json
-        assert (tmp_path / folder / "unet_shallow" / "openvino_model.xml").is_file(), folder
-        assert json.loads((tmp_path / folder / "sd_ovopt.json").read_text())["deepcache"], folder
-    assert (
-        json.loads((tmp_path / "tome-int8-dc.json").read_text())["calibration_samples"] == 4
-    )  # 2 prompts x 2
-    _check_cached_rows(rows, steps=2)
-    assert "x vs optimum-intel hybrid 8-bit |" in table and "x vs optimum-intel full INT8 |" in table
-
-    # The same stage loading one row at a time (what a machine without room for all rows runs).
-    done = subprocess.run(
-        [*command, "--stage", "e2e", "--e2e-load", "one", "--e2e-variants", *rows],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    e2e = json.loads((tmp_path / "e2e.json").read_text())
-    assert e2e["load_mode"] == "one" and list(e2e["rows"]) == list(rows)
-    _check_cached_rows(e2e["rows"], steps=2)
-    assert "Loaded one row at a time" in (tmp_path / "e2e.md").read_text()
-
-
-def _check_cached_rows(rows: dict, steps: int) -> None:
-    """The step-caching rows: both IRs timed, the schedule's counts ran, ratios vs twin and both peers."""
-    for name, twin in (("ov-deepcache", "ov-fp32"), ("tome-int8-deepcache", "ov-tome-int8")):
-        row = rows[name]
-        assert row["uncached_twin"] == twin and row["vs_uncached"] > 0, name
-        assert row["full_ir_s"] > 0 and row["shallow_ir_s"] > 0, name
-        assert row["unet_calls"] == row["unet_calls_observed"] == {"full": 1, "shallow": steps - 1}, name
-        assert row["unet_calls_50_steps"] == {"full": 17, "shallow": 33}, name  # interval 3, DDIM: 50 calls
-        assert row["extrapolated_s"] > 0 and row["pipeline_50_steps_extrapolated_s"] > 0, name
-        assert row["vs_optimum-int8-hybrid"] > 0 and row["vs_optimum-int8-full"] > 0, name
+        assert row["status"] == "ok", (name, row["reason"])
+        assert row["pipeline_speedup_vs_optimum-int8-full"] > 0 and row["extrapolated_s"] > 0, name
+    assert rows["ov-tome-int8-deepcache"]["baseline"] == "ov-tome-int8"
+    assert float(rows["genai-tome-int8"]["psnr_db"]) > 10  # GenAI generated an image, not noise
+    table = (tmp_path / "bench" / "results.md").read_text()
+    assert "vs full INT8 peer" in table and "| genai-tome-int8 |" in table

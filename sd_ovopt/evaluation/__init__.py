@@ -1,6 +1,7 @@
 """The benchmark and fidelity harness: the same prompts and seeds through PyTorch FP32, sd_ovopt's OpenVINO
 variants and optimum-intel's 8-bit path; latency, peak memory, size on disk, PSNR/SSIM and prompt accuracy;
-written as JSON, a markdown table, a chart and an image grid.
+written as JSON, a markdown table, a chart and an image grid. Presets (``run_preset("sd15-512", ...)``)
+bring their own model, built offline, and settings.
 
 Example:
     >>> from sd_ovopt.evaluation import run_benchmark
@@ -17,15 +18,19 @@ from typing import TYPE_CHECKING
 from sd_ovopt._lazy import lazy_attributes
 
 _LAZY = {
-    "DEFAULT_CALIBRATION_PROMPTS": "sd_ovopt.evaluation.benchmark",
-    "DEFAULT_PROMPTS": "sd_ovopt.evaluation.benchmark",
+    "DEFAULT_CALIBRATION_PROMPTS": "sd_ovopt.evaluation.settings",
+    "DEFAULT_PROMPTS": "sd_ovopt.evaluation.settings",
     "DEFAULT_VARIANTS": "sd_ovopt.evaluation.variants",
     "PEER": "sd_ovopt.evaluation.variants",
     "PEER_FULL": "sd_ovopt.evaluation.variants",
     "REFERENCE": "sd_ovopt.evaluation.variants",
     "VARIANTS": "sd_ovopt.evaluation.variants",
     "BenchmarkResult": "sd_ovopt.evaluation.results",
-    "BenchmarkSettings": "sd_ovopt.evaluation.benchmark",
+    "BenchmarkSettings": "sd_ovopt.evaluation.settings",
+    "Preset": "sd_ovopt.evaluation.presets",
+    "preset_names": "sd_ovopt.evaluation.presets",
+    "register_preset": "sd_ovopt.evaluation.presets",
+    "run_preset": "sd_ovopt.evaluation.presets",
     "VariantSpec": "sd_ovopt.evaluation.variants",
     "register_variant": "sd_ovopt.evaluation.variants",
     "Fidelity": "sd_ovopt.evaluation.fidelity",
@@ -47,25 +52,26 @@ __all__ = [
     "BenchmarkResult",
     "BenchmarkSettings",
     "Fidelity",
+    "Preset",
     "VariantResult",
     "VariantSpec",
     "image_fidelity",
     "markdown_table",
+    "preset_names",
     "prompt_accuracy",
+    "register_preset",
     "register_variant",
     "run_benchmark",
+    "run_preset",
 ]
 
 if TYPE_CHECKING:
-    from sd_ovopt.evaluation.benchmark import (
-        DEFAULT_CALIBRATION_PROMPTS,
-        DEFAULT_PROMPTS,
-        BenchmarkSettings,
-        run_benchmark,
-    )
+    from sd_ovopt.evaluation.benchmark import run_benchmark
     from sd_ovopt.evaluation.fidelity import Fidelity, image_fidelity, prompt_accuracy
+    from sd_ovopt.evaluation.presets import Preset, preset_names, register_preset, run_preset
     from sd_ovopt.evaluation.report import markdown_table
     from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult
+    from sd_ovopt.evaluation.settings import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS, BenchmarkSettings
     from sd_ovopt.evaluation.variants import (
         DEFAULT_VARIANTS,
         PEER,
