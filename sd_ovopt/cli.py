@@ -4,6 +4,7 @@ sd-ovopt export SRC OUT --height 512 --width 512
 sd-ovopt generate MODEL_DIR "a photo of a cat" --seed 0 --steps 20 --output cat.png
 sd-ovopt quantize SRC OUT --prompts prompts.txt --num-samples 200 [--tome-ratio 0.4] [--deepcache-interval 3]
 sd-ovopt bench --model SRC --output OUT [--variants ...] [--steps 20] [--qat-model DIR]
+sd-ovopt bench --preset sd15-512 --output OUT [--variants ...] [--rounds 2]
 sd-ovopt train-qat --model SRC --train-data DIR --output OUT [--resume-from-checkpoint latest]
 sd-ovopt demo
 """
