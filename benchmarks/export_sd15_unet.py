@@ -25,7 +25,7 @@ def main() -> None:
 
     import openvino as ov
 
-    from sd_ovopt.export.convert import convert_unet
+    from sd_ovopt._convert import convert_unet
     from sd_ovopt.testing import sd15_unet
 
     t0 = time.perf_counter()

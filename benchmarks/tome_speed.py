@@ -25,7 +25,7 @@ def convert_variants(work: Path, ratios: list[float], height: int, width: int) -
 
     import openvino as ov
 
-    from sd_ovopt.export.convert import convert_unet
+    from sd_ovopt._convert import convert_unet
     from sd_ovopt.testing import sd15_unet
     from sd_ovopt.tome import ToMeConfig, apply_tome, remove_tome
 

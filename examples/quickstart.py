@@ -47,8 +47,7 @@ def main() -> None:
     int8 = optimize_pipeline(  # ToMe, calibration along the merged UNet's sampling, INT8, export
         pipe,
         args.out / "tome-int8",
-        tome=ToMeConfig(ratio=0.4),
-        quantization=QuantizationConfig(subset_size=32),
+        methods=[ToMeConfig(ratio=0.4), QuantizationConfig(subset_size=32)],
         calibration_prompts=[args.prompt, "a green square"],
         calibration_steps=args.steps,
         overwrite=True,

@@ -46,21 +46,23 @@ _LAZY = {
     "WeightEMA": "sd_ovopt.quantization.qat",
     "apply_deepcache": "sd_ovopt.deepcache.patch",
     "apply_tome": "sd_ovopt.tome.patch",
-    "DEFAULT_CALIBRATION_PROMPTS": "sd_ovopt.recipe",
+    "DEFAULT_CALIBRATION_PROMPTS": "sd_ovopt.recipes.optimize",
     "collect_calibration": "sd_ovopt.quantization.calibration",
     "export_pipeline": "sd_ovopt.export.pipeline",
     "get_deepcache_config": "sd_ovopt.deepcache.patch",
     "get_tome_config": "sd_ovopt.tome.patch",
     "is_deepcache_applied": "sd_ovopt.deepcache.patch",
     "is_tome_applied": "sd_ovopt.tome.patch",
-    "optimize_pipeline": "sd_ovopt.recipe",
-    "quantize_pipeline_unet": "sd_ovopt.recipe",
+    "optimize_pipeline": "sd_ovopt.recipes.optimize",
+    "prepare_unet": "sd_ovopt.recipes.optimize",
+    "Method": "sd_ovopt.methods.base",
+    "register_method": "sd_ovopt.methods.registry",
     "quantize_unet": "sd_ovopt.quantization.ptq",
     "read_metadata": "sd_ovopt.export.metadata",
     "remove_deepcache": "sd_ovopt.deepcache.patch",
     "remove_tome": "sd_ovopt.tome.patch",
     "run_benchmark": "sd_ovopt.evaluation.benchmark",
-    "train_qat": "sd_ovopt.quantization.training",
+    "train_qat": "sd_ovopt.recipes.qat",
 }
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "ExportMetadata",
     "InvalidConfigError",
     "InvalidDatasetError",
+    "Method",
     "MissingDependencyError",
     "ModelNotFoundError",
     "NonFiniteLossError",
@@ -98,9 +101,10 @@ __all__ = [
     "is_deepcache_applied",
     "is_tome_applied",
     "optimize_pipeline",
-    "quantize_pipeline_unet",
+    "prepare_unet",
     "quantize_unet",
     "read_metadata",
+    "register_method",
     "remove_deepcache",
     "remove_tome",
     "run_benchmark",
@@ -119,13 +123,15 @@ if TYPE_CHECKING:
     from sd_ovopt.evaluation.results import BenchmarkResult
     from sd_ovopt.export.metadata import ExportMetadata, read_metadata
     from sd_ovopt.export.pipeline import export_pipeline
+    from sd_ovopt.methods.base import Method
+    from sd_ovopt.methods.registry import register_method
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
     from sd_ovopt.quantization.calibration import collect_calibration
     from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
     from sd_ovopt.quantization.ptq import quantize_unet
     from sd_ovopt.quantization.qat import DistillationLoss, QATModel, WeightEMA
-    from sd_ovopt.quantization.training import train_qat
-    from sd_ovopt.recipe import DEFAULT_CALIBRATION_PROMPTS, optimize_pipeline, quantize_pipeline_unet
+    from sd_ovopt.recipes.optimize import DEFAULT_CALIBRATION_PROMPTS, optimize_pipeline, prepare_unet
+    from sd_ovopt.recipes.qat import train_qat
     from sd_ovopt.tome.config import ToMeConfig
     from sd_ovopt.tome.patch import apply_tome, get_tome_config, is_tome_applied, remove_tome
 

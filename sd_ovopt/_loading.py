@@ -31,6 +31,7 @@ __all__ = [
     "load_for_output",
     "load_sd_pipeline",
     "max_steps",
+    "path_inside",
     "read_model_index",
     "refuse_guidance_embedded",
 ]
@@ -260,3 +261,20 @@ def find_unet(target: Any, *, user: str, hint: str = "") -> Any:
             f"{type(target).__name__}.{hint}"
         )
     return unet
+
+
+def path_inside(folder: str | Path, relative: Any, *, source: str, field_name: str) -> Path:
+    """``folder / relative`` if ``relative`` is a relative path that stays inside ``folder`` (links
+    resolved); raise CorruptModelError otherwise, so a record never points at another folder's files."""
+    root = Path(folder).resolve()
+    fix = "The file was edited or damaged: export the pipeline again (or restore the file)."
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        raise CorruptModelError(
+            f"{source}: {field_name} is {relative!r}; it must be a path relative to the folder. {fix}"
+        )
+    target = (root / relative).resolve()
+    if root not in target.parents:
+        raise CorruptModelError(
+            f"{source}: {field_name} is {relative!r}; it leads outside the folder {root}. {fix}"
+        )
+    return target

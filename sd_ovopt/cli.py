@@ -139,47 +139,25 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="one UNet row per image, for calls with --guidance-scale <= 1 (few-step models); the default "
         "is two rows, unless the UNet takes its guidance as an input (LCM), which always runs one",
     )
-    _add_deepcache_args(p)
+    _add_method_args(p, "export")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_run_export)
 
 
-def _add_deepcache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--deepcache-interval",
-        type=int,
-        default=None,
-        help="step caching (DeepCache): run the full UNet every N steps, the shallow UNet between (e.g. 3)",
-    )
-    p.add_argument(
-        "--deepcache-branch",
-        type=int,
-        default=None,
-        help="skip branch the UNet is cut at (default 0: shallowest)",
-    )
-    p.add_argument(
-        "--deepcache-schedule",
-        choices=("uniform", "quadratic"),
-        default=None,
-        help="which steps refresh (default uniform; quadratic: denser early)",
-    )
+def _add_method_args(p: argparse.ArgumentParser, command: str) -> None:
+    """Every registered method's flags for ``command``."""
+    from sd_ovopt.methods import registered_methods
+
+    for method in registered_methods().values():
+        method.add_cli_arguments(p, command)
 
 
-def _deepcache_config(args: argparse.Namespace) -> Any:
-    """The DeepCacheConfig the --deepcache-* flags ask for, or None."""
-    from sd_ovopt.deepcache.config import DeepCacheConfig
+def _method_configs(args: argparse.Namespace, command: str) -> list[Any]:
+    """The configs of the methods the flags ask for (each method reads and checks its own flags)."""
+    from sd_ovopt.methods import registered_methods
 
-    if args.deepcache_interval is None:
-        if args.deepcache_branch is not None or args.deepcache_schedule is not None:
-            raise InvalidConfigError(
-                "--deepcache-branch and --deepcache-schedule need --deepcache-interval (e.g. 3)."
-            )
-        return None
-    return DeepCacheConfig(
-        interval=args.deepcache_interval,
-        branch=0 if args.deepcache_branch is None else args.deepcache_branch,
-        schedule=args.deepcache_schedule or "uniform",
-    )
+    configs = [method.config_from_cli(args, command) for method in registered_methods().values()]
+    return [config for config in configs if config is not None]
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -188,7 +166,7 @@ def _run_export(args: argparse.Namespace) -> int:
     _check_side("--height", args.height)
     _check_side("--width", args.width)
     # batch sizes and the output folder: export_pipeline checks them before it loads the model
-    deepcache = _deepcache_config(args)
+    methods = _method_configs(args, "export")
     path = export_pipeline(
         args.src,
         args.out,
@@ -198,7 +176,7 @@ def _run_export(args: argparse.Namespace) -> int:
         num_images_per_prompt=args.num_images_per_prompt,
         weights_dtype=args.weights_dtype,
         classifier_free_guidance=args.classifier_free_guidance,
-        deepcache=deepcache,
+        methods=methods,
         overwrite=args.overwrite,
     )
     print(path)
@@ -297,44 +275,37 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="text file, one calibration prompt per line (default: sd_ovopt's own calibration prompt set)",
     )
-    p.add_argument("--num-samples", type=int, default=200, help="UNet calls to record (default 200)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps per calibration prompt")
-    p.add_argument("--mode", choices=("full", "hybrid"), default="full")
-    p.add_argument("--tome-ratio", type=float, default=None, help="apply ToMe before quantizing")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument(
         "--no-compress-weights", action="store_true", help="keep text encoder and VAE weights in float"
     )
-    _add_deepcache_args(p)
+    _add_method_args(p, "quantize")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_quantize)
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
     from sd_ovopt._loading import check_steps
-    from sd_ovopt.quantization import QuantizationConfig
-    from sd_ovopt.recipe import optimize_pipeline
-    from sd_ovopt.tome import ToMeConfig
+    from sd_ovopt.recipes import optimize_pipeline
 
     prompts = None if args.prompts is None else _read_prompts(args.prompts)
     check_steps(args.steps, "--steps")
-    check_int("--num-samples", args.num_samples, minimum=1)
-    _check_finite(args, "--tome-ratio")  # its range: ToMeConfig below
     _check_side("--height", args.height)
     _check_side("--width", args.width)
-    deepcache = _deepcache_config(args)  # the output folder: optimize_pipeline checks it before loading
+    methods = _method_configs(
+        args, "quantize"
+    )  # the output folder: optimize_pipeline checks it before loading
     path = optimize_pipeline(
         args.src,
         args.out,
-        tome=None if args.tome_ratio is None else ToMeConfig(ratio=args.tome_ratio),
-        quantization=QuantizationConfig(mode=args.mode, subset_size=args.num_samples),
+        methods=methods,
         calibration_prompts=prompts,
         calibration_steps=args.steps,
         height=args.height,
         width=args.width,
         compress_weights=not args.no_compress_weights,
-        deepcache=deepcache,
         overwrite=args.overwrite,
     )
     print(path)
@@ -626,7 +597,7 @@ def _run_train_qat(args: argparse.Namespace) -> int:
     import os
 
     from sd_ovopt.quantization.config import QuantizationConfig
-    from sd_ovopt.quantization.training import train_qat
+    from sd_ovopt.recipes.qat import train_qat
 
     config, tome = _check_train_qat(args)
     path = train_qat(

@@ -74,8 +74,7 @@ def tome_int8_tiny(tmp_path_factory):
     out = optimize_pipeline(
         pipe,
         tmp_path_factory.mktemp("recipe") / "tome-int8",
-        tome=ToMeConfig(ratio=0.5),
-        quantization=QuantizationConfig(subset_size=8),
+        methods=[ToMeConfig(ratio=0.5), QuantizationConfig(subset_size=8)],
         calibration_steps=2,
         height=TINY_SIZE,
         width=TINY_SIZE,

@@ -35,6 +35,7 @@ from sd_ovopt import (
     SdOvOptPipeline,
     ShapeMismatchError,
     UnsafeOutputError,
+    UnsupportedModelError,
     WeightEMA,
     collect_calibration,
     export_pipeline,
@@ -324,17 +325,18 @@ def tampered_folders(assets: Path, exported: Path, saved: Path) -> None:
         copy_export(exported, assets / "not-a-pair-ov") / "model_index.json", unet="UNet2DConditionModel"
     )
     edit_json(copy_export(exported, assets / "extra-arg-ov") / "model_index.json", device="GPU")
-    shallow = {"config": {"interval": 3, "branch": 0, "schedule": "uniform", "version": 1}, "full": "unet/openvino_model.xml", "feature": "deep_feature", "feature_shape": [1, 32, 16, 16]}  # fmt: skip
+    shallow = {"version": 1, "config": {"interval": 3, "branch": 0, "schedule": "uniform", "version": 1}, "full": "unet/openvino_model.xml", "feature": "deep_feature", "feature_shape": [1, 32, 16, 16]}  # fmt: skip
     for name, path in (("escape", "../tiny-ov/unet/openvino_model.xml"), ("absolute", str(exported / "unet" / "openvino_model.xml"))):  # fmt: skip
-        copy_export(exported, assets / f"shallow-{name}-ov", meta=lambda m, p=path: m.update(deepcache={**shallow, "shallow": p}))  # fmt: skip
+        copy_export(exported, assets / f"shallow-{name}-ov", meta=lambda m, p=path: m.update(methods={"step_caching": {**shallow, "shallow": p}}))  # fmt: skip
     edits = {
         "height-string": {"height": "32"},
         "height-30": {"height": 30, "width": 30},
         "cfg-string": {"classifier_free_guidance": "yes"},
         "unet-batch": {"unet_batch": 3},
         "dtype": {"weights_dtype": "f8"},
-        "tome-ratio": {"tome": {"ratio": 5}},
-        "quantization": {"quantization": {"unet": "int8"}},
+        "tome-ratio": {"methods": {"tome": {"version": 1, "config": {"ratio": 5}}}},
+        "quantization": {"methods": {"int8": {"version": 1, "config": "int8"}}},
+        "unknown-method": {"methods": {"sharpen": {"version": 1, "config": {}}}},
         "other-ir": {"height": 64, "width": 64, "latent_height": 32, "latent_width": 32},
     }
     for name, change in edits.items():
@@ -395,7 +397,7 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("export-guidance-flag-a-string", "broken", "numbers", lambda c: export_pipeline(c.pipe, c.root / "o", classifier_free_guidance="False"), InvalidConfigError, "pass True or False"),
     ("recipe-guidance-nan", "broken", "numbers", before_loading(lambda c: optimize_pipeline(c.saved, c.root / "o", guidance_scale=float("nan"))), InvalidConfigError, "guidance_scale=nan"),
     # --- poor: raw tracebacks, confusing messages -------------------------------------------------------
-    ("recipe-height-30-from-a-folder", "poor", "layers", before_loading(lambda c: optimize_pipeline(c.saved, c.root / "o", height=30, quantization=QuantizationConfig(subset_size=1))), ShapeMismatchError, "height=30"),
+    ("recipe-height-30-from-a-folder", "poor", "layers", before_loading(lambda c: optimize_pipeline(c.saved, c.root / "o", height=30, methods=[QuantizationConfig(subset_size=1)])), ShapeMismatchError, "height=30"),
     ("export-from-a-folder-over-user-folder", "poor", "layers", before_loading(lambda c: export_pipeline(c.saved, c.assets / "a-folder")), OutputExistsError, "not empty"),
     ("load-model-index-entry-not-a-pair", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "not-a-pair-ov"), CorruptModelError, "not a [library, class] pair"),
     ("load-model-index-extra-argument", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "extra-arg-ov"), CorruptModelError, "entry 'device'"),
@@ -404,8 +406,9 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("load-record-guidance-a-string", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-cfg-string-ov"), CorruptModelError, "classifier_free_guidance is 'yes'"),
     ("load-record-unet-batch-inconsistent", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-unet-batch-ov"), CorruptModelError, "unet_batch is 3"),
     ("load-record-weights-dtype", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-dtype-ov"), CorruptModelError, "weights_dtype is 'f8'"),
-    ("load-record-tome-ratio", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-tome-ratio-ov"), CorruptModelError, "tome is not a valid ToMeConfig"),
-    ("load-record-quantization", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-quantization-ov"), CorruptModelError, "quantization is"),
+    ("load-record-tome-ratio", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-tome-ratio-ov"), CorruptModelError, "methods.tome.config is not a valid ToMeConfig"),
+    ("load-record-quantization", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-quantization-ov"), CorruptModelError, "methods.int8.config must be an object"),
+    ("load-record-unknown-method", "handled", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-unknown-method-ov"), UnsupportedModelError, "method 'sharpen' is not registered"),
     ("load-record-of-another-ir", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-other-ir-ov"), CorruptModelError, "does not belong to this IR"),
     ("load-part-config-missing", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "no-unet-config-ov"), CorruptModelError, "config.json is missing"),
     ("load-tokenizer-missing", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "no-tokenizer-ov"), CorruptModelError, "tokenizer_config.json is missing"),
@@ -592,7 +595,7 @@ def test_conversion_shows_no_library_deprecation_notices(shared):
     import logging
     import warnings
 
-    from sd_ovopt.export.convert import convert_text_encoder, convert_vae_decoder
+    from sd_ovopt._convert import convert_text_encoder, convert_vae_decoder
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(level=logging.WARNING)

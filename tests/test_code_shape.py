@@ -88,3 +88,69 @@ def test_no_function_forwards_its_locals():
         if "**locals()" in path.read_text(encoding="utf-8") or "**vars()" in path.read_text(encoding="utf-8")
     ]
     assert not found, found
+
+
+#: The package's layers, bottom first: a module imports only from its own layer or below (imports inside
+#: functions included). Methods are below the export, which names none of them.
+LAYERS = (
+    ("errors", "_lazy", "_hardware", "_nncf", "_config", "_validation", "_fs", "_precision", "_loading",
+     "_convert", "_seeding", "testing"),
+    ("methods",),
+    ("tome", "deepcache", "quantization"),
+    ("export",),
+    ("pipelines",),
+    ("recipes",),
+    ("evaluation",),
+    ("reference",),
+    ("cli", "__init__", "__main__"),
+)  # fmt: skip
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else "__init__"
+    for level, names in enumerate(LAYERS):
+        if top in names:
+            return level
+    raise AssertionError(f"sd_ovopt.{top} is in no layer of LAYERS; add it where it belongs")
+
+
+def _imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sd_ovopt"):
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("sd_ovopt")]
+    return found
+
+
+def test_every_import_points_down_the_layers():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        here = "sd_ovopt." + ".".join(relative.with_suffix("").parts)
+        for target in _imports(path):
+            if _layer(target) > _layer(here):
+                upward.append(f"{relative} imports {target}")
+    assert not upward, upward
+
+
+def test_export_pipeline_and_benchmark_name_no_method():
+    """They loop over registered methods (sd_ovopt.methods); what a method is lives in its own folder."""
+    for name in (
+        "export/pipeline.py",
+        "pipelines/ov_pipeline.py",
+        "evaluation/benchmark.py",
+        "recipes/optimize.py",
+    ):
+        code = (PACKAGE / name).read_text(encoding="utf-8")
+        tree = ast.parse(code)
+        docstrings = {
+            node.body[0].value.value
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+        }  # fmt: skip
+        for text in docstrings:
+            code = code.replace(text, "")
+        assert not [w for w in ("tome", "deepcache", "step_caching") if w in code.lower()], name

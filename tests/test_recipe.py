@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sd_ovopt import QuantizationConfig, ToMeConfig, optimize_pipeline, quantize_pipeline_unet
+from sd_ovopt import QuantizationConfig, ToMeConfig, optimize_pipeline, prepare_unet
 from sd_ovopt.quantization.ptq import get_quantization_config
 from sd_ovopt.tome import get_tome_config
 
@@ -17,8 +17,9 @@ def test_recipe_writes_a_tome_int8_folder_and_leaves_the_pipeline_as_it_was(tome
     from sd_ovopt import SdOvOptPipeline, read_metadata
 
     meta = read_metadata(tome_int8_tiny.path)
-    assert meta.tome["ratio"] == 0.5 and meta.quantization["unet"]["mode"] == "full"
-    assert meta.quantization["weight_compression"] == "int8"
+    assert list(meta.methods) == ["tome", "int8"]  # rank order: the merge before the quantizers
+    assert meta.config("tome").ratio == 0.5 and meta.config("int8").mode == "full"
+    assert meta.weight_compression == "int8"
     pipe = tome_int8_tiny.pipe
     assert get_tome_config(pipe.unet) is None and get_quantization_config(pipe.unet) is None
     after, before = pipe.unet.state_dict(), tome_int8_tiny.unet_before
@@ -33,12 +34,12 @@ def test_recipe_without_quantization_is_a_plain_export(tiny_pipe, tmp_path):
 
     out = optimize_pipeline(tiny_pipe, tmp_path / "ov", height=SIZE, width=SIZE, show_progress=False)
     meta = read_metadata(out)
-    assert meta.tome is None and meta.quantization is None
+    assert meta.methods == {} and meta.weight_compression is None
 
 
 def test_calibration_is_recorded_along_the_merged_unets_own_sampling(tiny_pipe, monkeypatch):
     """The UNet that runs during calibration is the merged student, not the pipeline's float UNet."""
-    from sd_ovopt.quantization import ptq
+    from sd_ovopt.quantization import method as int8_method
 
     seen = {}
 
@@ -46,22 +47,19 @@ def test_calibration_is_recorded_along_the_merged_unets_own_sampling(tiny_pipe, 
         seen["unet"], seen["n"] = unet, len(calibration)
         return unet
 
-    monkeypatch.setattr(ptq, "quantize_unet", fake_quantize)
-    from sd_ovopt.quantization import calibration as calibration_module
-
-    record = calibration_module.collect_calibration
+    monkeypatch.setattr(int8_method, "quantize_unet", fake_quantize)
+    record = int8_method.collect_calibration
     during = {}
 
     def spy(pipe, prompts, **kwargs):
         during["unet"], during["prompts"] = pipe.unet, list(prompts)
         return record(pipe, prompts, **kwargs)
 
-    monkeypatch.setattr(calibration_module, "collect_calibration", spy)
+    monkeypatch.setattr(int8_method, "collect_calibration", spy)
     original = tiny_pipe.unet
-    student = quantize_pipeline_unet(
+    student = prepare_unet(
         tiny_pipe,
-        tome=ToMeConfig(ratio=0.5),
-        quantization=QuantizationConfig(subset_size=5),
+        [QuantizationConfig(subset_size=5), ToMeConfig(ratio=0.5)],  # applied in rank order, not list order
         calibration_prompts=["a red circle", "a blue square"],
         num_inference_steps=2,
         show_progress=False,
@@ -79,5 +77,5 @@ def test_recipe_refuses_an_existing_output_before_the_slow_part(tiny_pipe, tmp_p
     (tmp_path / "ov").mkdir()
     (tmp_path / "ov" / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError):
-        optimize_pipeline(tiny_pipe, tmp_path / "ov", quantization=QuantizationConfig(subset_size=2))
+        optimize_pipeline(tiny_pipe, tmp_path / "ov", methods=[QuantizationConfig(subset_size=2)])
     assert (tmp_path / "ov" / "keep.txt").read_text() == "mine"

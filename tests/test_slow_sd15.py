@@ -11,7 +11,7 @@ def test_sd15_unet_exports_and_matches_pytorch_with_tome(tmp_path):
     import openvino as ov
 
     from sd_ovopt import ToMeConfig, apply_tome
-    from sd_ovopt.export.convert import convert_unet, unet_example_inputs
+    from sd_ovopt._convert import convert_unet, unet_example_inputs
     from sd_ovopt.testing import sd15_unet
 
     unet = apply_tome(sd15_unet(), ToMeConfig(ratio=0.5))

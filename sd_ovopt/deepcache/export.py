@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from sd_ovopt._convert import UNetForExport, convert_module, unet_example_inputs, unet_input_spec
 from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.deepcache.patch import FEATURE_KWARG, attach, full_mode, remove_deepcache, state_of
 from sd_ovopt.errors import AlreadyAppliedError
-from sd_ovopt.export.convert import UNetForExport, convert_module, unet_example_inputs, unet_input_spec
 
 if TYPE_CHECKING:
     import openvino as ov

@@ -114,6 +114,11 @@ def register_variant(spec: VariantSpec) -> VariantSpec:
     return spec
 
 
+def unregister_variant(name: str) -> None:
+    """Remove a registered variant (for tests and plug-ins that unload)."""
+    _REGISTRY.pop(name, None)
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """What the built variants depend on (a change rebuilds them).
@@ -211,19 +216,23 @@ class _Builder:
         return self._pipe
 
     # -- reuse ------------------------------------------------------------------------------------
-    def _record(self, folder: str, keys: Sequence[str]) -> dict[str, Any]:
+    def _record(self, folder: str, keys: Sequence[str], methods: Sequence[Any]) -> dict[str, Any]:
         settings = asdict(self.settings)
         return {
             "source": str(self.model),
             "source_files": _stamp(self.model),
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items() if k in keys},
+            "methods": [{type(config).__name__: config.to_dict()} for config in methods],
         }
 
-    def folder(self, folder: str, keys: Sequence[str], build: Any) -> tuple[Path, float, bool]:
-        """Build ``folder`` with ``build(path)`` unless an equal build record says it is there."""
+    def folder(
+        self, folder: str, keys: Sequence[str], build: Any, *, methods: Sequence[Any] = ()
+    ) -> tuple[Path, float, bool]:
+        """Build ``folder`` with ``build(path)`` unless an equal build record (the settings named by
+        ``keys`` and the method configs) says it is there."""
         path = self.work_dir / folder
         record_file = self.work_dir / f"{folder}.build.json"
-        record = self._record(folder, keys)
+        record = self._record(folder, keys, methods)
         if not self.rebuild and path.is_dir() and record_file.is_file():
             old = json.loads(record_file.read_text(encoding="utf-8"))
             if {k: old.get(k) for k in record} == record:
@@ -239,14 +248,11 @@ class _Builder:
     _SHAPE = ("height", "width", "guidance_scale")
     _CALIBRATION = (*_SHAPE, "calibration_prompts", "num_samples", "calibration_steps")
 
-    def recipe(
-        self, name: str, *, tome: bool = False, int8: bool = False, deepcache: Any = None
-    ) -> tuple[Path, float, bool]:
-        """The folder :func:`sd_ovopt.optimize_pipeline` writes at the benchmark's shape, with what is asked:
-        ToMe at ``tome_ratio``, INT8 calibrated with the benchmark's settings, step caching (``deepcache``)."""
-        from sd_ovopt.quantization import QuantizationConfig
-        from sd_ovopt.recipe import optimize_pipeline
-        from sd_ovopt.tome import ToMeConfig
+    def recipe(self, name: str, methods: Sequence[Any] = ()) -> tuple[Path, float, bool]:
+        """The folder :func:`sd_ovopt.optimize_pipeline` writes at the benchmark's shape with ``methods``
+        (method configs); the cache key holds the calibration settings when a method quantizes."""
+        from sd_ovopt.methods import methods_in_order
+        from sd_ovopt.recipes import optimize_pipeline
 
         s = self.settings
 
@@ -254,9 +260,7 @@ class _Builder:
             optimize_pipeline(
                 self.pipe,
                 path,
-                tome=ToMeConfig(ratio=s.tome_ratio) if tome else None,
-                quantization=QuantizationConfig(subset_size=s.num_samples) if int8 else None,
-                deepcache=deepcache,
+                methods=methods,
                 calibration_prompts=s.calibration_prompts,
                 calibration_steps=s.calibration_steps,
                 guidance_scale=s.guidance_scale,
@@ -266,15 +270,19 @@ class _Builder:
                 show_progress=self.progress,
             )
 
-        keys = (*(self._CALIBRATION if int8 else self._SHAPE), *(("tome_ratio",) if tome else ()))
-        return self.folder(name, keys, build)
+        quantizes = any(method.quantizes for method, _ in methods_in_order(methods))
+        return self.folder(name, self._CALIBRATION if quantizes else self._SHAPE, build, methods=methods)
 
     def ov_f32(self) -> tuple[Path, float, bool]:
         return self.recipe("ov-f32")
 
     def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
-        """The recipe's INT8 folder, ToMe merged first when asked."""
-        return self.recipe(name, tome=tome, int8=True)
+        """The recipe's INT8 folder, ToMe (at the benchmark's ratio) merged first when asked."""
+        from sd_ovopt.quantization import QuantizationConfig
+        from sd_ovopt.tome import ToMeConfig
+
+        int8 = QuantizationConfig(subset_size=self.settings.num_samples)
+        return self.recipe(name, [ToMeConfig(ratio=self.settings.tome_ratio), int8] if tome else [int8])
 
     def peer(self, name: str) -> tuple[Path, float, bool]:
         """optimum-intel's hybrid 8-bit (weights int8, activations of the non-MatMul ops int8) or full INT8."""
@@ -289,7 +297,7 @@ class _Builder:
                 OVWeightQuantizationConfig,
             )
 
-            from sd_ovopt.export.convert import quiet_tracing
+            from sd_ovopt._convert import quiet_tracing
 
             passes = -(
                 -s.num_samples // (len(s.calibration_prompts) * _PEER_STEPS)
@@ -544,8 +552,12 @@ _DEEPCACHE = {"interval": 3, "branch": 0}
 
 def _deepcache_build(builder: _Builder, name: str, *, int8: bool) -> tuple[Path, float, bool]:
     from sd_ovopt.deepcache.config import DeepCacheConfig
+    from sd_ovopt.quantization import QuantizationConfig
+    from sd_ovopt.tome import ToMeConfig
 
-    return builder.recipe(name, tome=int8, int8=int8, deepcache=DeepCacheConfig(**_DEEPCACHE))
+    s = builder.settings
+    tome_int8 = [ToMeConfig(ratio=s.tome_ratio), QuantizationConfig(subset_size=s.num_samples)]
+    return builder.recipe(name, [*(tome_int8 if int8 else []), DeepCacheConfig(**_DEEPCACHE)])
 
 
 def _shallow_ir(pipe: Any, variant: BuiltVariant) -> dict[str, Any]:
@@ -564,7 +576,7 @@ def _cached_calls(pipe: Any, steps: int) -> dict[str, int]:
     from sd_ovopt.deepcache import StepTracker
 
     timesteps = _timesteps(pipe, steps)
-    tracker = StepTracker(pipe.deepcache)
+    tracker = StepTracker(pipe.method_config("step_caching"))
     full = sum(bool(tracker.refresh(t, timesteps)) for t in timesteps)
     return {"unet": full, "shallow": len(timesteps) - full}
 

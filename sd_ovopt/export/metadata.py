@@ -1,4 +1,4 @@
-"""What an export baked into its IRs: static shapes, library versions, quantization and ToMe settings.
+"""What an export baked into its IRs: static shapes, library versions, and each method's record.
 
 Written as ``sd_ovopt.json`` at the root of an exported folder and read back by the OV pipeline.
 """
@@ -6,19 +6,20 @@ Written as ``sd_ovopt.json`` at the root of an exported folder and read back by 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from sd_ovopt._fs import read_json_object
 from sd_ovopt._loading import MAX_IMAGE_SIDE
-from sd_ovopt.errors import CorruptModelError, InvalidConfigError
+from sd_ovopt.errors import CorruptModelError
+from sd_ovopt.methods import MethodRecord, get_method, registered_methods
 
-__all__ = ["METADATA_FILE", "ExportMetadata", "library_versions", "path_inside", "read_metadata"]
+__all__ = ["METADATA_FILE", "ExportMetadata", "library_versions", "read_metadata"]
 
 METADATA_FILE = "sd_ovopt.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _VERSIONED = (
     "sd_ovopt",
@@ -57,11 +58,8 @@ class ExportMetadata:
         latent_height: Latent height (``height // vae_scale_factor``).
         latent_width: Latent width.
         weights_dtype: How non-quantized weights are stored on disk (``"f32"`` or ``"f16"``).
-        tome: The ToMe settings baked into the UNet, or ``None``.
-        quantization: The quantization settings of the UNet, or ``None``.
-        deepcache: Step caching, or ``None``: its config (``"config"``), the two UNet IRs (``"full"``, which
-            also returns the cached feature, and ``"shallow"``, which takes it), the feature's name and
-            static shape (``"feature"``, ``"feature_shape"``).
+        weight_compression: ``"int8"`` when the text encoder and VAE weights are stored as int8, else ``None``.
+        methods: What each method baked in (its typed record), by method name, in the order applied.
         versions: Library versions at export time.
         format_version: Version of this file's layout.
     """
@@ -75,14 +73,31 @@ class ExportMetadata:
     latent_height: int
     latent_width: int
     weights_dtype: str = "f32"
-    tome: dict[str, Any] | None = None
-    quantization: dict[str, Any] | None = None
-    deepcache: dict[str, Any] | None = None
+    weight_compression: str | None = None
+    methods: dict[str, MethodRecord] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
     format_version: int = FORMAT_VERSION
 
+    def record(self, name: str) -> MethodRecord | None:
+        """The record of the method ``name``, or ``None`` when the folder does not use it."""
+        return self.methods.get(name)
+
+    def config(self, name: str) -> Any:
+        """The config of the method ``name``, or ``None`` when the folder does not use it."""
+        record = self.methods.get(name)
+        return None if record is None else record.config
+
+    def to_fields(self) -> dict[str, Any]:
+        """The fields as they are (records stay typed): ``ExportMetadata(**meta.to_fields())`` copies."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.to_fields()
+        data["methods"] = {name: record.to_dict() for name, record in self.methods.items()}
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / METADATA_FILE
@@ -92,18 +107,61 @@ class ExportMetadata:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "metadata") -> ExportMetadata:
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version == 1:
+            data = _upgrade_from_1(data)
+        elif version != FORMAT_VERSION:
             raise CorruptModelError(
-                f"{source}: format_version is {version!r}, this sd_ovopt reads {FORMAT_VERSION}. "
+                f"{source}: format_version is {version!r}, this sd_ovopt reads {FORMAT_VERSION} (and 1). "
                 "Re-export the pipeline with this version of sd_ovopt."
             )
-        known = set(cls.__dataclass_fields__)
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["methods"] = _read_methods(data.get("methods", {}), source)
         try:
-            meta = cls(**{k: v for k, v in data.items() if k in known})
+            meta = cls(**values)
         except TypeError as exc:
             raise CorruptModelError(f"{source}: {exc}. Re-export the pipeline.") from exc
         _check_fields(meta, source)
         return meta
+
+
+def _upgrade_from_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A layout-1 record (``tome``, ``quantization``, ``deepcache`` fields) in layout 2 (``methods``)."""
+    methods: dict[str, Any] = {}
+    if data.get("tome") is not None:
+        methods["tome"] = {"version": 1, "config": data["tome"]}
+    quantization = data.get("quantization")
+    compression = None
+    if isinstance(quantization, dict):
+        compression = quantization.get("weight_compression")
+        if quantization.get("unet") is not None:
+            methods["int8"] = {"version": 1, "config": quantization["unet"]}
+    elif quantization is not None:
+        compression = quantization  # not an object: the record check below refuses it
+    if data.get("deepcache") is not None:
+        record = data["deepcache"]
+        methods["step_caching"] = {"version": 1, **record} if isinstance(record, dict) else record
+    upgraded = {k: v for k, v in data.items() if k not in ("tome", "quantization", "deepcache")}
+    return {
+        **upgraded,
+        "methods": methods,
+        "weight_compression": compression,
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def _read_methods(data: Any, source: str) -> dict[str, MethodRecord]:
+    """Each method record read by its registered method's record type (unknown methods refused)."""
+    if not isinstance(data, dict):
+        raise _bad(source, "methods", data, "it must map method names to records")
+    records = {}
+    for name, raw in data.items():
+        method = get_method(name, source=source)
+        records[name] = method.record_class.from_dict(
+            raw, method.config_class, source=f"{source}: methods.{name}"
+        )
+    ranks = {name: method.rank for name, method in registered_methods().items()}
+    return dict(sorted(records.items(), key=lambda item: (ranks[item[0]], item[0])))
 
 
 # -- what a record may hold: sd_ovopt.json is read from folders that anyone may have edited ------------
@@ -119,7 +177,7 @@ def _is_int(value: Any, minimum: int) -> bool:
 
 
 def _check_fields(meta: ExportMetadata, source: str) -> None:
-    """Types, ranges and consistency of every field; the nested records are read by their own configs."""
+    """Types, ranges and consistency of every field; the method records are read by their own types."""
     for name in ("height", "width"):
         value = getattr(meta, name)
         if not (_is_int(value, 8) and value % 8 == 0 and value <= MAX_IMAGE_SIDE):
@@ -143,60 +201,10 @@ def _check_fields(meta: ExportMetadata, source: str) -> None:
             raise _bad(source, name, latent, f"it must divide {pixels} by a power of 2 (the VAE's scale)")
     if meta.weights_dtype not in ("f32", "f16"):
         raise _bad(source, "weights_dtype", meta.weights_dtype, "it must be 'f32' or 'f16'")
+    if meta.weight_compression not in (None, "int8"):
+        raise _bad(source, "weight_compression", meta.weight_compression, "it must be null or 'int8'")
     if not (isinstance(meta.versions, dict) and all(isinstance(v, str) for v in meta.versions.values())):
         raise _bad(source, "versions", meta.versions, "it must map library names to version strings")
-    _check_records(meta, source)
-
-
-def _check_records(meta: ExportMetadata, source: str) -> None:
-    from sd_ovopt.deepcache.config import DeepCacheConfig
-    from sd_ovopt.quantization.config import QuantizationConfig
-    from sd_ovopt.tome.config import ToMeConfig
-
-    quantization = meta.quantization
-    if quantization is not None:
-        if not isinstance(quantization, dict) or set(quantization) != {"unet", "weight_compression"}:
-            raise _bad(source, "quantization", quantization, "it must hold 'unet' and 'weight_compression'")
-        if quantization["weight_compression"] not in (None, "int8"):
-            raise _bad(source, "quantization.weight_compression", quantization["weight_compression"], "it must be null or 'int8'")  # fmt: skip
-        _read_config(QuantizationConfig, quantization["unet"], source, "quantization.unet", optional=True)
-    _read_config(ToMeConfig, meta.tome, source, "tome", optional=True)
-    if meta.deepcache is not None:
-        record = meta.deepcache
-        if not isinstance(record, dict):
-            raise _bad(source, "deepcache", record, "it must be an object")
-        _read_config(DeepCacheConfig, record.get("config"), source, "deepcache.config")
-        for key in ("full", "shallow", "feature"):
-            if not isinstance(record.get(key), str) or not record[key]:
-                raise _bad(source, f"deepcache.{key}", record.get(key), "it must be a non-empty string")
-        shape = record.get("feature_shape")
-        if not (isinstance(shape, list) and len(shape) == 4 and all(_is_int(d, 1) for d in shape)):
-            raise _bad(source, "deepcache.feature_shape", shape, "it must be 4 integers >= 1")
-
-
-def _read_config(cls: Any, data: Any, source: str, field_name: str, *, optional: bool = False) -> Any:
-    if data is None and optional:
-        return None
-    if not isinstance(data, dict):
-        raise _bad(source, field_name, data, f"it must be a {cls.__name__} object")
-    try:
-        return cls.from_dict(data)
-    except (InvalidConfigError, TypeError, ValueError) as exc:
-        raise CorruptModelError(
-            f"{source}: {field_name} is not a valid {cls.__name__} ({exc}). Export the pipeline again."
-        ) from exc
-
-
-def path_inside(folder: str | Path, relative: Any, *, source: str, field_name: str) -> Path:
-    """``folder / relative`` if ``relative`` is a relative path that stays inside ``folder`` (links
-    resolved); raise CorruptModelError otherwise, so a record never points at another folder's files."""
-    root = Path(folder).resolve()
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
-        raise _bad(source, field_name, relative, "it must be a path relative to the folder")
-    target = (root / relative).resolve()
-    if root not in target.parents:
-        raise _bad(source, field_name, relative, f"it leads outside the folder {root}")
-    return target
 
 
 def read_metadata(folder: str | Path) -> ExportMetadata | None:

@@ -6,33 +6,30 @@ import contextlib
 import json
 import logging
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from sd_ovopt._fs import atomic_output_dir
-from sd_ovopt._loading import (
-    check_image_size,
-    check_requested_size,
-    guidance_embedding_dim,
-    load_for_output,
-    refuse_guidance_embedded,
+from sd_ovopt._convert import (
+    convert_text_encoder,
+    convert_tokenizer,
+    convert_unet,
+    convert_vae_decoder,
+    convert_vae_encoder,
 )
+from sd_ovopt._fs import atomic_output_dir
+from sd_ovopt._loading import check_image_size, check_requested_size, guidance_embedding_dim, load_for_output
 from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
 from sd_ovopt._validation import check_int
-from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError, UnsupportedModelError
+from sd_ovopt.errors import AlreadyAppliedError, InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 from sd_ovopt.export.metadata import ExportMetadata
+from sd_ovopt.methods import ExportShape, Method, MethodRecord, methods_in_order, registered_methods
 
 if TYPE_CHECKING:
-    import openvino as ov
     import torch
     from diffusers import StableDiffusionPipeline
-
-    from sd_ovopt.deepcache.config import DeepCacheConfig
-    from sd_ovopt.tome.config import ToMeConfig
 
 __all__ = ["export_pipeline"]
 
@@ -56,8 +53,6 @@ def _save_part(model: Any, folder: Path, config: dict[str, Any], *, weights_dtyp
 def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
     """The Hugging Face tokenizer files, plus its OpenVINO conversion for OpenVINO GenAI."""
     import openvino as ov
-
-    from sd_ovopt.export.convert import convert_tokenizer
 
     tokenizer.save_pretrained(folder)
     try:
@@ -84,10 +79,9 @@ def export_pipeline(
     num_images_per_prompt: int = 1,
     classifier_free_guidance: bool | None = None,
     weights_dtype: str = "f32",
-    tome: ToMeConfig | None = None,
+    methods: Sequence[Any] = (),
     unet: torch.nn.Module | None = None,
     compress_weights: bool = False,
-    deepcache: DeepCacheConfig | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> Path:
@@ -95,7 +89,7 @@ def export_pipeline(
 
     The folder has optimum-intel's layout (``unet/``, ``text_encoder/``, ``vae_decoder/``, ``vae_encoder/``,
     ``tokenizer/`` with its OpenVINO conversion, ``scheduler/``, ``model_index.json``) plus ``sd_ovopt.json``
-    (what is baked in). It loads with :class:`sd_ovopt.SdOvOptPipeline`, optimum-intel (and, without torch,
+    (the static shape and each method's record; a method may add parts). It loads with :class:`sd_ovopt.SdOvOptPipeline`, optimum-intel (and, without torch,
     with ``openvino_genai.Text2ImagePipeline``). The write is atomic: on any error nothing is left behind.
 
     Args:
@@ -109,15 +103,13 @@ def export_pipeline(
             Default: yes, except for a UNet whose guidance is an input (``time_cond_proj_dim``, as in LCM
             models), which runs one row per image at any guidance scale.
         weights_dtype: ``"f32"`` (exact) or ``"f16"`` (half the disk size) for stored float weights.
-        tome: Token merging baked into the UNet IR, applied for the export only (the UNet is left as it
-            was). A UNet that already has ToMe applied is exported with it when ``tome`` is ``None``.
+        methods: Configs of registered methods (:func:`sd_ovopt.methods.registered_methods`), each applied
+            to the UNet for the export only (the UNet is left as it was). Methods the UNet already carries
+            (applied, or quantized by the recipe) are exported with it without being named here.
         unet: A UNet to export instead of the pipeline's, e.g. from :func:`sd_ovopt.quantize_unet` (its
             weights are stored as int8) or from quantization-aware training.
         compress_weights: Also store the text encoder and VAE weights as int8 (weight-only, with
             ``nncf.compress_weights``), so the whole pipeline shrinks, not only the UNet.
-        deepcache: Step caching: ``unet/`` then holds the full UNet, which also returns the cached feature,
-            and ``unet_shallow/`` the shallow UNet that takes it (see :mod:`sd_ovopt.deepcache`). A UNet
-            carrying the step-caching patch (from the recipe's calibration) is exported with its config.
         overwrite: Replace an existing folder.
         show_progress: Show a progress bar over the parts.
 
@@ -138,12 +130,19 @@ def export_pipeline(
     pipe, source = load_for_output(pipeline_or_path, output_dir, overwrite=overwrite)
     unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)
     classifier_free_guidance = _guidance_rows(unet, classifier_free_guidance)
-    # 2. Record what the IRs bake in: the static shape, ToMe, INT8, step caching
+    plan = method_plan(unet, methods)
+    # 2. What the folder records: the static shape, the weight storage (method records follow conversion)
     shape = _static_shape(pipe, height, width, batch_size, num_images_per_prompt, classifier_free_guidance)
-    meta = _metadata(shape, unet, tome, deepcache, weights_dtype, compress_weights)
-    # 3. Convert and write every part, with ToMe applied to the UNet for the export only
-    with _tome_applied(unet, tome):
-        return _write(pipe, unet, meta, output_dir, source, overwrite=overwrite, show_progress=show_progress)
+    meta = ExportMetadata(
+        **shape, weights_dtype=weights_dtype, weight_compression="int8" if compress_weights else None
+    )
+    # 3. Convert and write every part, each requested method applied to the UNet for the export only
+    with contextlib.ExitStack() as applied:
+        for method, config in plan:
+            applied.enter_context(method.applied_for_export(unet, config))
+        return _write(
+            pipe, unet, plan, meta, output_dir, source, overwrite=overwrite, show_progress=show_progress
+        )
 
 
 # -- 1. the request -----------------------------------------------------------------------------------
@@ -228,90 +227,42 @@ def _static_shape(
     }
 
 
-def _metadata(
-    shape: dict[str, Any],
-    unet: Any,
-    tome: ToMeConfig | None,
-    deepcache: DeepCacheConfig | None,
-    weights_dtype: str,
-    compress_weights: bool,
-) -> ExportMetadata:
-    """The folder's record: ``shape``, and what ``unet`` carries or is given (ToMe, INT8, step caching)."""
-    from sd_ovopt.quantization.ptq import get_quantization_config
-    from sd_ovopt.tome.patch import get_tome_config
+def method_plan(unet: Any, requested: Sequence[Any]) -> list[tuple[Method, Any]]:
+    """The methods of an export, in rank order: those ``requested`` (configs) and those ``unet`` carries.
 
-    quantization = get_quantization_config(unet)
-    tome_before = get_tome_config(unet)
-    if tome is not None and quantization is not None and tome != tome_before:
-        raise InvalidConfigError(
-            "ToMe must be applied before quantization (quantize_unet records the merged graph); apply_tome to "
-            "the float UNet, then quantize it, then export without tome=."
-        )
-    applied = tome or tome_before
-    deepcache = _deepcache_config(unet, deepcache)
-    return ExportMetadata(
-        **shape,
-        weights_dtype=weights_dtype,
-        tome=None if applied is None else applied.to_dict(),
-        quantization=_quantization_record(quantization, compress_weights),
-        deepcache=None if deepcache is None else _deepcache_record(deepcache),
-    )
-
-
-def _deepcache_config(unet: Any, deepcache: Any) -> Any:
-    from sd_ovopt.deepcache.config import DeepCacheConfig
-    from sd_ovopt.deepcache.patch import plan_skips, state_of
-
-    if deepcache is not None and not isinstance(deepcache, DeepCacheConfig):
-        raise InvalidConfigError(
-            f"deepcache must be a DeepCacheConfig or None, got {type(deepcache).__name__}."
-        )
-    state = state_of(unet)
-    config = deepcache if deepcache is not None or state is None else state.config
-    if config is not None:
-        refuse_guidance_embedded(unet, "step caching")
-        plan_skips(unet, config.branch)  # a branch this UNet lacks is refused before anything is written
-    return config
-
-
-def _deepcache_record(config: Any) -> dict[str, Any]:
-    from sd_ovopt.deepcache.export import FEATURE_NAME, SHALLOW_PART
-
-    return {
-        "config": config.to_dict(),
-        "full": f"unet/{OV_XML}",
-        "shallow": f"{SHALLOW_PART}/{OV_XML}",
-        "feature": FEATURE_NAME,
-    }
-
-
-def _quantization_record(quantization: Any, compress_weights: bool) -> dict[str, Any] | None:
-    if quantization is None and not compress_weights:
-        return None
-    return {
-        "unet": None if quantization is None else quantization.to_dict(),
-        "weight_compression": "int8" if compress_weights else None,
-    }
+    Refused before anything is converted: a requested config other than the one the UNet carries, a
+    method requested below one the UNet already carries (a graph change onto a quantized UNet, whose
+    quantizers recorded the graph without it), and whatever a method's own ``check_export`` refuses.
+    """
+    pairs = dict((method.name, (method, config)) for method, config in methods_in_order(requested))
+    carried = {}
+    for name, method in registered_methods().items():
+        applied = method.applied_config(unet)
+        if applied is None:
+            continue
+        carried[name] = method
+        asked = pairs.get(name, (method, applied))[1]
+        if asked != applied:
+            raise AlreadyAppliedError(
+                f"the UNet carries {method.label or name} {applied}, but the export asks for {asked}; export "
+                "with the config the UNet carries (or leave it out: carried methods are exported as they are)."
+            )
+        pairs[name] = (method, applied)
+    for name, (method, _config) in pairs.items():
+        later = [m for m in carried.values() if m.rank > method.rank and name not in carried]
+        if later:
+            raise InvalidConfigError(
+                f"{method.label or name} must be applied before {later[0].label or later[0].name} (which "
+                f"records the graph it is given): apply it to the float UNet first, then {later[0].name}, "
+                "then export without naming it."
+            )
+    plan = sorted(pairs.values(), key=lambda pair: (pair[0].rank, pair[0].name))
+    for method, config in plan:
+        method.check_export(unet, config)
+    return plan
 
 
 # -- 3. convert and write -----------------------------------------------------------------------------
-@contextlib.contextmanager
-def _tome_applied(unet: Any, tome: ToMeConfig | None) -> Iterator[None]:
-    """``tome`` applied to ``unet`` inside (removed again after, unless the UNet had it before)."""
-    from sd_ovopt.tome.patch import apply_tome, get_tome_config, remove_tome
-
-    if tome is None:
-        yield
-        return
-    before = get_tome_config(unet)
-    apply_tome(unet, tome)  # raises AlreadyAppliedError if another config is applied
-    try:
-        yield
-    finally:
-        if before is None:
-            remove_tome(unet)
-
-
 #: A part of the folder: its subfolder name -> (what converts it, the config.json written beside it).
 _Parts = dict[str, tuple[Callable[[], Any], dict[str, Any]]]
 
@@ -319,6 +270,7 @@ _Parts = dict[str, tuple[Callable[[], Any], dict[str, Any]]]
 def _write(
     pipe: Any,
     unet: Any,
+    plan: list[tuple[Method, Any]],
     meta: ExportMetadata,
     output_dir: str | Path,
     source: str | Path | None,
@@ -327,17 +279,47 @@ def _write(
     show_progress: bool,
 ) -> Path:
     """Convert every part, one at a time, and write the folder atomically; return its final path."""
-    unets = _UNetParts(unet, meta, text_length=pipe.tokenizer.model_max_length)
-    parts = {**unets.parts(), **_other_parts(pipe, meta)}
+    text_length = pipe.tokenizer.model_max_length
+    shape = ExportShape(meta.unet_batch, meta.latent_height, meta.latent_width, text_length)
     with atomic_output_dir(output_dir, overwrite=overwrite, source=source) as tmp:
+        records = _write_unet(unet, plan, shape, tmp, weights_dtype=meta.weights_dtype)
+        parts = _other_parts(pipe, meta)
         _convert_and_save(parts, tmp, weights_dtype=meta.weights_dtype, show_progress=show_progress)
         _save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
         pipe.scheduler.save_pretrained(tmp / "scheduler")
         pipe.save_config(tmp)
-        unets.completed(meta).save(tmp)
+        ExportMetadata(**{**meta.to_fields(), "methods": records}).save(tmp)
     final = Path(output_dir).expanduser().resolve()
     logger.info("exported %s (%dx%d, UNet batch %d)", final, meta.height, meta.width, meta.unet_batch)
     return final
+
+
+def _write_unet(
+    unet: Any, plan: list[tuple[Method, Any]], shape: ExportShape, folder: Path, *, weights_dtype: str
+) -> dict[str, MethodRecord]:
+    """The UNet's IRs (the plain one, or those a method writes itself), each finished by every method;
+    return the methods' records."""
+    logger.info("converting unet")
+    conversions = [(m, m.convert_unet(unet, config, shape)) for m, config in plan]
+    claimed = [(m, c) for m, c in conversions if c is not None]
+    if len(claimed) > 1:
+        raise UnsupportedModelError(
+            f"{claimed[0][0].name} and {claimed[1][0].name} each write the UNet as their own IRs; export "
+            "with one of them."
+        )
+    irs = claimed[0][1].parts if claimed else {"unet": convert_unet(unet, **shape.as_kwargs())}
+    records = {
+        m.name: (c.record if c is not None else m.record(config))
+        for (m, c), (_, config) in zip(conversions, plan, strict=True)
+    }
+    config = dict(unet.config)
+    for name in list(irs):
+        model = irs.pop(name)
+        for method, method_config in plan:
+            model = method.finish_unet_ir(model, method_config)
+        _save_part(model, folder / name, config, weights_dtype=weights_dtype)
+        del model
+    return records
 
 
 def _convert_and_save(parts: _Parts, folder: Path, *, weights_dtype: str, show_progress: bool) -> None:
@@ -350,67 +332,12 @@ def _convert_and_save(parts: _Parts, folder: Path, *, weights_dtype: str, show_p
         del model
 
 
-class _UNetParts:
-    """The UNet's part of the folder, or with step caching its two parts (the full and the shallow IR,
-    traced together; the cached feature's shape is then added to the record)."""
-
-    def __init__(self, unet: Any, meta: ExportMetadata, *, text_length: int) -> None:
-        self.unet, self.deepcache = unet, meta.deepcache
-        self.shape = {
-            "batch": meta.unet_batch,
-            "latent_height": meta.latent_height,
-            "latent_width": meta.latent_width,
-            "text_length": text_length,
-        }
-        # hybrid: matmul weights to int8 (weight-only); convolutions were fully quantized by NNCF
-        self.hybrid = ((meta.quantization or {}).get("unet") or {}).get("mode") == "hybrid"
-        self.shallow: list[ov.Model] = []  # the shallow IR, converted with the full one
-        self.feature_shape: tuple[int, ...] | None = None
-
-    def parts(self) -> _Parts:
-        config = dict(self.unet.config)
-        if self.deepcache is None:
-            return {"unet": (self.plain, config)}
-        from sd_ovopt.deepcache.export import SHALLOW_PART
-
-        return {"unet": (self.full, config), SHALLOW_PART: (self.shallow.pop, dict(self.unet.config))}
-
-    def plain(self) -> ov.Model:
-        from sd_ovopt.export.convert import convert_unet
-
-        return self._compressed(convert_unet(self.unet, **self.shape))
-
-    def full(self) -> ov.Model:
-        from sd_ovopt.deepcache.config import DeepCacheConfig
-        from sd_ovopt.deepcache.export import convert_deepcache_unets
-
-        config = DeepCacheConfig.from_dict(self.deepcache["config"])
-        full, shallow, self.feature_shape = convert_deepcache_unets(self.unet, config, **self.shape)
-        self.shallow.append(self._compressed(shallow))
-        return self._compressed(full)
-
-    def completed(self, meta: ExportMetadata) -> ExportMetadata:
-        """``meta`` with the cached feature's shape, once the step-caching IRs are converted."""
-        if self.feature_shape is None:
-            return meta
-        deepcache = {**meta.deepcache, "feature_shape": list(self.feature_shape)}
-        return replace(meta, deepcache=deepcache)
-
-    def _compressed(self, model: Any) -> Any:
-        if self.hybrid:
-            model = _compress(model, ignored_scope=import_nncf().IgnoredScope(types=["Convolution"]))
-        return model
-
-
 def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:
     """The text encoder and the VAE halves (weights int8 when the record asks for weight compression)."""
-    from sd_ovopt.export.convert import convert_text_encoder, convert_vae_decoder, convert_vae_encoder
-
-    compress = (meta.quantization or {}).get("weight_compression") == "int8"
     text_length = pipe.tokenizer.model_max_length
 
     def stored(model: Any) -> Any:
-        return _compress(model) if compress else model
+        return _compress(model) if meta.weight_compression == "int8" else model
 
     return {
         "text_encoder": (
@@ -432,7 +359,7 @@ def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:
     }
 
 
-def _compress(model: Any, **kwargs: Any) -> Any:
+def _compress(model: Any) -> Any:
     nncf = import_nncf()
     with nncf_output_on_stderr():
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, **kwargs)
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)

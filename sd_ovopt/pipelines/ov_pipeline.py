@@ -1,20 +1,23 @@
 """``SdOvOptPipeline``: optimum-intel's OpenVINO Stable Diffusion pipeline, made static, explicit and safe.
 
-It loads folders written by :func:`sd_ovopt.export_pipeline` (FP32, INT8 or ToMe UNets alike), reshapes
-and compiles every part to the static shape recorded in ``sd_ovopt.json``, pins the inference precision,
-and refuses calls the compiled shapes cannot serve with a typed error instead of a CPU-plugin crash.
-The denoising loop is diffusers' own ``StableDiffusionPipeline.__call__``.
+It loads folders written by :func:`sd_ovopt.export_pipeline`, reshapes and compiles every part to the
+static shape recorded in ``sd_ovopt.json``, pins the inference precision, and refuses calls the compiled
+shapes cannot serve with a typed error instead of a CPU-plugin crash. Each method recorded in the folder
+loads what it needs and wraps the calls it changes (:mod:`sd_ovopt.methods`); the denoising loop is
+diffusers' own ``StableDiffusionPipeline.__call__``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import Any
 
 from optimum.intel import OVStableDiffusionPipeline
+from optimum.intel.openvino.modeling_diffusion import OVPipelinePart
 
 from sd_ovopt._fs import read_json_object
 from sd_ovopt._loading import guidance_embedding_dim, read_model_index
@@ -27,12 +30,9 @@ from sd_ovopt.errors import (
     SdOvOptError,
     ShapeMismatchError,
 )
-from sd_ovopt.export.metadata import METADATA_FILE, ExportMetadata, path_inside, read_metadata
+from sd_ovopt.export.metadata import METADATA_FILE, ExportMetadata, read_metadata
+from sd_ovopt.methods import MethodRecord, get_method
 from sd_ovopt.pipelines.call_checks import check_call_arguments
-from sd_ovopt.tome.config import ToMeConfig
-
-if TYPE_CHECKING:
-    from sd_ovopt.deepcache.config import DeepCacheConfig
 
 __all__ = ["PRECISIONS", "SdOvOptPipeline"]
 
@@ -120,10 +120,12 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
     #: The UNet's static ``sample`` shape as read from a folder without ``sd_ovopt.json`` (an IR traced at
     #: one shape whose record was lost), before optimum-intel makes the inputs dynamic; ``None`` otherwise.
     _sd_ovopt_static_sample: tuple[int, ...] | None = None
-    #: The shallow UNet of a step-caching export (an optimum-intel UNet part), or ``None``.
-    _sd_ovopt_shallow: Any = None
-    _sd_ovopt_deepcache_on: bool = True
-    #: ``"full"`` / ``"shallow"`` per UNet call of the last pipeline call (empty without step caching).
+    #: What each recorded method loaded beside the pipeline's parts (see ``Method.load``), by name.
+    _sd_ovopt_loaded: Mapping[str, Any] = MappingProxyType({})
+    #: Recorded methods switched off for calls (``disable_method``).
+    _sd_ovopt_disabled: frozenset[str] = frozenset()
+    #: What the UNet ran at each step of the last call, when a method tells (step caching: ``"full"`` /
+    #: ``"shallow"``); empty otherwise.
     last_unet_steps: tuple[str, ...] = ()
 
     @classmethod
@@ -164,8 +166,9 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         pipe._sd_ovopt_precision = precision
         if meta is not None:
             _check_unet_matches_record(pipe.unet.model, meta, path)
-            if meta.deepcache is not None:
-                pipe._load_shallow_unet(path, meta.deepcache)
+            pipe._sd_ovopt_loaded = {
+                name: get_method(name).load(pipe, record, path) for name, record in meta.methods.items()
+            }
             pipe._reshape_to_metadata()
         if compile:
             pipe.compile()
@@ -244,36 +247,19 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         self._reshape_to_metadata()
         return self
 
-    def _load_shallow_unet(self, path: Path, record: dict[str, Any]) -> None:
-        import openvino as ov
-        from optimum.intel.openvino.modeling_diffusion import OVModelUnet
-
-        xml = path_inside(
-            path, record["shallow"], source=str(path / METADATA_FILE), field_name="deepcache.shallow"
-        )
-        if not xml.is_file() or not xml.with_suffix(".bin").is_file():
-            raise CorruptModelError(
-                f"{xml} (or its .bin) is missing, but sd_ovopt.json records step caching: the export is "
-                "incomplete. Export it again."
-            )
-        try:
-            model = ov.Core().read_model(xml)
-        except RuntimeError as exc:
-            raise CorruptModelError(
-                f"OpenVINO could not read {xml}: {exc}. Export the pipeline again."
-            ) from exc
-        self._sd_ovopt_shallow = OVModelUnet(model, self, xml.parent.name)
+    def _method_parts(self) -> list[Any]:
+        return [part for part in self._sd_ovopt_loaded.values() if isinstance(part, OVPipelinePart)]
 
     def clear_requests(self) -> None:
         super().clear_requests()
-        if self._sd_ovopt_shallow is not None:
-            self._sd_ovopt_shallow.clear_requests()
+        for part in self._method_parts():
+            part.clear_requests()
 
     def compile(self) -> None:
         try:
             super().compile()
-            if self._sd_ovopt_shallow is not None:
-                self._sd_ovopt_shallow.compile()
+            for part in self._method_parts():
+                part.compile()
         except RuntimeError as exc:
             raise CorruptModelError(
                 f"OpenVINO could not compile the pipeline: {exc}. The IR may be corrupt; export it again."
@@ -282,37 +268,37 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
     # -- what is baked in --------------------------------------------------------------------------
     @property
     def export_metadata(self) -> ExportMetadata | None:
-        """What ``sd_ovopt.json`` records (static shape, versions, ToMe, quantization), or ``None``."""
+        """What ``sd_ovopt.json`` records (static shape, versions, each method's record), or ``None``."""
         return self._sd_ovopt_metadata
 
     @property
-    def tome(self) -> ToMeConfig | None:
-        """The ToMe settings baked into the UNet, or ``None``."""
+    def methods(self) -> dict[str, MethodRecord]:
+        """The record of each method the folder was exported with, by name (empty for a plain folder)."""
         meta = self._sd_ovopt_metadata
-        return None if meta is None or meta.tome is None else ToMeConfig.from_dict(meta.tome)
+        return {} if meta is None else dict(meta.methods)
 
-    @property
-    def deepcache(self) -> DeepCacheConfig | None:
-        """The step-caching settings of the export, or ``None`` (see :func:`disable_deepcache`)."""
-        meta = self._sd_ovopt_metadata
-        if meta is None or meta.deepcache is None:
-            return None
-        from sd_ovopt.deepcache.config import DeepCacheConfig
+    def method_config(self, name: str) -> Any:
+        """The config of the recorded method ``name`` (e.g. ``"int8"``), or ``None`` when not recorded."""
+        record = self.methods.get(name)
+        return None if record is None else record.config
 
-        return DeepCacheConfig.from_dict(meta.deepcache["config"])
+    def disable_method(self, name: str) -> None:
+        """Switch the recorded method ``name`` off for calls (e.g. ``"step_caching"``: the full UNet then
+        runs at every step, computing what a plain export does). Methods baked into the graph cannot be."""
+        if name not in self.methods:
+            raise InvalidConfigError(
+                f"{name!r} is not a method of this folder; it has {sorted(self.methods)}."
+            )
+        if not get_method(name).switchable:
+            raise InvalidConfigError(
+                f"{name!r} is baked into the exported IRs and cannot be switched off; load a folder exported "
+                "without it."
+            )
+        self._sd_ovopt_disabled = self._sd_ovopt_disabled | {name}
 
-    def disable_deepcache(self) -> None:
-        """Run the full UNet at every step (a step-caching export then computes what a plain one does)."""
-        self._sd_ovopt_deepcache_on = False
-
-    def enable_deepcache(self) -> None:
-        """Run the export's step-caching schedule again (the default)."""
-        self._sd_ovopt_deepcache_on = True
-
-    @property
-    def quantization(self) -> dict[str, Any] | None:
-        """The UNet's quantization settings, or ``None`` for a float UNet."""
-        return None if self._sd_ovopt_metadata is None else self._sd_ovopt_metadata.quantization
+    def enable_method(self, name: str) -> None:
+        """Switch a method turned off with :meth:`disable_method` back on (the default)."""
+        self._sd_ovopt_disabled = self._sd_ovopt_disabled - {name}
 
     @property
     def inference_precision(self) -> str:
@@ -435,18 +421,10 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             )
         kwargs = check_call_arguments(kwargs, self)
         self._check_call(kwargs, prompt)
-        config = self.deepcache
-        if config is None or self._sd_ovopt_shallow is None or not self._sd_ovopt_deepcache_on:
-            self.last_unet_steps = ()
+        self.last_unet_steps = ()
+        with contextlib.ExitStack() as methods:
+            for name, record in self.methods.items():
+                if name not in self._sd_ovopt_disabled:
+                    method = get_method(name)
+                    methods.enter_context(method.call_context(self, record, self._sd_ovopt_loaded.get(name)))
             return super().__call__(prompt, **kwargs)
-        from sd_ovopt.deepcache.runtime import CachedOVUNet
-
-        # Swapped in the instance dict: DiffusionPipeline.__setattr__ would rewrite the pipeline's config.
-        full = self.__dict__["unet"]
-        cached = CachedOVUNet(full, self._sd_ovopt_shallow, config, lambda: self.scheduler)
-        self.__dict__["unet"] = cached
-        try:
-            return super().__call__(prompt, **kwargs)
-        finally:
-            self.__dict__["unet"] = full
-            self.last_unet_steps = tuple(cached.steps)

@@ -4,7 +4,6 @@ from sd_ovopt.quantization.calibration import collect_calibration
 from sd_ovopt.quantization.config import DEFAULT_IGNORED_PATTERNS, QATConfig, QuantizationConfig
 from sd_ovopt.quantization.ptq import get_quantization_config, is_quantized, quantize_unet
 from sd_ovopt.quantization.qat import DistillationLoss, QATModel, WeightEMA
-from sd_ovopt.quantization.training import train_qat
 
 __all__ = [
     "DEFAULT_IGNORED_PATTERNS",
@@ -17,5 +16,4 @@ __all__ = [
     "get_quantization_config",
     "is_quantized",
     "quantize_unet",
-    "train_qat",
 ]

@@ -20,7 +20,7 @@ def deepcache_export(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         return export_pipeline(
-            tiny_pipeline(), out, height=32, width=32, deepcache=CONFIG, show_progress=False
+            tiny_pipeline(), out, height=32, width=32, methods=[CONFIG], show_progress=False
         )
     finally:
         torch.set_num_threads(threads)

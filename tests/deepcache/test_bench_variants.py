@@ -30,4 +30,4 @@ def test_ov_deepcache_runs_against_pytorch(tiny_saved, tmp_path):
     assert row.status == "ok" and row.pipeline_s and row.unet_bytes > 0
     assert 10 < row.psnr_db < 60  # close to PyTorch FP32, not equal: cached steps reuse features
     meta = read_metadata(tmp_path / "bench" / "models" / "ov-deepcache")
-    assert meta.deepcache["config"]["interval"] == 3
+    assert meta.config("step_caching").interval == 3

@@ -70,9 +70,7 @@ def test_tome_int8_and_caching_in_one_recipe(tiny_pipe, tmp_path):
     out = optimize_pipeline(
         tiny_pipe,
         tmp_path / "dc-int8",
-        tome=ToMeConfig(ratio=0.4),
-        quantization=QuantizationConfig(subset_size=12),
-        deepcache=DeepCacheConfig(interval=3),
+        methods=[ToMeConfig(ratio=0.4), QuantizationConfig(subset_size=12), DeepCacheConfig(interval=3)],
         calibration_prompts=PROMPTS,
         calibration_steps=6,
         height=32,
@@ -80,8 +78,9 @@ def test_tome_int8_and_caching_in_one_recipe(tiny_pipe, tmp_path):
         show_progress=False,
     )
     meta = read_metadata(out)
-    assert meta.tome["ratio"] == 0.4 and meta.quantization["unet"]["mode"] == "full"
-    assert meta.deepcache["config"] == DeepCacheConfig(interval=3).to_dict()
+    assert list(meta.methods) == ["tome", "step_caching", "int8"]
+    assert meta.config("tome").ratio == 0.4 and meta.config("int8").mode == "full"
+    assert meta.config("step_caching") == DeepCacheConfig(interval=3)
     for part in ("unet", "unet_shallow"):
         types = [
             op.get_type_name()

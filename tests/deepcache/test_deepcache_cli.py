@@ -35,7 +35,12 @@ def test_export_with_step_caching_then_generate(tiny_saved, tmp_path, capsys, on
     ]
     assert main(args) == 0
     meta = read_metadata(out)
-    assert meta.deepcache["config"] == {"interval": 2, "branch": 0, "schedule": "quadratic", "version": 1}
+    assert meta.config("step_caching").to_dict() == {
+        "interval": 2,
+        "branch": 0,
+        "schedule": "quadratic",
+        "version": 1,
+    }
     image = tmp_path / "image.png"
     assert main(["generate", str(out), "a red circle", "--steps", "4", "--output", str(image)]) == 0
     assert image.is_file()

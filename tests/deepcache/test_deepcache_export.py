@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sd_ovopt import DeepCacheConfig, read_metadata
+from sd_ovopt._convert import unet_example_inputs
 from sd_ovopt.deepcache import FEATURE_NAME, convert_deepcache_unets, is_deepcache_applied
 from sd_ovopt.deepcache.patch import FEATURE_KWARG, attach, remove_deepcache
-from sd_ovopt.export.convert import unet_example_inputs
 
 SHAPE = {"batch": 2, "latent_height": 16, "latent_width": 16, "text_length": 77}
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -83,7 +83,8 @@ def test_both_irs_match_pytorch_at_f32(irs):
 
 def test_the_folder_records_both_irs(deepcache_export):
     meta = read_metadata(deepcache_export)
-    assert meta.deepcache == {
+    assert meta.record("step_caching").to_dict() == {
+        "version": 1,
         "config": DeepCacheConfig(interval=3).to_dict(),
         "full": "unet/openvino_model.xml",
         "shallow": "unet_shallow/openvino_model.xml",
@@ -93,7 +94,7 @@ def test_the_folder_records_both_irs(deepcache_export):
     for part in ("unet", "unet_shallow"):
         assert (deepcache_export / part / "openvino_model.bin").stat().st_size > 0
     raw = json.loads((deepcache_export / "sd_ovopt.json").read_text())
-    assert raw["format_version"] == 1  # additive: older readers skip the record and run the full UNet
+    assert raw["format_version"] == 2 and raw["methods"]["step_caching"]["feature_shape"] == [2, 32, 16, 16]
 
 
 def test_export_refuses_a_config_other_than_the_unets(tmp_path):
@@ -102,6 +103,6 @@ def test_export_refuses_a_config_other_than_the_unets(tmp_path):
 
     pipe = tiny_pipeline()
     attach(pipe.unet, DeepCacheConfig(interval=2))
-    with pytest.raises(AlreadyAppliedError, match="calibrated with"):
-        export_pipeline(pipe, tmp_path / "out", deepcache=DeepCacheConfig(interval=3), show_progress=False)
+    with pytest.raises(AlreadyAppliedError, match="carries step caching"):
+        export_pipeline(pipe, tmp_path / "out", methods=[DeepCacheConfig(interval=3)], show_progress=False)
     assert not (tmp_path / "out").exists()

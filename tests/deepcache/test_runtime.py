@@ -45,7 +45,7 @@ def ov_pipe(deepcache_export):
 
 
 def test_runs_the_full_unet_on_refresh_steps_only(ov_pipe):
-    assert ov_pipe.deepcache == CONFIG
+    assert ov_pipe.method_config("step_caching") == CONFIG
     _image(ov_pipe)
     assert ov_pipe.last_unet_steps == ("full", "shallow", "shallow", "full", "shallow", "shallow", "full")
 
@@ -60,12 +60,12 @@ def test_matches_the_pytorch_cached_pipeline_and_repeats(ov_pipe, torch_images):
 
 def test_disabled_it_computes_the_uncached_pipeline(ov_pipe, torch_images):
     plain, _ = torch_images
-    ov_pipe.disable_deepcache()
+    ov_pipe.disable_method("step_caching")
     try:
         assert _rel(_image(ov_pipe), plain) < 1e-4
         assert ov_pipe.last_unet_steps == ()  # the plain loop: one full UNet call per step
     finally:
-        ov_pipe.enable_deepcache()
+        ov_pipe.enable_method("step_caching")
 
 
 def test_plain_optimum_intel_loads_the_folder_and_runs_the_full_unet(deepcache_export, torch_images):

@@ -9,10 +9,12 @@ from sd_ovopt import (
     NotAPipelineError,
     OutputExistsError,
     ShapeMismatchError,
+    ToMeConfig,
     export_pipeline,
     read_metadata,
 )
-from sd_ovopt.export import convert
+from sd_ovopt.export import pipeline as export_module
+from sd_ovopt.methods import MethodRecord
 
 PARTS = ("unet", "text_encoder", "vae_decoder", "vae_encoder")
 
@@ -29,7 +31,7 @@ def test_layout_and_metadata(exported_tiny):
     assert (meta.height, meta.width, meta.batch_size, meta.unet_batch) == (32, 32, 1, 2)
     assert (meta.latent_height, meta.latent_width) == (16, 16)
     assert meta.versions["openvino"] != "not installed"
-    assert meta.tome is None and meta.quantization is None
+    assert meta.methods == {} and meta.weight_compression is None
 
 
 def test_unet_ir_is_static_and_named_for_optimum(exported_tiny):
@@ -52,7 +54,7 @@ def test_metadata_round_trip(tmp_path):
         unet_batch=4,
         latent_height=32,
         latent_width=16,
-        tome={"ratio": 0.5},
+        methods={"tome": MethodRecord(config=ToMeConfig(ratio=0.5))},
     )
     meta.save(tmp_path)
     assert read_metadata(tmp_path) == meta
@@ -75,7 +77,7 @@ def test_failure_leaves_nothing_behind(tiny_pipe, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated failure while converting the VAE")
 
-    monkeypatch.setattr(convert, "convert_vae_decoder", boom)
+    monkeypatch.setattr(export_module, "convert_vae_decoder", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         export_pipeline(tiny_pipe, tmp_path / "out", show_progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -84,7 +86,9 @@ def test_failure_leaves_nothing_behind(tiny_pipe, tmp_path, monkeypatch):
 def test_failure_keeps_previous_export(tiny_pipe, exported_tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     shutil.copytree(exported_tiny, out)
-    monkeypatch.setattr(convert, "convert_unet", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(
+        export_module, "convert_unet", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x"))
+    )
     with pytest.raises(RuntimeError):
         export_pipeline(tiny_pipe, out, overwrite=True, show_progress=False)
     assert read_metadata(out) == read_metadata(exported_tiny)

@@ -65,7 +65,7 @@ def test_genai_generates_what_sd_ovopt_generates(exported_tiny):
 
 def test_genai_generates_from_a_tome_int8_export(tome_int8_tiny):
     meta = read_metadata(tome_int8_tiny.path)
-    assert meta.tome is not None and meta.quantization["unet"] is not None
+    assert meta.config("tome") is not None and meta.config("int8") is not None
     genai = openvino_genai.Text2ImagePipeline(str(tome_int8_tiny.path), "CPU")
     image = _genai_image(genai, steps=2)
     assert image.shape == (32, 32, 3) and image.std() > 0

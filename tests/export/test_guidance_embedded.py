@@ -81,11 +81,11 @@ def test_int8_records_the_guidance_input_and_runs(lcm_tiny, tmp_path):
     )
     assert items[0]["timestep_cond"].shape == (1, EMBEDDING)
     out = optimize_pipeline(
-        pipe, tmp_path / "int8", quantization=QuantizationConfig(subset_size=4), guidance_scale=8.0,
+        pipe, tmp_path / "int8", methods=[QuantizationConfig(subset_size=4)], guidance_scale=8.0,
         calibration_steps=2, show_progress=False,
     )  # fmt: skip
     int8 = SdOvOptPipeline.from_pretrained(out, precision="f32")
-    assert int8.quantization["unet"]["mode"] == "full" and int8.export_metadata.unet_batch == 1
+    assert int8.method_config("int8").mode == "full" and int8.export_metadata.unet_batch == 1
     image, float_image = _image(int8), _image(SdOvOptPipeline.from_pretrained(folder, precision="f32"))
     assert np.isfinite(image).all() and 0 < np.abs(image - float_image).mean() < 0.1
     assert not np.array_equal(image, _image(int8, 2.0))  # the guidance still reaches the INT8 UNet
@@ -96,7 +96,7 @@ def test_step_caching_qat_and_guided_rows_are_refused(lcm_tiny, tmp_path):
 
     pipe, _ = lcm_tiny
     with pytest.raises(UnsupportedModelError, match="step caching"):
-        export_pipeline(pipe, tmp_path / "dc", deepcache=DeepCacheConfig(interval=2))
+        export_pipeline(pipe, tmp_path / "dc", methods=[DeepCacheConfig(interval=2)])
     with pytest.raises(InvalidConfigError, match="never runs a second, unconditional row"):
         export_pipeline(pipe, tmp_path / "cfg", classifier_free_guidance=True)
     assert not list(tmp_path.iterdir())

@@ -48,7 +48,7 @@ def test_other_size_or_batch_is_a_typed_error(ov_pipe):
 
 def test_metadata_is_reported(ov_pipe):
     assert ov_pipe.export_metadata.unet_batch == 2
-    assert ov_pipe.tome is None and ov_pipe.quantization is None
+    assert ov_pipe.methods == {} and ov_pipe.method_config("tome") is None
 
 
 def test_plain_optimum_pipeline_loads_and_generates(exported_tiny, tiny_pipe):

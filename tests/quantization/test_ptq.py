@@ -130,7 +130,7 @@ def test_int8_ir_has_fake_quantize_and_int8_weights(int8_export, exported_tiny):
     int8 = (int8_export / "unet" / "openvino_model.bin").stat().st_size
     fp32 = (exported_tiny / "unet" / "openvino_model.bin").stat().st_size
     assert int8 < 0.35 * fp32
-    assert read_metadata(int8_export).quantization["unet"]["mode"] == "full"
+    assert read_metadata(int8_export).config("int8").mode == "full"
 
 
 def test_int8_ir_stays_close_to_fp32_on_held_out_inputs(pipe, int8_export, calibration):
@@ -161,7 +161,7 @@ def test_int8_pipeline_generates(int8_export):
     )
     assert image.images[0].shape == (32, 32, 3)
     assert np.isfinite(image.images[0]).all()
-    assert pipe.quantization["unet"]["preset"] == "mixed"
+    assert pipe.method_config("int8").preset == "mixed"
 
 
 def test_tome_ops_stay_out_of_quantization(calibration, tome_int8_tiny):
@@ -192,7 +192,7 @@ def test_tome_ops_stay_out_of_quantization(calibration, tome_int8_tiny):
         assert "FakeQuantize" not in producers, op.get_friendly_name()
     assert other_matmul_fq  # the check can fail: ordinary matmuls do get FakeQuantize inputs
     meta = read_metadata(out)
-    assert meta.tome == ToMeConfig(ratio=0.5).to_dict() and meta.quantization["weight_compression"] == "int8"
+    assert meta.config("tome") == ToMeConfig(ratio=0.5) and meta.weight_compression == "int8"
     images = SdOvOptPipeline.from_pretrained(out)(
         "a red circle", num_inference_steps=2, output_type="np"
     ).images

@@ -144,7 +144,7 @@ def test_config_round_trip_and_loss_weights():
 def test_resuming_warns_only_for_settings_that_change_what_the_remaining_steps_compute():
     import warnings
 
-    from sd_ovopt.quantization.training import _warn_config_changes
+    from sd_ovopt.recipes.qat import _warn_config_changes
 
     saved = {"qat_config": QATConfig().to_dict(), "world_size": 1}
     with warnings.catch_warnings():
@@ -467,7 +467,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(runs):
 def test_the_run_exports_an_int8_pipeline_that_generates(runs):
     out = runs["whole"] / "ov"
     meta = read_metadata(out)
-    assert meta.quantization["unet"]["mode"] == "full" and meta.quantization["weight_compression"] == "int8"
+    assert meta.config("int8").mode == "full" and meta.weight_compression == "int8"
     image = SdOvOptPipeline.from_pretrained(out)(
         "a red square", num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)
     ).images[0]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sd_ovopt import SdOvOptPipeline, ToMeConfig, apply_tome, export_pipeline, is_tome_applied, read_metadata
-from sd_ovopt.export.convert import convert_unet, unet_example_inputs
+from sd_ovopt._convert import convert_unet, unet_example_inputs
 
 FORBIDDEN = {"RandomUniform", "If", "Loop", "Multinomial"}
 SHAPE = {"batch": 2, "latent_height": 16, "latent_width": 16, "text_length": 77}
@@ -62,7 +62,7 @@ def tome_export(tmp_path_factory):
 
     pipe = tiny_pipeline()
     out = export_pipeline(
-        pipe, tmp_path_factory.mktemp("tome") / "ov", tome=ToMeConfig(ratio=0.5), show_progress=False
+        pipe, tmp_path_factory.mktemp("tome") / "ov", methods=[ToMeConfig(ratio=0.5)], show_progress=False
     )
     return pipe, out
 
@@ -70,9 +70,9 @@ def tome_export(tmp_path_factory):
 def test_export_records_tome_and_leaves_the_pipeline_unpatched(tome_export):
     pipe, out = tome_export
     assert not is_tome_applied(pipe)
-    assert read_metadata(out).tome == ToMeConfig(ratio=0.5).to_dict()
+    assert read_metadata(out).config("tome") == ToMeConfig(ratio=0.5)
     ov_pipe = SdOvOptPipeline.from_pretrained(out)
-    assert ov_pipe.tome == ToMeConfig(ratio=0.5)
+    assert ov_pipe.method_config("tome") == ToMeConfig(ratio=0.5)
 
 
 def test_tome_pipeline_is_deterministic_and_matches_pytorch_tome(tome_export):

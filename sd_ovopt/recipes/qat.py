@@ -14,6 +14,7 @@ The output folder::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from sd_ovopt._fs import atomic_file, check_safe_output_path
 from sd_ovopt._loading import check_image_size, load_sd_pipeline, refuse_guidance_embedded
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError, NonFiniteLossError, OutputExistsError
+from sd_ovopt.export.pipeline import export_pipeline
 from sd_ovopt.quantization.checkpoints import (
     CHECKPOINTS_DIR,
     checkpoint_info,
@@ -41,9 +43,10 @@ from sd_ovopt.quantization.checkpoints import (
 from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
 from sd_ovopt.quantization.qat import QATModel, check_finite_weights, check_no_gradient_checkpointing
 from sd_ovopt.quantization.qat_data import CaptionedImageFolder, encode_batch, sample_indices, step_generator
+from sd_ovopt.recipes.optimize import prepare_unet
 from sd_ovopt.tome.config import ToMeConfig
 
-__all__ = ["EXPORT_DIR", "LOG_FILE", "PTQ_EXPORT_DIR", "REPORT_FILE", "train_qat"]
+__all__ = ["EXPORT_DIR", "LOG_FILE", "PTQ_EXPORT_DIR", "REPORT_FILE", "export_student", "train_qat"]
 
 logger = logging.getLogger(__name__)
 
@@ -315,14 +318,11 @@ class _QATRun:
     def quantize_student(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The recipe's INT8 UNet, calibrated on the first distinct captions (exported to ``ptq-ov`` with
         ``export_ptq``); the pipeline's UNet stays the float, unmerged teacher. No state to load."""
-        from sd_ovopt.export.pipeline import export_pipeline
-        from sd_ovopt.recipe import quantize_pipeline_unet
-
         config, size = self.config, self.resolution
-        student = quantize_pipeline_unet(
+        methods = [m for m in (self.tome, self.quantization or QuantizationConfig()) if m is not None]
+        student = prepare_unet(
             self.pipe,
-            tome=self.tome,
-            quantization=self.quantization or QuantizationConfig(),
+            methods,
             calibration_prompts=list(dict.fromkeys(self.data.captions))[: config.calibration_prompts],
             num_inference_steps=config.calibration_steps,
             height=size,
@@ -518,7 +518,8 @@ class _QATRun:
             report = self.report(rank_difference)
             if self.config.export:
                 size = self.resolution
-                self.qat.export(
+                export_student(
+                    self.qat,
                     self.out / EXPORT_DIR,
                     height=size,
                     width=size,
@@ -626,3 +627,46 @@ def train_qat(
     _check_arguments(config, quantization, tome, resume_from_checkpoint)
     run = _QATRun(config, quantization, tome, cpu=cpu, show_progress=show_progress)
     return run(model, train_data, output_dir, resume_from_checkpoint)
+
+
+def export_student(
+    qat: QATModel,
+    output_dir: str | Path,
+    *,
+    use_ema: bool = True,
+    height: int | None = None,
+    width: int | None = None,
+    compress_weights: bool = True,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Export ``qat``'s pipeline with its trained student as an OpenVINO folder (int8 UNet IR).
+
+    The same path as post-training quantization: :func:`sd_ovopt.export_pipeline` with ``unet=student``.
+    With ``use_ema`` the EMA weights are exported; the student keeps its own.
+
+    Example:
+        >>> from sd_ovopt.recipes.qat import export_student  # doctest: +SKIP
+        >>> export_student(qat, "qat-ov")  # doctest: +SKIP
+    """
+    student = qat.student
+    parts = [student, qat.pipeline.text_encoder, qat.pipeline.vae]  # converted on the CPU
+    devices = [next(part.parameters()).device for part in parts]
+    context = qat.ema.applied_to(student) if use_ema else contextlib.nullcontext()
+    for part in parts:
+        part.to("cpu")
+    try:
+        with context:
+            return export_pipeline(
+                qat.pipeline,
+                output_dir,
+                unet=student,
+                height=height,
+                width=width,
+                compress_weights=compress_weights,
+                overwrite=overwrite,
+                show_progress=show_progress,
+            )
+    finally:
+        for part, device in zip(parts, devices, strict=True):
+            part.to(device)

@@ -1,0 +1,8 @@
+"""The workflows on top of the methods, the export and the pipeline: :func:`optimize_pipeline` (methods
+applied in rank order, INT8 calibrated on the prepared UNet's own sampling, then export) and
+:func:`train_qat` (quantization-aware training from that post-training start)."""
+
+from sd_ovopt.recipes.optimize import DEFAULT_CALIBRATION_PROMPTS, optimize_pipeline, prepare_unet
+from sd_ovopt.recipes.qat import train_qat
+
+__all__ = ["DEFAULT_CALIBRATION_PROMPTS", "optimize_pipeline", "prepare_unet", "train_qat"]

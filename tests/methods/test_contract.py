@@ -1,0 +1,121 @@
+"""The contract every registered method keeps, checked on each one (built-ins and the toy plug-in alike):
+a new method gets these checks by registering. Each method's config is its default one."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from toy import ScaleOutputMethod  # tests/methods/toy.py: a plug-in registered from the tests
+
+from sd_ovopt import InvalidConfigError, export_pipeline, read_metadata
+from sd_ovopt.methods import RecipeSettings, register_method, registered_methods, unregister_method
+from sd_ovopt.testing import tiny_pipeline
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy():
+    method = register_method(ScaleOutputMethod())
+    yield method
+    unregister_method(method.name)
+
+
+def _names() -> list[str]:
+    register_method(ScaleOutputMethod())  # collected before the fixture runs: the toy is one of them
+    return list(registered_methods())
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def calibration(pipe):
+    from sd_ovopt import collect_calibration
+
+    return collect_calibration(
+        pipe, ["a red circle"], num_inference_steps=4, height=SIZE, width=SIZE, show_progress=False
+    )
+
+
+def _inputs(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "sample": torch.randn(2, 4, SIZE // 2, SIZE // 2, generator=generator),
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator),
+    }
+
+
+def _run(unet: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return unet(**_inputs(unet), return_dict=False)[0]
+
+
+def _no_recording(collector, unet, max_samples):
+    raise AssertionError("the contract gives calibration inputs; nothing is recorded")
+
+
+def _applied(method, unet, calibration):
+    """A copy of ``unet`` with the method's default config in: applied, or made by the recipe's stage
+    (a quantizing method needs calibration)."""
+    config = method.config_class()
+    if method.quantizes:
+        return method.prepare(unet, config, RecipeSettings(record=_no_recording, calibration=calibration))
+    return method.apply(copy.deepcopy(unet), config)
+
+
+@pytest.mark.parametrize("name", _names())
+def test_apply_is_idempotent_and_remove_restores_outputs_bit_for_bit(name, pipe):
+    method, config = registered_methods()[name], registered_methods()[name].config_class()
+    unet = copy.deepcopy(pipe.unet)
+    before = _run(unet)
+    if method.quantizes:  # needs calibration: applied only by the recipe, never removed
+        with pytest.raises(InvalidConfigError, match="calibration"):
+            method.apply(unet, config)
+        assert method.applied_config(unet) is None and torch.equal(_run(unet), before)
+        return
+    assert method.apply(unet, config) is unet and method.applied_config(unet) == config
+    once = _run(unet)
+    assert method.apply(unet, config) is unet and torch.equal(_run(unet), once)  # the same config: no-op
+    method.remove(unet)
+    assert method.applied_config(unet) is None and torch.equal(_run(unet), before)
+    method.remove(unet)  # removing again is a no-op
+    assert torch.equal(_run(unet), before)
+
+
+@pytest.mark.parametrize("name", _names())
+def test_deepcopy_and_state_dict_carry_the_method(name, pipe, calibration):
+    method, config = registered_methods()[name], registered_methods()[name].config_class()
+    unet = _applied(method, pipe.unet, calibration)
+    assert method.applied_config(unet) == config and method.applied_config(pipe.unet) is None
+    twin = copy.deepcopy(unet)
+    assert method.applied_config(twin) == config and torch.equal(_run(twin), _run(unet))
+    if not method.quantizes:  # a graph change adds no weights: the float checkpoint loads as it is
+        assert unet.state_dict().keys() == pipe.unet.state_dict().keys()
+        unet.load_state_dict(pipe.unet.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("name", _names())
+def test_export_records_it_and_the_ir_matches_pytorch(name, pipe, calibration, tmp_path):
+    import openvino as ov
+
+    method, config = registered_methods()[name], registered_methods()[name].config_class()
+    unet = _applied(method, pipe.unet, calibration)
+    out = export_pipeline(pipe, tmp_path / "ov", unet=unet, height=SIZE, width=SIZE, show_progress=False)
+    record = read_metadata(out).record(name)
+    assert record is not None and record.config == config
+    assert type(record).from_dict(record.to_dict(), method.config_class, source="test") == record
+    compiled = ov.Core().compile_model(
+        out / "unet" / "openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    inputs = _inputs(unet)
+    ir = compiled({k: v.numpy() for k, v in inputs.items()})[0]
+    reference = _run(unet).numpy()
+    error = np.abs(ir - reference).max() / np.abs(reference).max()
+    assert error < (5e-2 if method.quantizes else 1e-4), error
