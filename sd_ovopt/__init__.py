@@ -38,6 +38,7 @@ _LAZY = {
     "DeepCacheConfig": "sd_ovopt.deepcache.config",
     "DistillationLoss": "sd_ovopt.quantization.qat",
     "ExportMetadata": "sd_ovopt.export.metadata",
+    "LoRAConfig": "sd_ovopt.lora.config",
     "QATConfig": "sd_ovopt.quantization.config",
     "QATModel": "sd_ovopt.quantization.qat",
     "QuantizationConfig": "sd_ovopt.quantization.config",
@@ -75,6 +76,7 @@ __all__ = [
     "ExportMetadata",
     "InvalidConfigError",
     "InvalidDatasetError",
+    "LoRAConfig",
     "Method",
     "MissingDependencyError",
     "ModelNotFoundError",
@@ -123,6 +125,7 @@ if TYPE_CHECKING:
     from sd_ovopt.evaluation.results import BenchmarkResult
     from sd_ovopt.export.metadata import ExportMetadata, read_metadata
     from sd_ovopt.export.pipeline import export_pipeline
+    from sd_ovopt.lora.config import LoRAConfig
     from sd_ovopt.methods.base import Method
     from sd_ovopt.methods.registry import register_method
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline

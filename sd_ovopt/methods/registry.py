@@ -24,6 +24,7 @@ __all__ = [
 
 #: The methods shipped with sd_ovopt: registry name -> the module that registers it.
 _BUILTIN = {
+    "lora": "sd_ovopt.lora.method",
     "tome": "sd_ovopt.tome.method",
     "step_caching": "sd_ovopt.deepcache.method",
     "int8": "sd_ovopt.quantization.method",
