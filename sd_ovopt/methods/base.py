@@ -8,7 +8,8 @@ implements only what it changes.
 
 The hooks, by where they run:
 
-* on a PyTorch UNet: :meth:`Method.applied_config`, :meth:`Method.apply`, :meth:`Method.remove`;
+* on a PyTorch UNet: :meth:`Method.applied_config`, :meth:`Method.apply`, :meth:`Method.remove`
+  (and :meth:`Method.example_config`, the config the shared contract suite tries it with);
 * in the recipe, on the copy of the UNet that is quantized and exported: :meth:`Method.prepare`;
 * in the export: :meth:`Method.check_export`, :meth:`Method.convert_unet` (a method that writes the UNet
   as other IRs), :meth:`Method.finish_unet_ir`, :meth:`Method.record`;
@@ -185,6 +186,13 @@ class Method:
     def remove(self, unet: Any) -> Any:
         """Undo :meth:`apply` exactly (no-op when not applied); return ``unet``."""
         raise NotImplementedError(f"{type(self).__name__}.remove")
+
+    @classmethod
+    def example_config(cls, folder: Path) -> Any:
+        """A config to try the method with on the tiny test UNet (:func:`sd_ovopt.testing.tiny_pipeline`);
+        the shared contract suite runs every method with it. A method whose config needs files (a LoRA
+        file) writes them under ``folder``. Default: ``config_class()``."""
+        return cls.config_class()
 
     # -- in the recipe ----------------------------------------------------------------------------------
     def prepare(self, unet: Any, config: Any, settings: RecipeSettings) -> Any:

@@ -1,5 +1,6 @@
 """The contract every registered method keeps, checked on each one (built-ins and the toy plug-in alike):
-a new method gets these checks by registering. Each method's config is its default one."""
+a new method gets these checks by registering. Each method's config is its ``example_config`` (by default
+its config class's defaults; a LoRA writes its file under a temporary folder)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def pipe():
 
 
 @pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    """Each method's example config, made once (the same config in every test)."""
+    folder = tmp_path_factory.mktemp("method-examples")
+    return {name: method.example_config(folder / name) for name, method in registered_methods().items()}
+
+
+@pytest.fixture(scope="module")
 def calibration(pipe):
     from sd_ovopt import collect_calibration
 
@@ -61,18 +69,17 @@ def _no_recording(collector, unet, max_samples):
     raise AssertionError("the contract gives calibration inputs; nothing is recorded")
 
 
-def _applied(method, unet, calibration):
-    """A copy of ``unet`` with the method's default config in: applied, or made by the recipe's stage
+def _applied(method, config, unet, calibration):
+    """A copy of ``unet`` with the method's example config in: applied, or made by the recipe's stage
     (a quantizing method needs calibration)."""
-    config = method.config_class()
     if method.quantizes:
         return method.prepare(unet, config, RecipeSettings(record=_no_recording, calibration=calibration))
     return method.apply(copy.deepcopy(unet), config)
 
 
 @pytest.mark.parametrize("name", _names())
-def test_apply_is_idempotent_and_remove_restores_outputs_bit_for_bit(name, pipe):
-    method, config = registered_methods()[name], registered_methods()[name].config_class()
+def test_apply_is_idempotent_and_remove_restores_outputs_bit_for_bit(name, pipe, configs):
+    method, config = registered_methods()[name], configs[name]
     unet = copy.deepcopy(pipe.unet)
     before = _run(unet)
     if method.quantizes:  # needs calibration: applied only by the recipe, never removed
@@ -90,9 +97,9 @@ def test_apply_is_idempotent_and_remove_restores_outputs_bit_for_bit(name, pipe)
 
 
 @pytest.mark.parametrize("name", _names())
-def test_deepcopy_and_state_dict_carry_the_method(name, pipe, calibration):
-    method, config = registered_methods()[name], registered_methods()[name].config_class()
-    unet = _applied(method, pipe.unet, calibration)
+def test_deepcopy_and_state_dict_carry_the_method(name, pipe, configs, calibration):
+    method, config = registered_methods()[name], configs[name]
+    unet = _applied(method, config, pipe.unet, calibration)
     assert method.applied_config(unet) == config and method.applied_config(pipe.unet) is None
     twin = copy.deepcopy(unet)
     assert method.applied_config(twin) == config and torch.equal(_run(twin), _run(unet))
@@ -102,11 +109,11 @@ def test_deepcopy_and_state_dict_carry_the_method(name, pipe, calibration):
 
 
 @pytest.mark.parametrize("name", _names())
-def test_export_records_it_and_the_ir_matches_pytorch(name, pipe, calibration, tmp_path):
+def test_export_records_it_and_the_ir_matches_pytorch(name, pipe, configs, calibration, tmp_path):
     import openvino as ov
 
-    method, config = registered_methods()[name], registered_methods()[name].config_class()
-    unet = _applied(method, pipe.unet, calibration)
+    method, config = registered_methods()[name], configs[name]
+    unet = _applied(method, config, pipe.unet, calibration)
     out = export_pipeline(pipe, tmp_path / "ov", unet=unet, height=SIZE, width=SIZE, show_progress=False)
     record = read_metadata(out).record(name)
     assert record is not None and record.config == config
