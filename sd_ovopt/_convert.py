@@ -123,6 +123,7 @@ def convert_module(
 ) -> ov.Model:
     """Trace ``module`` on ``example`` into an OpenVINO model whose inputs are ``input_spec`` (name, shape,
     type) and whose outputs are named ``output_names``, each port carrying exactly its own name."""
+    # OpenVINO loads on use: the method registry (so `sd-ovopt --help`) imports this module
     import openvino as ov
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
@@ -192,7 +193,7 @@ def convert_unet(
 
 def unet_input_spec(example: dict[str, torch.Tensor]) -> list[tuple[str, list[int], ov.Type]]:
     """The static input spec of a UNet IR (optimum-intel's names; ``timestep`` a rank-1 i64 of size 1)."""
-    import openvino as ov
+    import openvino as ov  # on use: the method registry (sd-ovopt --help) imports this module
 
     spec = [
         ("sample", list(example["sample"].shape), ov.Type.f32),
@@ -207,7 +208,7 @@ def unet_input_spec(example: dict[str, torch.Tensor]) -> list[tuple[str, list[in
 @contextlib.contextmanager
 def _traceable_attention_masks() -> Iterator[None]:
     """Swap transformers' mask builders (vmap-based, not traceable) for optimum-intel's traceable ones."""
-    with _quiet_library_notices():
+    with _quiet_library_notices():  # their import-time notices are not the user's
         from optimum.exporters.openvino.patching_utils import eager_mask_without_vmap, sdpa_mask_without_vmap
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
@@ -223,7 +224,7 @@ def _traceable_attention_masks() -> Iterator[None]:
 
 def convert_text_encoder(text_encoder: nn.Module, *, text_length: int) -> ov.Model:
     """Convert a CLIP text encoder; its batch stays dynamic, its sequence length is ``text_length``."""
-    import openvino as ov
+    import openvino as ov  # on use: the method registry (sd-ovopt --help) imports this module
 
     example = {"input_ids": torch.ones(1, text_length, dtype=torch.int64)}
     spec = [("input_ids", [-1, text_length], ov.Type.i64)]
@@ -235,7 +236,7 @@ def convert_text_encoder(text_encoder: nn.Module, *, text_length: int) -> ov.Mod
 
 def convert_vae_decoder(vae: nn.Module, *, latent_height: int, latent_width: int) -> ov.Model:
     """Convert the VAE decoder (``post_quant_conv`` included); its batch stays dynamic."""
-    import openvino as ov
+    import openvino as ov  # on use: the method registry (sd-ovopt --help) imports this module
 
     channels = vae.config.latent_channels
     example = {"latent_sample": torch.zeros(1, channels, latent_height, latent_width)}
@@ -245,7 +246,7 @@ def convert_vae_decoder(vae: nn.Module, *, latent_height: int, latent_width: int
 
 def convert_vae_encoder(vae: nn.Module, *, height: int, width: int) -> ov.Model:
     """Convert the VAE encoder; it returns the latent distribution's parameters (mean and log-variance)."""
-    import openvino as ov
+    import openvino as ov  # on use: the method registry (sd-ovopt --help) imports this module
 
     channels = vae.config.in_channels
     example = {"sample": torch.zeros(1, channels, height, width)}
@@ -259,6 +260,7 @@ def convert_tokenizer(tokenizer: object) -> tuple[ov.Model, ov.Model | None]:
     These are the ``tokenizer/openvino_tokenizer.xml`` and ``openvino_detokenizer.xml`` that OpenVINO GenAI's
     ``Text2ImagePipeline`` reads (torch-free deployment), as optimum-intel's own export writes them.
     """
+    # importing openvino_tokenizers adds its extension to every OpenVINO Core: only when a tokenizer is converted
     from openvino_tokenizers import convert_tokenizer as ov_convert_tokenizer
 
     try:

@@ -210,7 +210,7 @@ def _locked(folder: Path) -> Iterator[None]:
     """An exclusive lock on ``folder`` (the output's parent) while a writer commits, so two writers of the
     same output commit one after the other and each sees what the other left. No lock file is made."""
     try:
-        import fcntl
+        import fcntl  # POSIX only
     except ImportError:  # Windows: the rename below still refuses a non-empty target
         yield
         return

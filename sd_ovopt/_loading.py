@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,15 +111,13 @@ def _is_allowed_library(library: Any) -> bool:
         return False
     if library in ALLOWED_LIBRARIES:
         return True
-    import importlib.util
-
     # ``["stable_diffusion", "StableDiffusionSafetyChecker"]``: a module inside diffusers' own package
     return importlib.util.find_spec(f"diffusers.pipelines.{library}") is not None
 
 
 def load_sd_pipeline(source: Any) -> StableDiffusionPipeline:
     """Return ``source`` if it is a StableDiffusionPipeline, else load it from a local folder (offline)."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline  # the CLI imports this module: diffusers loads on use
 
     if isinstance(source, StableDiffusionPipeline):
         return source
@@ -252,7 +251,7 @@ def find_unet(target: Any, *, user: str, hint: str = "") -> Any:
 
     ``user`` names the function in the error message; ``hint`` is appended to it.
     """
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # the CLI imports this module: diffusers loads on use
 
     unet = getattr(target, "unet", target)
     if not isinstance(unet, UNet2DConditionModel):

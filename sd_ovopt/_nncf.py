@@ -20,7 +20,7 @@ def import_nncf() -> Any:
     timeout on small machines. ``NNCF_EXTENSION_LOAD_TIMEOUT`` defaults to 600 s here unless set.
     """
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
-    import nncf
+    import nncf  # after the variable is set: NNCF reads it at import
 
     return nncf
 
@@ -34,7 +34,7 @@ def nncf_output_on_stderr() -> Iterator[None]:
     reading ``sd-ovopt quantize``'s output (the folder it wrote) or a caller's own stdout would get them.
     """
     import_nncf()
-    from nncf.common.logging.logger import nncf_logger
+    from nncf.common.logging.logger import nncf_logger  # after import_nncf has set up the import
 
     handlers = [h for h in nncf_logger.handlers if type(h) is logging.StreamHandler]
     streams = [h.stream for h in handlers]

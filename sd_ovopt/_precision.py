@@ -35,7 +35,7 @@ HINT = "INFERENCE_PRECISION_HINT"
 
 def _optimization_capabilities(device: str) -> list[str]:
     """What OpenVINO's ``device`` plugin computes natively, e.g. ``["FP32", "BF16", "INT8", ...]``."""
-    import openvino as ov
+    import openvino as ov  # the CLI imports this module: OpenVINO loads when a precision is resolved
 
     return [str(c) for c in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
 
@@ -62,7 +62,8 @@ def resolve_precision(precision: str, device: str = "CPU") -> str:
     return "bf16" if "BF16" in _optimization_capabilities(device) else "f32"
 
 
-def _hint_name(value: Any) -> str:
+def hint_name(value: Any) -> str:
+    """The name of an ``INFERENCE_PRECISION_HINT`` value as OpenVINO reports it, e.g. ``"f32"``."""
     return str(value.get_type_name() if hasattr(value, "get_type_name") else value)
 
 
@@ -84,7 +85,7 @@ def precision_config(
         raise InvalidConfigError(f"precision={precision!r}; use one of {PRECISIONS}.")
     config = dict(ov_config or {})
     if HINT in config:
-        hint = _hint_name(config[HINT])
+        hint = hint_name(config[HINT])
         if precision is not None and precision != hint:
             raise InvalidConfigError(
                 f"precision={precision!r} and ov_config[{HINT!r}]={hint!r} disagree; pass only one of them "
@@ -124,6 +125,7 @@ def check_device_config(device: Any, ov_config: dict[str, Any] | None) -> None:
     A tiny model is compiled with them: a typo in a property name, a bad value or an unknown device is
     then the user's mistake, named as such, not reported later as a corrupt IR.
     """
+    # the CLI imports this module: OpenVINO loads only when a device is checked
     import openvino as ov
     import openvino.opset13 as ops
 

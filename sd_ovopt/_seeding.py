@@ -8,12 +8,9 @@ would reuse seed 0's second noise, and the spread between seeds would read small
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
 from sd_ovopt.errors import InvalidConfigError
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["SEED_STRIDE", "image_seed", "noise_generator"]
 
@@ -32,6 +29,5 @@ def image_seed(seed: int, index: int) -> int:
 
 def noise_generator(seed: int, index: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded for image ``index`` of a run with ``seed``."""
-    import torch
 
     return torch.Generator().manual_seed(image_seed(seed, index))

@@ -91,7 +91,7 @@ def check_float(
 
 def check_finite_tensor(name: str, value: Any, *, hint: str = "") -> None:
     """Raise InvalidConfigError unless the tensor or array ``value`` holds only finite numbers."""
-    import torch
+    import torch  # the CLI imports this module: torch loads when a tensor is checked
 
     values = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
     if values.is_floating_point() and not torch.isfinite(values).all():
