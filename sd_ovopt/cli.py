@@ -12,15 +12,28 @@ sd-ovopt demo
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sd_ovopt._fs import atomic_file, check_safe_output_path
+from sd_ovopt._loading import MAX_IMAGE_SIDE, check_steps, read_model_index
 from sd_ovopt._precision import PRECISIONS
 from sd_ovopt._validation import check_float, check_int
-from sd_ovopt.errors import InvalidConfigError, OutputExistsError, SdOvOptError, ShapeMismatchError
+from sd_ovopt.errors import (
+    InvalidConfigError,
+    MissingDependencyError,
+    OutputExistsError,
+    SdOvOptError,
+    ShapeMismatchError,
+    UnsafeOutputError,
+)
+from sd_ovopt.methods import registered_methods
 
 __all__ = ["main"]
 
@@ -45,8 +58,6 @@ def _check_finite(args: argparse.Namespace, *flags: str) -> None:
 def _check_side(flag: str, value: int | None) -> None:
     """An image side asked for: None (the model's own) or a positive multiple of 8, at most 4096. The
     model's VAE may ask for a larger multiple; that is checked once it is read."""
-    from sd_ovopt._loading import MAX_IMAGE_SIDE
-
     if value is not None and (value <= 0 or value % 8 or value > MAX_IMAGE_SIDE):
         near = min(MAX_IMAGE_SIDE, max(8, round(value / 8) * 8))
         raise ShapeMismatchError(
@@ -58,8 +69,6 @@ def _check_side(flag: str, value: int | None) -> None:
 def _check_reused_dir(flag: str, path: str, *, source: str | None = None) -> Path:
     """A folder that is written into and reused, never replaced: not a file, not inside a file, and not
     the working directory, an ancestor of it, the home directory, a filesystem root (or around ``source``)."""
-    from sd_ovopt._fs import check_safe_output_path
-
     out = check_safe_output_path(path, source=source)
     blocker = next(p for p in (out, *out.parents) if p.exists())
     if not blocker.is_dir():
@@ -70,9 +79,7 @@ def _check_reused_dir(flag: str, path: str, *, source: str | None = None) -> Pat
 
 def _check_image_output(output: str | Path) -> Path:
     """``generate --output``: a file PIL can write, whose folder is (or can be made) a folder."""
-    import io
-
-    from PIL import Image
+    from PIL import Image  # heavy imports wait for the command that needs them: --help stays quick
 
     out = Path(output).expanduser().resolve()
     if out.is_dir():
@@ -146,22 +153,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _add_method_args(p: argparse.ArgumentParser, command: str) -> None:
     """Every registered method's flags for ``command``."""
-    from sd_ovopt.methods import registered_methods
-
     for method in registered_methods().values():
         method.add_cli_arguments(p, command)
 
 
 def _method_configs(args: argparse.Namespace, command: str) -> list[Any]:
     """The configs of the methods the flags ask for (each method reads and checks its own flags)."""
-    from sd_ovopt.methods import registered_methods
-
     configs = [method.config_from_cli(args, command) for method in registered_methods().values()]
     return [config for config in configs if config is not None]
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from sd_ovopt.export.pipeline import export_pipeline
+    from sd_ovopt.export.pipeline import export_pipeline  # heavy: loads with the command that runs
 
     _check_side("--height", args.height)
     _check_side("--width", args.width)
@@ -216,9 +219,9 @@ def generate_image(
 
     Every argument is checked before the pipeline loads. A missing folder of ``output`` is made.
     """
+    # torch and OpenVINO load with the command that runs: --help stays quick
     import torch
 
-    from sd_ovopt._loading import check_steps, read_model_index
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
 
     if isinstance(prompt, str) and not prompt.strip():  # other types: the pipeline refuses them
@@ -242,8 +245,6 @@ def generate_image(
         out.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise OutputExistsError(f"--output {out}: a part of its folder is a file ({exc}).") from exc
-    from sd_ovopt._fs import atomic_file
-
     with atomic_file(out, suffix=out.suffix) as tmp:
         image.save(tmp)
     return out
@@ -287,8 +288,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
-    from sd_ovopt._loading import check_steps
-    from sd_ovopt.recipes import optimize_pipeline
+    from sd_ovopt.recipes import optimize_pipeline  # heavy: loads with the command that runs
 
     prompts = None if args.prompts is None else _read_prompts(args.prompts)
     check_steps(args.steps, "--steps")
@@ -420,10 +420,6 @@ def _add_bench_timing(p: argparse.ArgumentParser) -> None:
 
 
 def _load_judge(spec: str) -> Any:
-    import importlib
-
-    from sd_ovopt.errors import InvalidConfigError, MissingDependencyError
-
     module, _, name = spec.partition(":")
     if not module or not name:
         raise InvalidConfigError(f"--judge {spec!r}; use MODULE:FUNCTION, e.g. mypackage.judge:is_match.")
@@ -435,8 +431,6 @@ def _load_judge(spec: str) -> Any:
 
 def _check_bench_output(args: argparse.Namespace) -> None:
     """``bench --output`` is reused, never replaced, but it must not be in the model (``models/`` is rebuilt)."""
-    from sd_ovopt.errors import UnsafeOutputError
-
     out = _check_reused_dir("--output", args.output)
     if args.model is None:  # a preset: its model is written under the output folder
         return
@@ -473,14 +467,14 @@ def _bench_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     )
     judge = None if args.judge is None else _load_judge(args.judge)
     if args.held_out_prompts:
-        from sd_ovopt.reference import held_out_prompts, score_image
+        from sd_ovopt.reference import held_out_prompts, score_image  # the reference model's code, on use
 
         prompts, judge = [spec.prompt for spec in held_out_prompts()], score_image
     return prompts, judge, calibration
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from sd_ovopt.evaluation import run_benchmark, run_preset
+    from sd_ovopt.evaluation import run_benchmark, run_preset  # heavy: loads with the command that runs
 
     prompts, judge, calibration = _bench_inputs(args)
     overrides = {name: getattr(args, name) for name in _BENCH_SETTINGS if getattr(args, name) is not None}
@@ -564,15 +558,14 @@ def _add_train_qat(sub: argparse._SubParsersAction) -> None:
 def _check_train_qat(args: argparse.Namespace) -> tuple[Any, Any]:
     """The QATConfig and ToMeConfig of ``train-qat``, once every argument, the run folder and the training
     data are checked (the data is read again, with the model's resolution, once the model is loaded)."""
-    from sd_ovopt.quantization.config import QATConfig
+    # torch loads with the command that runs: --help stays quick
+    from sd_ovopt.quantization.config import MAX_SEED, QATConfig
     from sd_ovopt.quantization.qat_data import CaptionedImageFolder
     from sd_ovopt.tome import ToMeConfig
 
     _check_finite(args, *(flag for flag, kind in _QAT_FLAGS if kind is float), "--tome-ratio")
     if args.seed is not None:
-        from sd_ovopt.quantization.config import MAX_SEED  # accelerate's set_seed also seeds numpy
-
-        _check_seed("--seed", args.seed, maximum=MAX_SEED)
+        _check_seed("--seed", args.seed, maximum=MAX_SEED)  # accelerate's set_seed also seeds numpy
     _check_side("--resolution", args.resolution)
     fields = {
         name: getattr(args, name)
@@ -594,8 +587,7 @@ def _check_train_qat(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _run_train_qat(args: argparse.Namespace) -> int:
-    import os
-
+    # heavy: loads with the command that runs
     from sd_ovopt.quantization.config import QuantizationConfig
     from sd_ovopt.recipes.qat import train_qat
 
@@ -657,7 +649,7 @@ def _demo_prompts(held_out: list[Any]) -> list[str]:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from sd_ovopt._loading import check_steps
+    # heavy: loads with the command that runs
     from sd_ovopt.export.pipeline import export_pipeline
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
     from sd_ovopt.reference import generate_images, held_out_prompts, judge_image, make_grid, parse_prompt
@@ -711,8 +703,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_library_notices() -> None:
     """Without --verbose, the import-time notices of diffusers, transformers and torch (deprecations inside
     them, duplicate distributions found) are not the user's to act on. What the user set is kept."""
-    import os
-
     for name, value in (
         ("DIFFUSERS_VERBOSITY", "error"),
         ("TRANSFORMERS_VERBOSITY", "error"),
