@@ -79,12 +79,12 @@ def no_loading(monkeypatch):
     """Every way a subcommand loads or builds a model raises AssertionError("loaded")."""
     from diffusers import StableDiffusionPipeline
 
-    from sd_ovopt.evaluation import variants
+    from sd_ovopt.evaluation import benchmark
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
 
     monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", _loaded)
     monkeypatch.setattr(SdOvOptPipeline, "from_pretrained", _loaded)
-    monkeypatch.setattr(variants, "build_variants", _loaded)
+    monkeypatch.setattr(benchmark, "build_variants", _loaded)
 
 
 @pytest.fixture

@@ -18,20 +18,32 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sd_ovopt._precision import HINT, _hint_name
+import numpy as np
+
+from sd_ovopt._fs import read_json_object
+from sd_ovopt._loading import check_image_size, read_model_index
+from sd_ovopt._precision import HINT, hint_name
 from sd_ovopt.errors import InvalidConfigError, NotAPipelineError, OutputExistsError
 from sd_ovopt.evaluation.fidelity import Judge, image_fidelity, prompt_accuracy
+from sd_ovopt.evaluation.memory import measure_peak_memory, peak_rss_bytes, reset_peak_rss
+from sd_ovopt.evaluation.report import write_report
 from sd_ovopt.evaluation.results import BenchmarkResult, VariantResult, machine_info
 from sd_ovopt.evaluation.settings import DEFAULT_CALIBRATION_PROMPTS, DEFAULT_PROMPTS, BenchmarkSettings
-from sd_ovopt.evaluation.timing import Call, Loaded, Sample
+from sd_ovopt.evaluation.timing import Call, Loaded, Sample, time_variants, unet_outputs
 from sd_ovopt.evaluation.variants import (
     REFERENCE,
     BuildSettings,
     BuiltVariant,
     Unavailable,
+    build_variants,
+    check_qat_model,
+    disk_size,
+    load_variant,
+    resolve_variants,
     variant_labels,
     variant_spec,
 )
+from sd_ovopt.quantization import collect_calibration
 
 __all__ = ["DEFAULT_CALIBRATION_PROMPTS", "DEFAULT_PROMPTS", "BenchmarkSettings", "run_benchmark"]
 
@@ -40,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 def _geometry(model: Path) -> tuple[int, int]:
     """The model's native image size and its VAE's scale factor, from the part configs."""
-    from sd_ovopt._fs import read_json_object
 
     fix = "Save the pipeline again with save_pretrained."
     unet = read_json_object(model / "unet" / "config.json", fix=fix)
@@ -50,8 +61,6 @@ def _geometry(model: Path) -> tuple[int, int]:
 
 
 def _check_model(model: Any) -> Path:
-    from sd_ovopt._loading import read_model_index
-
     if not isinstance(model, (str, Path)):
         raise NotAPipelineError(
             f"model must be the path of a local diffusers folder, got {type(model).__name__}."
@@ -103,7 +112,6 @@ def run_benchmark(
         >>> result = run_benchmark("tiny-sd", "bench", variants=["pytorch-fp32", "ov-f32"], steps=2)  # doctest: +SKIP
         >>> result.speedup("ov-f32", "pytorch-fp32")  # doctest: +SKIP
     """
-    from sd_ovopt.evaluation.report import write_report
 
     plan = _plan(model, output_dir, settings or BenchmarkSettings(), overrides, judge)
     rows, images, timing = _build_and_measure(plan)
@@ -143,8 +151,6 @@ def _plan(
     judge: Judge | None,
 ) -> _Plan:
     """Check the request (settings, judge, model, image size) and resolve what to build and time."""
-    from sd_ovopt._loading import check_image_size
-    from sd_ovopt.evaluation.variants import check_qat_model, resolve_variants
 
     unknown = set(overrides) - {f.name for f in dataclasses.fields(BenchmarkSettings)}
     if unknown:
@@ -185,7 +191,6 @@ def _build_and_measure(
     plan: _Plan,
 ) -> tuple[dict[str, VariantResult], dict[str, list[Any]], _TimingRun]:
     """Build (or reuse) every variant, measure peak memory, time; the table rows and first-round images."""
-    from sd_ovopt.evaluation.variants import build_variants
 
     cfg = plan.cfg
     built = build_variants(
@@ -228,8 +233,6 @@ def _recorded_settings(plan: _Plan, judge: Judge | None) -> dict[str, Any]:
 
 
 def _rows(built: Sequence[BuiltVariant | Unavailable]) -> dict[str, VariantResult]:
-    from sd_ovopt.evaluation.variants import disk_size
-
     rows = {}
     for item in built:
         row = VariantResult(name=item.name, label=variant_labels()[item.name])
@@ -252,8 +255,6 @@ def _measure_memory(
     *,
     unet_only: bool,
 ) -> None:
-    from sd_ovopt.evaluation.memory import measure_peak_memory
-
     for item in ready:
         logger.info("measuring the peak memory of %s in a process of its own", item.name)
         peak = measure_peak_memory(item, call, sample=sample, unet_only=unet_only)
@@ -279,7 +280,6 @@ def _load_mode(
 
 def _load(item: BuiltVariant, call: Call) -> Loaded:
     """Load a built variant for timing, with the further UNet IRs its registration names."""
-    from sd_ovopt.evaluation.variants import load_variant
 
     size = {"height": call.height, "width": call.width, "guidance_scale": call.guidance_scale}
     pipe = load_variant(item, **size)
@@ -290,8 +290,6 @@ def _time(
     rows: dict[str, VariantResult], ready: list[BuiltVariant], plan: _Plan
 ) -> tuple[dict[str, list[Any]], _TimingRun]:
     """Time every ready variant, interleaved (all loaded, or one at a time); return first-round images."""
-    from sd_ovopt.evaluation.memory import peak_rss_bytes, reset_peak_rss
-    from sd_ovopt.evaluation.timing import time_variants
 
     cfg, call = plan.cfg, plan.call
     run = _load_mode(cfg, ready, rows)
@@ -346,7 +344,7 @@ def _runtime_precision(pipe: Any, runtime: str) -> str:
     if runtime == "torch":
         return str(next(pipe.unet.parameters()).dtype).removeprefix("torch.")
     pipe.unet.compile()
-    return _hint_name(pipe.unet.request.get_property(HINT))
+    return hint_name(pipe.unet.request.get_property(HINT))
 
 
 #: The UNet-error column records the sampling trajectories of up to this many benchmark prompts.
@@ -363,8 +361,6 @@ class _UNetProbe:
     @classmethod
     def record(cls, reference: BuiltVariant, call: Call, prompts: list[str], samples: int) -> _UNetProbe:
         """``samples`` inputs spread evenly over the reference's own sampling of the first prompts."""
-        from sd_ovopt.evaluation.timing import unet_outputs
-        from sd_ovopt.quantization import collect_calibration
 
         pipe = _load(reference, call).pipe
         inputs = collect_calibration(
@@ -381,9 +377,6 @@ class _UNetProbe:
 
     def error(self, pipe: Any, runtime: str) -> float:
         """The mean relative L2 error of ``pipe``'s UNet against the reference's on the recorded inputs."""
-        import numpy as np
-
-        from sd_ovopt.evaluation.timing import unet_outputs
 
         got = unet_outputs(pipe, runtime, self.inputs)
         errors = [

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from sd_ovopt.errors import InvalidConfigError, MissingDependencyError, ShapeMismatchError
 
@@ -48,7 +49,7 @@ def to_uint8(image: Any) -> np.ndarray:
 
 def _metrics() -> tuple[Any, Any]:
     try:
-        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # an optional dependency
     except ImportError as exc:  # pragma: no cover - scikit-image is a dependency
         raise MissingDependencyError(
             "fidelity metrics need scikit-image; install it with `pip install scikit-image`."
@@ -88,7 +89,6 @@ def image_fidelity(image: Any, reference: Any) -> Fidelity:
 
 def prompt_accuracy(images: Sequence[Any], prompts: Sequence[str], judge: Judge) -> float:
     """Fraction of ``images`` that ``judge(image, prompt)`` accepts (images are passed as PIL images)."""
-    from PIL import Image
 
     if len(images) != len(prompts) or not images:
         raise InvalidConfigError(

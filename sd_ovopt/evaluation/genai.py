@@ -17,8 +17,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import diffusers
 import numpy as np
+import openvino as ov
+import torch
+from PIL import Image
 
+from sd_ovopt._fs import read_json_object
 from sd_ovopt._precision import precision_hint
 from sd_ovopt.errors import InvalidConfigError, MissingDependencyError
 
@@ -28,23 +33,19 @@ __all__ = ["GenAIPipeline", "genai_missing"]
 def genai_missing() -> str | None:
     """Why OpenVINO GenAI cannot run here (None when it can)."""
     try:
-        import openvino_genai  # noqa: F401
+        import openvino_genai  # noqa: F401  - an optional dependency: is it here?
     except ImportError as exc:
         return f"openvino-genai is not importable ({exc}); install it with `pip install openvino-genai`"
     return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    from sd_ovopt._fs import read_json_object
-
     return read_json_object(path, fix="Export the folder again with sd_ovopt.export_pipeline.")
 
 
 def _torch_noise(generator: Any) -> Any:
     """A GenAI generator that draws its noise from ``generator`` (a ``torch.Generator``), as diffusers does."""
-    import openvino as ov
-    import openvino_genai
-    import torch
+    import openvino_genai  # an optional dependency
 
     class TorchNoise(openvino_genai.Generator):
         def __init__(self) -> None:
@@ -71,8 +72,6 @@ class _Part:
 
     def compile(self) -> None:
         if self.request is None:
-            import openvino as ov
-
             self.request = ov.Core().compile_model(self._xml, "CPU", self._properties)
 
 
@@ -98,7 +97,7 @@ class GenAIPipeline:
         reason = genai_missing()
         if reason is not None:
             raise MissingDependencyError(reason)
-        import openvino_genai
+        import openvino_genai  # an optional dependency
 
         self.folder = Path(folder)
         self.properties = {**(properties or {}), **precision_hint(precision)}
@@ -114,7 +113,6 @@ class GenAIPipeline:
     @property
     def scheduler(self) -> Any:
         """The folder's scheduler as diffusers builds it (GenAI runs its own copy of the same schedule)."""
-        import diffusers  # optional heavy dependency: only the harness's step counting asks
 
         config = _read_json(self.folder / "scheduler" / "scheduler_config.json")
         return getattr(diffusers, str(config.get("_class_name"))).from_config(config)
@@ -139,7 +137,7 @@ class GenAIPipeline:
         Returns an object whose ``images`` holds the image: PIL (``output_type="pil"``), a float
         ``[H, W, 3]`` array in ``[0, 1]`` (``"np"``) or the uint8 array GenAI produced (``"uint8"``).
         """
-        import openvino_genai
+        import openvino_genai  # an optional dependency
 
         if not isinstance(prompt, str):
             raise InvalidConfigError(
@@ -166,6 +164,5 @@ class GenAIPipeline:
             return SimpleNamespace(images=[image.astype(np.float32) / 255.0])
         if output_type == "uint8":
             return SimpleNamespace(images=[image])
-        from PIL import Image
 
         return SimpleNamespace(images=[Image.fromarray(image)])

@@ -19,8 +19,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sd_ovopt.evaluation.timing import Call, Sample
-from sd_ovopt.evaluation.variants import BuiltVariant
+from sd_ovopt.evaluation.timing import Call, Sample, generate, unet_step
+from sd_ovopt.evaluation.variants import BuiltVariant, load_variant
 
 __all__ = ["PeakMemory", "measure_peak_memory", "peak_rss_bytes", "reset_peak_rss"]
 
@@ -38,7 +38,7 @@ class PeakMemory:
 
 
 def _max_rss_bytes() -> int:
-    import resource
+    import resource  # POSIX only
 
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(value if sys.platform == "darwin" else value * 1024)  # bytes on macOS, KiB on Linux
@@ -85,7 +85,7 @@ def measure_peak_memory(
     """Run the probe for ``variant`` in a new Python process and return its peak memory while it loads and
     generates ``sample`` (or, with ``unet_only``, runs one UNet step)."""
     try:
-        import resource  # noqa: F401
+        import resource  # noqa: F401  - POSIX only: is it here?
     except ImportError:
         return PeakMemory(error="peak memory needs the 'resource' module (Linux or macOS)")
     spec = {
@@ -115,9 +115,6 @@ def _probe(spec: dict) -> PeakMemory:
     import openvino  # noqa: F401
     import optimum.intel  # noqa: F401
     import torch  # noqa: F401
-
-    from sd_ovopt.evaluation.timing import generate, unet_step
-    from sd_ovopt.evaluation.variants import load_variant
 
     variant = BuiltVariant(**{**spec["variant"], "path": Path(spec["variant"]["path"])})
     call = Call(**spec["call"])

@@ -18,9 +18,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt.errors import InvalidConfigError
+from sd_ovopt.evaluation.benchmark import run_benchmark
 from sd_ovopt.evaluation.fidelity import Judge
 from sd_ovopt.evaluation.results import BenchmarkResult
+from sd_ovopt.evaluation.settings import BenchmarkSettings
+from sd_ovopt.testing import sd15_pipeline, tiny_pipeline
 
 __all__ = ["CACHING_ROWS", "PRESET_ROWS", "Preset", "preset_names", "register_preset", "run_preset"]
 
@@ -93,7 +97,6 @@ def preset_names() -> tuple[str, ...]:
 
 def _save_model(preset: Preset, folder: Path) -> Path:
     """The preset's model as a local diffusers folder (built once; an existing one is reused)."""
-    from sd_ovopt._fs import atomic_output_dir
 
     if not (folder / "model_index.json").is_file():
         with atomic_output_dir(folder, overwrite=True) as tmp:
@@ -112,8 +115,6 @@ def run_preset(
         >>> result = run_preset("tiny-32", "bench-tiny", variants=["pytorch-fp32", "ov-fp32-auto"])  # doctest: +SKIP
         >>> print(open("bench-tiny/results.md").read())  # doctest: +SKIP
     """
-    from sd_ovopt.evaluation.benchmark import run_benchmark
-    from sd_ovopt.evaluation.settings import BenchmarkSettings
 
     if name not in _PRESETS:
         raise InvalidConfigError(f"unknown preset {name!r}; choose from {list(preset_names())}.")
@@ -126,14 +127,10 @@ def run_preset(
 
 
 def _sd15() -> Any:
-    from sd_ovopt.testing import sd15_pipeline
-
     return sd15_pipeline()
 
 
 def _tiny() -> Any:
-    from sd_ovopt.testing import tiny_pipeline
-
     return tiny_pipeline()
 
 

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image, ImageDraw, ImageFont
+
+from sd_ovopt._fs import atomic_file
 from sd_ovopt.evaluation.fidelity import to_uint8
 from sd_ovopt.evaluation.variants import PEER, PEER_FULL, REFERENCE
 
@@ -204,7 +207,7 @@ def markdown_table(result: BenchmarkResult) -> str:
 
 
 def _write_chart(result: BenchmarkResult, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # an optional dependency, set to its file backend before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -270,8 +273,6 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
 
 
 def _write_grid(images: dict[str, list[Any]], samples: Sequence[Sample], path: Path) -> None:
-    from PIL import Image, ImageDraw, ImageFont
-
     names = [n for n, imgs in images.items() if imgs]
     first = to_uint8(images[names[0]][0])
     h, w = first.shape[:2]
@@ -296,8 +297,6 @@ def _write_grid(images: dict[str, list[Any]], samples: Sequence[Sample], path: P
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from sd_ovopt._fs import atomic_file
-
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -315,8 +314,6 @@ def write_report(
             folder = out / "images" / name
             folder.mkdir(parents=True, exist_ok=True)
             for i, (image, (_, seed, _)) in enumerate(zip(imgs, samples, strict=False)):
-                from PIL import Image
-
                 Image.fromarray(to_uint8(image)).save(folder / f"{i:02d}-seed{seed}.png")
     _write_chart(result, outputs["chart"])
     result.outputs = {k: str(v) for k, v in outputs.items()}

@@ -11,8 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openvino as ov
+import torch
+
+from sd_ovopt._hardware import cpu_isa
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.evaluation.variants import PEER, PEERS, REFERENCE
+from sd_ovopt.export.metadata import library_versions
 
 __all__ = ["BenchmarkResult", "VariantResult", "machine_info"]
 
@@ -185,10 +190,6 @@ def _finite(value: Any) -> Any:
 
 def machine_info() -> dict[str, Any]:
     """What produced the numbers: CPU, cores, memory, library versions, OpenVINO's CPU capabilities."""
-    import openvino as ov
-    import torch
-
-    from sd_ovopt.export.metadata import library_versions
 
     cpu = platform.processor() or platform.machine()
     meminfo: dict[str, str] = {}
@@ -204,7 +205,6 @@ def machine_info() -> dict[str, Any]:
     memory = meminfo.get("MemTotal", "")
     if memory.endswith(" kB"):
         memory = f"{int(memory[:-3]) / 2**20:.1f} GiB RAM"
-    from sd_ovopt._hardware import cpu_isa
 
     return {
         "cpu": meminfo.get("model name", cpu),

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd_ovopt._precision import PRECISIONS, resolve_precision
+from sd_ovopt._validation import check_float, check_int
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.evaluation.variants import BuildSettings
 from sd_ovopt.recipes import DEFAULT_CALIBRATION_PROMPTS as _RECIPE_PROMPTS
+from sd_ovopt.tome.config import ToMeConfig
 
 __all__ = ["DEFAULT_CALIBRATION_PROMPTS", "DEFAULT_PROMPTS", "LOAD_MODES", "BenchmarkSettings"]
 
@@ -89,9 +91,6 @@ class BenchmarkSettings:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        from sd_ovopt._validation import check_float, check_int
-        from sd_ovopt.tome.config import ToMeConfig
-
         for name in ("prompts", "calibration_prompts"):
             value = getattr(self, name)
             if isinstance(value, str) or not value or not all(isinstance(p, str) and p for p in value):

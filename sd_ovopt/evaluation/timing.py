@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from sd_ovopt._seeding import noise_generator
@@ -145,7 +146,6 @@ def unet_step(pipe: Any, runtime: str, call: Call) -> Callable[[], None]:
     if runtime != "torch":
         pipe.unet.compile()
         return _ov_runner(pipe.unet.request, shapes)
-    import torch  # optional heavy dependency: only PyTorch variants need it
 
     rng = np.random.default_rng(0)
     inputs = {
@@ -180,7 +180,6 @@ def other_parts(pipe: Any, runtime: str, call: Call) -> Callable[[], None]:
             decode()
 
         return run_ov
-    import torch  # optional heavy dependency: only PyTorch variants need it
 
     ids = torch.zeros(ids_shape, dtype=torch.int64)
     latent = torch.from_numpy(np.random.default_rng(0).standard_normal(latent_shape).astype(np.float32))
@@ -304,8 +303,6 @@ def unet_outputs(pipe: Any, runtime: str, inputs: Sequence[dict[str, Any]]) -> l
     """The UNet's noise prediction for each recorded input (``sample``, ``timestep``,
     ``encoder_hidden_states``), as float32 arrays; OpenVINO inputs are cast to the IR's own types."""
     if runtime == "torch":
-        import torch  # optional heavy dependency: only PyTorch variants need it
-
         with torch.no_grad():
             return [
                 pipe.unet(**{k: torch.as_tensor(v) for k, v in item.items()}, return_dict=False)[0]

@@ -6,6 +6,7 @@ probe) can load it again. Folders built earlier with the same settings are reuse
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -14,9 +15,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import openvino as ov
+import torch
+from optimum.intel import (
+    OVConfig,
+    OVQuantizationConfig,
+    OVQuantizer,
+    OVStableDiffusionPipeline,
+    OVWeightQuantizationConfig,
+)
+
+from sd_ovopt._convert import quiet_tracing
 from sd_ovopt._fs import atomic_output_dir
-from sd_ovopt._precision import precision_hint
+from sd_ovopt._loading import load_sd_pipeline, read_model_index
+from sd_ovopt._precision import precision_hint, resolve_precision
+from sd_ovopt.deepcache import SHALLOW_PART, StepTracker
+from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError, ShapeMismatchError
+from sd_ovopt.evaluation.genai import GenAIPipeline, genai_missing
+from sd_ovopt.export.metadata import read_metadata
+from sd_ovopt.methods import methods_in_order
+from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline, quiet_safety_checker_warning
+from sd_ovopt.quantization import QuantizationConfig
+from sd_ovopt.recipes import optimize_pipeline
+from sd_ovopt.tome import ToMeConfig
 
 __all__ = [
     "DEFAULT_VARIANTS",
@@ -55,7 +77,6 @@ _PEER_STEPS = 50
 
 def _timesteps(pipe: Any, steps: int) -> list[Any]:
     """The timesteps of a ``steps``-step call: one UNet call each (PNDM repeats one: steps + 1 calls)."""
-    import copy
 
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.set_timesteps(steps)
@@ -210,8 +231,6 @@ class _Builder:
     @property
     def pipe(self) -> Any:
         if self._pipe is None:
-            from sd_ovopt._loading import load_sd_pipeline
-
             self._pipe = load_sd_pipeline(self.model)
         return self._pipe
 
@@ -251,8 +270,6 @@ class _Builder:
     def recipe(self, name: str, methods: Sequence[Any] = ()) -> tuple[Path, float, bool]:
         """The folder :func:`sd_ovopt.optimize_pipeline` writes at the benchmark's shape with ``methods``
         (method configs); the cache key holds the calibration settings when a method quantizes."""
-        from sd_ovopt.methods import methods_in_order
-        from sd_ovopt.recipes import optimize_pipeline
 
         s = self.settings
 
@@ -278,8 +295,6 @@ class _Builder:
 
     def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
         """The recipe's INT8 folder, ToMe (at the benchmark's ratio) merged first when asked."""
-        from sd_ovopt.quantization import QuantizationConfig
-        from sd_ovopt.tome import ToMeConfig
 
         int8 = QuantizationConfig(subset_size=self.settings.num_samples)
         return self.recipe(name, [ToMeConfig(ratio=self.settings.tome_ratio), int8] if tome else [int8])
@@ -289,16 +304,6 @@ class _Builder:
         s = self.settings
 
         def build(path: Path) -> None:
-            from optimum.intel import (
-                OVConfig,
-                OVQuantizationConfig,
-                OVQuantizer,
-                OVStableDiffusionPipeline,
-                OVWeightQuantizationConfig,
-            )
-
-            from sd_ovopt._convert import quiet_tracing
-
             passes = -(
                 -s.num_samples // (len(s.calibration_prompts) * _PEER_STEPS)
             )  # as many samples as ours
@@ -327,8 +332,6 @@ class _Builder:
 
 
 def _bf16_missing() -> str | None:
-    import openvino as ov
-
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in capabilities:
         return None
@@ -340,8 +343,6 @@ def _bf16_missing() -> str | None:
 
 def check_qat_model(path: str | Path, settings: BuildSettings) -> Path:
     """Resolve a QAT folder and check that it is an exported pipeline of the benchmark's size."""
-    from sd_ovopt._loading import read_model_index
-    from sd_ovopt.export.metadata import read_metadata
 
     folder = Path(path).expanduser().resolve()
     if not folder.exists():
@@ -410,10 +411,6 @@ def build_variants(
 
 
 def _load_torch(variant: BuiltVariant, **_: Any) -> Any:
-    import torch
-
-    from sd_ovopt._loading import load_sd_pipeline
-
     pipe = load_sd_pipeline(variant.path)
     if pipe.unet.dtype != torch.float32:  # e.g. a folder saved in float16
         pipe = pipe.to(dtype=torch.float32)
@@ -421,16 +418,10 @@ def _load_torch(variant: BuiltVariant, **_: Any) -> Any:
 
 
 def _load_sd_ovopt(variant: BuiltVariant, **_: Any) -> Any:
-    from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
-
     return SdOvOptPipeline.from_pretrained(variant.path, precision=variant.precision or "f32")
 
 
 def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_scale: float) -> Any:
-    from optimum.intel import OVStableDiffusionPipeline
-
-    from sd_ovopt.pipelines.ov_pipeline import quiet_safety_checker_warning
-
     hint = precision_hint(variant.precision)
     with quiet_safety_checker_warning():  # a local folder: no hub look-ups
         pipe = OVStableDiffusionPipeline.from_pretrained(
@@ -443,8 +434,6 @@ def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_sc
 
 
 def _load_genai(variant: BuiltVariant, **_: Any) -> Any:
-    from sd_ovopt.evaluation.genai import GenAIPipeline
-
     return GenAIPipeline(variant.path, precision=variant.precision)
 
 
@@ -526,12 +515,6 @@ for _spec in (
     register_variant(_spec)
 
 
-def _genai_missing() -> str | None:
-    from sd_ovopt.evaluation.genai import genai_missing
-
-    return genai_missing()
-
-
 # Our best folder (the ov-tome-int8 build, reused) deployed torch-free in OpenVINO GenAI's C++ pipeline.
 register_variant(
     VariantSpec(
@@ -539,7 +522,7 @@ register_variant(
         "OpenVINO GenAI: ToMe + INT8 (C++ pipeline, no torch)",
         "genai",
         lambda b: b.int8("ov-tome-int8", tome=True),
-        unavailable=_genai_missing,
+        unavailable=genai_missing,
     )
 )
 
@@ -551,10 +534,6 @@ _DEEPCACHE = {"interval": 3, "branch": 0}
 
 
 def _deepcache_build(builder: _Builder, name: str, *, int8: bool) -> tuple[Path, float, bool]:
-    from sd_ovopt.deepcache.config import DeepCacheConfig
-    from sd_ovopt.quantization import QuantizationConfig
-    from sd_ovopt.tome import ToMeConfig
-
     s = builder.settings
     tome_int8 = [ToMeConfig(ratio=s.tome_ratio), QuantizationConfig(subset_size=s.num_samples)]
     return builder.recipe(name, [*(tome_int8 if int8 else []), DeepCacheConfig(**_DEEPCACHE)])
@@ -562,9 +541,6 @@ def _deepcache_build(builder: _Builder, name: str, *, int8: bool) -> tuple[Path,
 
 def _shallow_ir(pipe: Any, variant: BuiltVariant) -> dict[str, Any]:
     """The shallow UNet IR of a step-caching folder, compiled with the variant's precision hint."""
-    import openvino as ov
-
-    from sd_ovopt.deepcache import SHALLOW_PART
 
     xml = variant.path / SHALLOW_PART / "openvino_model.xml"
     return {"shallow": ov.Core().compile_model(xml, "CPU", precision_hint(variant.precision))}
@@ -573,7 +549,6 @@ def _shallow_ir(pipe: Any, variant: BuiltVariant) -> dict[str, Any]:
 def _cached_calls(pipe: Any, steps: int) -> dict[str, int]:
     """Full and shallow UNet calls of a ``steps``-step call, counted on the pipeline's own scheduler by the
     step tracker the pipeline runs."""
-    from sd_ovopt.deepcache import StepTracker
 
     timesteps = _timesteps(pipe, steps)
     tracker = StepTracker(pipe.method_config("step_caching"))
@@ -600,7 +575,6 @@ def _deepcache_spec(
 
 def _auto(settings: BuildSettings) -> str:
     """sd_ovopt's own default precision (``"auto"``) resolved on this CPU, whatever the settings ask."""
-    from sd_ovopt._precision import resolve_precision
 
     return resolve_precision("auto")
 
