@@ -9,6 +9,7 @@ feature, so every quantizer's range covers the inputs of the path that will run 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from sd_ovopt.quantization.calibration import (
     check_collect_request,
     run_prompts,
 )
+from sd_ovopt.quantization.ptq import quantize_unet
 
 __all__ = ["collect_deepcache_calibration", "quantize_deepcache_unet"]
 
@@ -112,9 +114,6 @@ def quantize_deepcache_unet(
     patch (without a pipeline: it runs the full UNet unless given the cached feature), ready for
     ``export_pipeline(..., unet=result, deepcache=config)``. ``unet`` is not modified.
     """
-    import copy
-
-    from sd_ovopt.quantization.ptq import quantize_unet
 
     items = list(calibration)
     if not items or FEATURE_NAME in items[0]:

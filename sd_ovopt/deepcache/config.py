@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from sd_ovopt._config import JsonConfig
 from sd_ovopt._validation import check_choice, check_int
 from sd_ovopt.errors import InvalidConfigError
@@ -78,7 +80,6 @@ class DeepCacheConfig(JsonConfig):
 
 def _step_index(timestep: Any, timesteps: Any) -> int | None:
     """Position of ``timestep`` in the scheduler's ``timesteps`` (the first, as ``deepcache`` does)."""
-    import torch
 
     if timesteps is None:
         return None

@@ -75,7 +75,7 @@ def convert_deepcache_unets(
     Returns:
         ``(full, shallow, feature_shape)``.
     """
-    import openvino as ov
+    import openvino as ov  # on use: the method registry (so `sd-ovopt --help`) imports this module
 
     current = state_of(unet)
     if current is not None and current.config != config:

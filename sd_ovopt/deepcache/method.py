@@ -146,6 +146,7 @@ class StepCachingMethod(Method):
 
     def load(self, pipe: Any, record: StepCachingRecord, folder: Path) -> Any:
         """The shallow UNet, as an optimum-intel UNet part."""
+        # on use: the method registry (so `sd-ovopt --help`) imports this module
         import openvino as ov
         from optimum.intel.openvino.modeling_diffusion import OVModelUnet
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -155,7 +156,6 @@ def run_prompts(
 
 def _as_tensor(value: Any) -> Any:
     """numpy arrays and numbers become tensors; anything else is left for the type check to name."""
-    import numpy as np
 
     if isinstance(value, (np.ndarray, np.generic)):
         return torch.from_numpy(np.asarray(value))

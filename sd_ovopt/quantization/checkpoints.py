@@ -27,9 +27,10 @@ from sd_ovopt._fs import atomic_output_dir, read_json_object
 from sd_ovopt._nncf import import_nncf
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError, ModelNotFoundError
 from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
-from sd_ovopt.quantization.ptq import QUANTIZATION_ATTR
+from sd_ovopt.quantization.ptq import QUANTIZATION_ATTR, get_quantization_config
 from sd_ovopt.quantization.qat import ema_state_mismatch, state_mismatch, trainable_parameters
 from sd_ovopt.tome.config import ToMeConfig
+from sd_ovopt.tome.patch import apply_tome
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -170,10 +171,9 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 def _rebuild_student(path: Path, info: dict[str, Any], float_unet: torch.nn.Module) -> Any:
     """A copy of ``float_unet``, ToMe applied as recorded, NNCF's quantizers inserted where recorded."""
-    from sd_ovopt.tome.patch import apply_tome
 
     import_nncf()
-    import nncf.torch
+    import nncf.torch  # after import_nncf's set-up
 
     student = copy.deepcopy(float_unet)
     if info["tome"] is not None:
@@ -237,9 +237,7 @@ def load_checkpoint(path: Path, float_unet: torch.nn.Module) -> tuple[dict[str, 
 
 def checkpoint_info(student: Any, **fields: Any) -> dict[str, Any]:
     """What ``checkpoint.json`` records besides the step: ``fields`` plus NNCF's quantizer layout."""
-    import nncf.torch
-
-    from sd_ovopt.quantization.ptq import get_quantization_config
+    import nncf.torch  # loaded already (the student is quantized), after import_nncf's set-up
 
     return {
         "format": 1,

@@ -74,6 +74,7 @@ def _nncf_quantize(
 ) -> torch.nn.Module:
     """``nncf.quantize`` with the settings of ``config`` (the UNet in eval mode, without gradients)."""
     nncf = import_nncf()
+    # after import_nncf's set-up
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,

@@ -25,6 +25,7 @@ from sd_ovopt._validation import check_finite_tensor, check_float
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError, UnsupportedModelError
 from sd_ovopt.quantization.config import GRADIENT_CHECKPOINTING_REFUSAL, QATConfig, check_ema_decay
 from sd_ovopt.quantization.ptq import is_quantized
+from sd_ovopt.tome.patch import is_tome_applied
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -141,7 +142,6 @@ class DistillationLoss(nn.Module):
         copy_teacher: bool = True,
     ) -> None:
         super().__init__()
-        from sd_ovopt.tome.patch import is_tome_applied
 
         unet = find_unet(teacher, user="DistillationLoss")
         if is_quantized(unet):
@@ -400,7 +400,7 @@ class QATModel(nn.Module):
         copy_teacher: bool = True,
     ) -> None:
         super().__init__()
-        from diffusers import DDPMScheduler
+        from diffusers import DDPMScheduler  # on use: `sd-ovopt --help` imports this package
 
         config = config or QATConfig()
         if not isinstance(config, QATConfig):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from sd_ovopt._validation import check_int
 from sd_ovopt.errors import InvalidConfigError, InvalidDatasetError
@@ -123,7 +124,6 @@ class CaptionedImageFolder:
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         """The image as a ``[3, resolution, resolution]`` tensor in ``[-1, 1]``, and its caption."""
-        from PIL import Image
 
         path, caption = self.items[index]
         with _open_image(path) as opened:
@@ -212,7 +212,6 @@ def _open_image(path: Path) -> Iterator[Any]:
     """``PIL.Image.open(path)``, refused from its header if over :data:`MAX_IMAGE_PIXELS`; what PIL cannot
     read in the block (not an image, cut short, malformed, a decompression bomb) raises
     :class:`InvalidDatasetError` naming the file."""
-    from PIL import Image
 
     try:
         with warnings.catch_warnings():

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from sd_ovopt._fs import atomic_file, check_safe_output_path
@@ -252,9 +255,6 @@ class _QATRun:
         cpu: bool,
         show_progress: bool,
     ) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import GradientAccumulationPlugin
-
         self.config, self.quantization, self.tome = config, quantization, tome
         self.show_progress = show_progress
         # The plugin, not gradient_accumulation_steps=: the environment must not change the micro-batch count.
@@ -268,7 +268,6 @@ class _QATRun:
     def __call__(
         self, model: Any, train_data: str | Path, output_dir: str | Path, resume_from: str | Path | None
     ) -> Path:
-        from diffusers import StableDiffusionPipeline
 
         # 1. Check the run folder: a new one, or a run to resume
         self.open_output(model, output_dir, resume_from)
@@ -297,7 +296,6 @@ class _QATRun:
 
     def prepare_data(self, model: Any, train_data: str | Path) -> None:
         """The pipeline, the resolution, the checked data folder; seeds set, stale partial checkpoints gone."""
-        from accelerate.utils import set_seed
 
         self.pipe = pipe = load_sd_pipeline(model)
         check_no_gradient_checkpointing(pipe.unet)

@@ -12,6 +12,16 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTokenizer
@@ -118,7 +128,6 @@ def tokenizer_dir() -> Path:
 
 def tiny_tokenizer() -> CLIPTokenizer:
     """A CLIPTokenizer from the shipped vocabulary (798 tokens, max length 77)."""
-    from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(tokenizer_dir()))
 
@@ -127,7 +136,6 @@ def assemble_pipeline(
     vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Any
 ) -> StableDiffusionPipeline:
     """A ``StableDiffusionPipeline`` of these parts in eval mode, without a safety checker, progress bar off."""
-    from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
         vae=vae.eval(),
@@ -156,9 +164,6 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         >>> image.shape
         (32, 32, 3)
     """
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -189,9 +194,6 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
     For speed and size work only: its images are noise. Building it allocates about 4.3 GB.
     """
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
     unet = sd15_unet(seed)
@@ -218,8 +220,6 @@ def sd15_unet(seed: int = 0, device: str | None = None) -> UNet2DConditionModel:
     Use it for speed and memory work: it costs what the real UNet costs. Pass ``device="meta"`` to
     build it without allocating its 3.4 GB of weights (for counting parameters).
     """
-    import torch
-    from diffusers import UNet2DConditionModel
 
     if device == "meta":
         with torch.device("meta"):

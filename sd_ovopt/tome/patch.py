@@ -155,7 +155,7 @@ def _find_unet(target: Any) -> nn.Module:
 
 
 def _blocks(unet: nn.Module) -> list[nn.Module]:
-    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.attention import BasicTransformerBlock  # on use: `sd-ovopt --help` imports ToMe
 
     return [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
 
