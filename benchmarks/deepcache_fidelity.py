@@ -30,21 +30,20 @@ def _folders(work: Path, pipe: object, args: argparse.Namespace) -> dict[str, Pa
 
     builds: dict[str, dict] = {"ov-f32": {}}
     for interval in args.intervals:
-        builds[f"ov-f32-deepcache-{interval}"] = {"deepcache": DeepCacheConfig(interval=interval)}
+        builds[f"ov-f32-deepcache-{interval}"] = {"methods": [DeepCacheConfig(interval=interval)]}
     for branch in args.branches:  # deeper cuts at interval 3: more work on cached steps, closer images
         builds[f"ov-f32-deepcache-3-branch-{branch}"] = {
-            "deepcache": DeepCacheConfig(interval=3, branch=branch)
+            "methods": [DeepCacheConfig(interval=3, branch=branch)]
         }
     if args.int8:
         # calibrated on training captions (the model's own vocabulary), never on the held-out prompts
         captions = [spec.prompt for spec in train_prompts()[::12]]
-        int8 = {
-            "tome": ToMeConfig(ratio=0.4),
-            "quantization": QuantizationConfig(),
+        tome_int8 = [ToMeConfig(ratio=0.4), QuantizationConfig()]
+        builds["ov-tome-int8"] = {"methods": tome_int8, "calibration_prompts": captions}
+        builds["ov-tome-int8-deepcache-3"] = {
+            "methods": [*tome_int8, DeepCacheConfig(interval=3)],
             "calibration_prompts": captions,
         }
-        builds["ov-tome-int8"] = int8
-        builds["ov-tome-int8-deepcache-3"] = {**int8, "deepcache": DeepCacheConfig(interval=3)}
     folders: dict[str, Path | None] = {"pytorch-fp32": None}
     for name, kwargs in builds.items():
         if args.only and name not in args.only:
