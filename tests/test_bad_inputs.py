@@ -1,8 +1,8 @@
 """Bad inputs, one row each: the call, the typed error it must raise, and nothing left on disk after it.
 
-Each row names what the code did before the row was added: ``broken`` (attacker code ran, files were
-deleted, or the result was silently wrong), ``poor`` (a raw traceback or a confusing message) or
-``handled`` (already right; kept so it stays right). docs/reliability.md reports the counts.
+Each row names the harm its check prevents: ``broken`` (attacker code would run, files would be deleted,
+or the result would be silently wrong), ``poor`` (a raw traceback or a confusing message) or ``handled``
+(a plain typed error). docs/reliability.md reports the rows per family.
 A row runs with a fresh sandbox as working directory (and its ``home/`` as home); the sandbox, the shared assets and the
 shared models must be exactly as before (no new, changed or removed file, hidden ones included).
 """
@@ -354,9 +354,9 @@ def user_folder(ctx: Ctx, name: str) -> Path:
 
 
 S = "--steps"
-# (id, found as, family, call, expected error, message must contain); docs/reliability.md names the families
+# (id, harm prevented, family, call, expected error, message must contain); docs/reliability.md names the families
 CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = [
-    # --- broken: code execution, data loss, silent garbage ---------------------------------------------
+    # --- prevents code execution, data loss, silent garbage --------------------------------------------
     ("reference-train-unet.pt-payload", "broken", "code", reference_unet_resume, InvalidConfigError, "never run"),
     ("reference-train-vae.pt-payload", "broken", "code", reference_vae_resume, InvalidConfigError, "never run"),
     ("qat-checkpoint-payload", "broken", "code", qat_checkpoint_resume, CorruptModelError, "never run"),
@@ -396,7 +396,7 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("pipeline-prompt-embeds-nan", "broken", "numbers", lambda c: c.ov_pipe(None, prompt_embeds=torch.full((1, 77, 32), float("nan")), num_inference_steps=1), InvalidConfigError, "prompt_embeds holds NaN"),
     ("export-guidance-flag-a-string", "broken", "numbers", lambda c: export_pipeline(c.pipe, c.root / "o", classifier_free_guidance="False"), InvalidConfigError, "pass True or False"),
     ("recipe-guidance-nan", "broken", "numbers", before_loading(lambda c: optimize_pipeline(c.saved, c.root / "o", guidance_scale=float("nan"))), InvalidConfigError, "guidance_scale=nan"),
-    # --- poor: raw tracebacks, confusing messages -------------------------------------------------------
+    # --- prevents raw tracebacks and confusing messages -------------------------------------------------
     ("recipe-height-30-from-a-folder", "poor", "layers", before_loading(lambda c: optimize_pipeline(c.saved, c.root / "o", height=30, methods=[QuantizationConfig(subset_size=1)])), ShapeMismatchError, "height=30"),
     ("export-from-a-folder-over-user-folder", "poor", "layers", before_loading(lambda c: export_pipeline(c.saved, c.assets / "a-folder")), OutputExistsError, "not empty"),
     ("load-model-index-entry-not-a-pair", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "not-a-pair-ov"), CorruptModelError, "not a [library, class] pair"),
@@ -442,7 +442,7 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("cli-train-qat-output-is-a-file", "poor", "data", lambda c: c.cli("train-qat", "--model", c.saved, "--train-data", c.assets / "escaping", "--output", c.assets / "a-file"), OutputExistsError, "is a file"),
     ("train-qat-output-is-a-file-on-resume", "poor", "data", lambda c: train_qat(c.saved, c.assets / "escaping", c.assets / "a-file", resume_from_checkpoint="latest"), OutputExistsError, "is a file"),
     ("train-data-metadata-not-utf8", "poor", "data", lambda c: CaptionedImageFolder(c.assets / "not-utf8-data", resolution=SIZE), InvalidDatasetError, "not UTF-8"),
-    # --- handled already: kept right ------------------------------------------------------------------
+    # --- plain typed errors -----------------------------------------------------------------------------
     ("export-missing-model", "handled", "folders", lambda c: export_pipeline(c.root / "missing", c.root / "o"), ModelNotFoundError, "does not exist"),
     ("export-not-a-pipeline", "handled", "folders", lambda c: export_pipeline(c.assets / "a-folder", c.root / "o"), NotAPipelineError, "model_index.json"),
     ("export-over-user-folder", "handled", "outputs", lambda c: export_pipeline(c.pipe, c.assets / "a-folder"), OutputExistsError, "not empty"),
