@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import openvino as ov
+from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from sd_ovopt._convert import (
@@ -43,8 +45,6 @@ _WEIGHTS_DTYPES = ("f32", "f16")
 
 
 def _save_part(model: Any, folder: Path, config: dict[str, Any], *, weights_dtype: str) -> None:
-    import openvino as ov
-
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, folder / OV_XML, compress_to_fp16=weights_dtype == "f16")
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=list) + "\n")
@@ -52,8 +52,6 @@ def _save_part(model: Any, folder: Path, config: dict[str, Any], *, weights_dtyp
 
 def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
     """The Hugging Face tokenizer files, plus its OpenVINO conversion for OpenVINO GenAI."""
-    import openvino as ov
-
     tokenizer.save_pretrained(folder)
     try:
         encoder, decoder = convert_tokenizer(tokenizer)
@@ -184,8 +182,6 @@ def _guidance_rows(unet: Any, classifier_free_guidance: Any) -> bool:
 
 
 def _check_unet(unet: Any, reference: Any) -> Any:
-    from diffusers import UNet2DConditionModel
-
     if not isinstance(unet, UNet2DConditionModel):
         raise UnsupportedModelError(
             f"unet must be a diffusers UNet2DConditionModel, got {type(unet).__name__}."

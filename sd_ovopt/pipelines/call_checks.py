@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from sd_ovopt._loading import check_steps
 from sd_ovopt._validation import check_finite_tensor, check_float, check_int, check_keywords
 from sd_ovopt.errors import InvalidConfigError, ShapeMismatchError
@@ -116,8 +118,6 @@ def _check_plain_arguments(checked: dict[str, Any], pipe: Any) -> None:
 
 
 def _torch_generator() -> type:
-    import torch
-
     return torch.Generator
 
 

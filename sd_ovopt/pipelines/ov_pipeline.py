@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import torch
 from optimum.intel import OVStableDiffusionPipeline
 from optimum.intel.openvino.modeling_diffusion import OVPipelinePart
 
@@ -327,8 +328,6 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             )
         latents = kwargs.get("latents")
         if latents is not None:
-            import torch
-
             values = torch.as_tensor(latents)
             wanted = self._latents_shape(kwargs, prompt)
             if wanted is not None and tuple(values.shape) != wanted:
