@@ -19,6 +19,7 @@ The hooks, by where they run:
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import copy
@@ -150,7 +151,7 @@ class RecipeSettings:
         return self.record(self.collector or default_collector, unet, max_samples)
 
 
-class Method:
+class Method(abc.ABC):
     """Base class of an optimization (see the module docstring for where each hook runs).
 
     Class attributes:
@@ -175,17 +176,17 @@ class Method:
     switchable: ClassVar[bool] = False
 
     # -- on a PyTorch UNet ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def applied_config(self, unet: Any) -> Any:
         """The config this method has applied to ``unet``, or ``None``."""
-        raise NotImplementedError(f"{type(self).__name__}.applied_config")
 
+    @abc.abstractmethod
     def apply(self, unet: Any, config: Any) -> Any:
         """Apply to ``unet`` in place (same config again: no-op); return it. Keep hook handles."""
-        raise NotImplementedError(f"{type(self).__name__}.apply")
 
+    @abc.abstractmethod
     def remove(self, unet: Any) -> Any:
         """Undo :meth:`apply` exactly (no-op when not applied); return ``unet``."""
-        raise NotImplementedError(f"{type(self).__name__}.remove")
 
     @classmethod
     def example_config(cls, folder: Path) -> Any:
@@ -203,6 +204,7 @@ class Method:
     # -- in the export ----------------------------------------------------------------------------------
     def check_export(self, unet: Any, config: Any) -> None:
         """Refuse, with a typed error, a UNet this method cannot be exported with (nothing is written yet)."""
+        return None
 
     @contextlib.contextmanager
     def applied_for_export(self, unet: Any, config: Any) -> Iterator[None]:
@@ -231,6 +233,7 @@ class Method:
     # -- on the command line (``sd-ovopt export`` and ``sd-ovopt quantize``) ------------------------------
     def add_cli_arguments(self, parser: argparse.ArgumentParser, command: str) -> None:
         """Add this method's flags to the ``command`` subcommand's parser (default: none)."""
+        return None
 
     def config_from_cli(self, args: argparse.Namespace, command: str) -> Any:
         """The config the flags ask for, or ``None`` (method not asked for); refuse bad flags with a typed
