@@ -245,7 +245,7 @@ def method_plan(unet: Any, requested: Sequence[Any]) -> list[tuple[Method, Any]]
             )
         pairs[name] = (method, applied)
     for name, (method, _config) in pairs.items():
-        later = [m for m in carried.values() if m.rank > method.rank and name not in carried]
+        later = [] if name in carried else [m for m in carried.values() if m.rank > method.rank]
         if later:
             raise InvalidConfigError(
                 f"{method.label or name} must be applied before {later[0].label or later[0].name} (which "
@@ -253,6 +253,11 @@ def method_plan(unet: Any, requested: Sequence[Any]) -> list[tuple[Method, Any]]
                 "then export without naming it."
             )
     plan = sorted(pairs.values(), key=lambda pair: (pair[0].rank, pair[0].name))
+    writers = [m.name for m, _ in plan if type(m).convert_unet is not Method.convert_unet]
+    if len(writers) > 1:
+        raise UnsupportedModelError(
+            f"{writers[0]} and {writers[1]} each write the UNet as IRs of their own; export with one of them."
+        )
     for method, config in plan:
         method.check_export(unet, config)
     return plan
@@ -297,13 +302,8 @@ def _write_unet(
     return the methods' records."""
     logger.info("converting unet")
     conversions = [(m, m.convert_unet(unet, config, shape)) for m, config in plan]
-    claimed = [(m, c) for m, c in conversions if c is not None]
-    if len(claimed) > 1:
-        raise UnsupportedModelError(
-            f"{claimed[0][0].name} and {claimed[1][0].name} each write the UNet as their own IRs; export "
-            "with one of them."
-        )
-    irs = claimed[0][1].parts if claimed else {"unet": convert_unet(unet, **shape.as_kwargs())}
+    claimed = [c for _, c in conversions if c is not None]  # at most one (method_plan checked)
+    irs = claimed[0].parts if claimed else {"unet": convert_unet(unet, **shape.as_kwargs())}
     records = {
         m.name: (c.record if c is not None else m.record(config))
         for (m, c), (_, config) in zip(conversions, plan, strict=True)
