@@ -8,7 +8,9 @@ finds it, so a fused weight equals the one ``pipe.fuse_lora(lora_scale=...)`` gi
 
 * from the file's ``lora_adapter_metadata`` (written by diffusers' ``save_lora_weights``): ``lora_alpha``,
   ``alpha_pattern``, ``rank_pattern`` and ``use_rslora``;
-* else from the alphas a kohya file stores per module (the most common one where a module has none);
+* else from the alphas a kohya file stores per module (the most common one where a module has none; as in
+  diffusers, whose converter names the alphas of attention projections after the old attention-processor
+  keys, those layers take the most common alpha: the same numbers whenever a file's alphas are uniform);
 * else the rank of the file's first layer (``alpha = r``: no scaling for a file of one rank).
 """
 

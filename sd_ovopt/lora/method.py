@@ -8,6 +8,7 @@ from typing import Any
 
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.lora.config import LoRAConfig
+from sd_ovopt.lora.example import write_example_lora
 from sd_ovopt.lora.fuse import apply_lora, get_lora_config, remove_lora
 from sd_ovopt.methods import Method, register_method
 
@@ -36,8 +37,6 @@ class LoRAMethod(Method):
     def example_config(cls, folder: Path) -> LoRAConfig:
         """A LoRA file on the tiny UNet's attention, feed-forward and convolution layers, written to
         ``folder`` (for the contract suite)."""
-        from sd_ovopt.lora.example import write_example_lora
-
         return LoRAConfig(write_example_lora(Path(folder) / "example_lora.safetensors"), scale=0.7)
 
     def add_cli_arguments(self, parser: argparse.ArgumentParser, command: str) -> None:
