@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sd_ovopt.errors import InvalidConfigError
+from sd_ovopt._validation import check_int
 
 __all__ = ["SEED_STRIDE", "image_seed", "noise_generator"]
 
@@ -20,10 +20,8 @@ SEED_STRIDE = 1_000_000
 
 def image_seed(seed: int, index: int) -> int:
     """The integer seed of image ``index`` in a run with ``seed`` (see the module docstring)."""
-    if not (isinstance(seed, int) and seed >= 0):
-        raise InvalidConfigError(f"seed={seed!r}; pass an integer >= 0.")
-    if not (isinstance(index, int) and 0 <= index < SEED_STRIDE):
-        raise InvalidConfigError(f"index={index!r}; a run holds images 0 to {SEED_STRIDE - 1}.")
+    seed = check_int("seed", seed, minimum=0)  # numpy integers accepted, booleans refused
+    index = check_int("index", index, minimum=0, maximum=SEED_STRIDE - 1)
     return seed * SEED_STRIDE + index
 
 

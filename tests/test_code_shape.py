@@ -160,7 +160,6 @@ def test_export_pipeline_and_benchmark_name_no_method():
 #: Files whose in-function imports do not say why yet; their owners add the reasons, then drop them here.
 IMPORT_REASONS_PENDING = frozenset(
     {
-        "lora/method.py",
         "reference/evaluate.py",
         "reference/judge.py",
         "reference/model.py",
