@@ -157,18 +157,6 @@ def test_export_pipeline_and_benchmark_name_no_method():
         assert not [w for w in ("tome", "deepcache", "step_caching") if w in code.lower()], name
 
 
-#: Files whose in-function imports do not say why yet; their owners add the reasons, then drop them here.
-IMPORT_REASONS_PENDING = frozenset(
-    {
-        "reference/evaluate.py",
-        "reference/judge.py",
-        "reference/model.py",
-        "reference/shapes.py",
-        "reference/train.py",
-    }
-)
-
-
 def _reason_lines(source: str) -> set[int]:
     """The lines that carry a comment saying something (a bare ``noqa`` or ``type:`` pragma says nothing)."""
     lines = set()
@@ -245,8 +233,5 @@ def test_an_import_inside_a_function_says_why_and_is_not_at_the_top_too():
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
         problems = lazy_import_problems(path.read_text(encoding="utf-8"))
-        if relative in IMPORT_REASONS_PENDING:
-            assert problems, f"{relative} passes now: drop it from IMPORT_REASONS_PENDING"
-            continue
         found += [f"{relative}::{p}" for p in problems]
     assert not found, found

@@ -20,9 +20,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
+from sd_ovopt._loading import load_sd_pipeline
 from sd_ovopt._seeding import noise_generator
 from sd_ovopt.errors import InvalidConfigError, SdOvOptError
+from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
 from sd_ovopt.reference.judge import judge_image
+from sd_ovopt.reference.model import reference_model_dir
 from sd_ovopt.reference.shapes import held_out_prompts, parse_prompt
 
 if TYPE_CHECKING:
@@ -116,7 +121,6 @@ def score_images(images: Sequence[Image.Image], prompts: Sequence[str]) -> Promp
 
 def make_grid(images: Sequence[Image.Image], columns: int, *, scale: int = 3, gap: int = 2) -> Image.Image:
     """Tile ``images`` (all one size) into a grid, each upscaled ``scale`` times (nearest neighbour)."""
-    from PIL import Image
 
     if not images:
         raise InvalidConfigError("make_grid needs at least one image; pass a non-empty list")
@@ -132,12 +136,8 @@ def make_grid(images: Sequence[Image.Image], columns: int, *, scale: int = 3, ga
 
 def _load(model: str | None, precision: str) -> Any:
     """The shipped model, an exported OpenVINO folder, or a diffusers folder."""
-    from sd_ovopt._loading import load_sd_pipeline
-    from sd_ovopt.reference.model import reference_model_dir
 
     if model is not None and (Path(model) / "sd_ovopt.json").is_file():
-        from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
-
         pipe = SdOvOptPipeline.from_pretrained(model, precision=precision)
     else:
         pipe = load_sd_pipeline(model or reference_model_dir())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import ndimage
 
 from sd_ovopt.errors import ShapeMismatchError
 from sd_ovopt.evaluation import fidelity
@@ -53,7 +54,6 @@ def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
 
 
 def _largest_region(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
 
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
@@ -71,7 +71,6 @@ def _fit_shape(alpha: np.ndarray) -> tuple[str, float]:
 
     Returns the shape and its relative residual (sum of squared errors over the area).
     """
-    from scipy import ndimage
 
     h, w = alpha.shape
     area = float(alpha.sum())
@@ -119,7 +118,6 @@ def judge_image(image: Image.Image | np.ndarray) -> Judgement:
 
     # Soft coverage: 0 at the background colour, 1 at the shape colour (anti-aliased edges in between),
     # restricted to the region grown by one pixel so that other blobs do not count.
-    from scipy import ndimage
 
     grown = ndimage.binary_dilation(region, structure=np.ones((3, 3), dtype=bool))
     span = max(float(np.linalg.norm(fg_rgb - bg_rgb)), 1.0)

@@ -6,6 +6,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sd_ovopt._loading import load_sd_pipeline
 from sd_ovopt.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ def reference_model_dir() -> Path:
 
 def reference_pipeline() -> StableDiffusionPipeline:
     """Load the shipped reference pipeline in float32, offline, with the progress bar off."""
-    from sd_ovopt._loading import load_sd_pipeline
 
     pipe = load_sd_pipeline(reference_model_dir())
     pipe.set_progress_bar_config(disable=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt.errors import InvalidConfigError
@@ -161,7 +162,6 @@ def _polygon(shape: str, box: tuple[float, float, float, float]) -> list[tuple[f
 
 def render(spec: ShapeSpec, image_size: int = IMAGE_SIZE) -> Image.Image:
     """Draw ``spec`` anti-aliased (4x supersampled) as an RGB image."""
-    from PIL import Image, ImageDraw
 
     big = image_size * _SUPERSAMPLE
     image = Image.new("RGB", (big, big), BACKGROUNDS[spec.background])
@@ -178,7 +178,6 @@ def render(spec: ShapeSpec, image_size: int = IMAGE_SIZE) -> Image.Image:
 
 def coverage(shape: str, box: tuple[float, float, float, float], image_size: int = IMAGE_SIZE) -> np.ndarray:
     """The fraction of each pixel that ``shape`` drawn in ``box`` covers (anti-aliased like ``render``)."""
-    from PIL import Image, ImageDraw
 
     big = image_size * _SUPERSAMPLE
     mask = Image.new("L", (big, big), 0)

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -38,17 +41,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sd_ovopt._config import JsonConfig
 from sd_ovopt._fs import atomic_file, atomic_output_dir, check_output_dir
+from sd_ovopt._hardware import cpu_summary, has_native_bf16
 from sd_ovopt.errors import InvalidConfigError, SdOvOptError
+from sd_ovopt.quantization.qat import WeightEMA
+from sd_ovopt.reference.evaluate import generate_images, score_images
+from sd_ovopt.reference.judge import prompt_accuracy
 from sd_ovopt.reference.model import (
     REFERENCE_TEXT_ENCODER_CONFIG,
     REFERENCE_UNET_CONFIG,
     REFERENCE_VAE_CONFIG,
     TEXT_LENGTH,
 )
-from sd_ovopt.reference.shapes import write_dataset
+from sd_ovopt.reference.shapes import held_out_prompts, write_dataset
+from sd_ovopt.testing import tokenizer_dir
+from sd_ovopt.testing.models import assemble_pipeline
 
 __all__ = ["TrainingConfig", "main", "train_reference"]
 
@@ -104,7 +119,6 @@ class TrainingConfig(JsonConfig):
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write a checkpoint of tensors and numbers; a kill mid-write leaves the previous one intact."""
-    import torch
 
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
@@ -112,7 +126,6 @@ def _save_atomic(state: dict[str, Any], path: Path) -> None:
 
 def _load_checkpoint(path: Path, device: str) -> dict[str, Any]:
     """Load a checkpoint without running code from it: only tensors, numbers and containers are accepted."""
-    import torch
 
     try:
         return torch.load(path, map_location=device, weights_only=True)
@@ -125,7 +138,6 @@ def _load_checkpoint(path: Path, device: str) -> dict[str, Any]:
 
 
 def _autocast(device: str, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    import torch
 
     if not enabled:
         return contextlib.nullcontext()
@@ -133,7 +145,6 @@ def _autocast(device: str, enabled: bool) -> contextlib.AbstractContextManager[A
 
 
 def _use_bf16(config: TrainingConfig, device: str) -> bool:
-    from sd_ovopt._hardware import has_native_bf16
 
     if config.precision == "auto":
         return device.startswith("cuda") or has_native_bf16()
@@ -141,7 +152,6 @@ def _use_bf16(config: TrainingConfig, device: str) -> bool:
 
 
 def _load_images(data_dir: Path) -> tuple[np.ndarray, list[str]]:
-    from PIL import Image
 
     images, texts = [], []
     with open(data_dir / "metadata.jsonl", encoding="utf-8") as f:
@@ -160,8 +170,6 @@ def _lr(step: int, total: int, base: float, warmup: int = 100) -> float:
 
 
 def _train_vae(images: np.ndarray, work: Path, config: TrainingConfig, device: str, bf16: bool) -> Any:
-    import torch
-    from diffusers import AutoencoderKL
 
     ckpt = work / "vae.pt"
     steps, batch_size, seed = config.vae_steps, config.batch_size, config.seed
@@ -202,16 +210,12 @@ def _get_vae(images: np.ndarray, work: Path, config: TrainingConfig, device: str
     source = config.init_from or config.init_vae
     if source is None:
         return _train_vae(images, work, config, device, bf16)
-    from diffusers import AutoencoderKL
 
     logger.info("vae: taken from %s (no VAE training)", source)
     return AutoencoderKL.from_pretrained(str(Path(source) / "vae")).to(device).eval()
 
 
 def _log_reconstruction(vae: Any, images: np.ndarray, texts: list[str], device: str) -> None:
-    import torch
-
-    from sd_ovopt.reference.judge import prompt_accuracy
 
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device)
     with torch.no_grad():
@@ -223,10 +227,6 @@ def _log_reconstruction(vae: Any, images: np.ndarray, texts: list[str], device: 
 
 def _cached_latents(vae: Any, images: np.ndarray, work: Path, device: str) -> Any:
     """Unscaled latent means of every training image, encoded once and cached next to the checkpoints."""
-    import hashlib
-
-    import torch
-    from safetensors.torch import load_file, save_file
 
     digest = hashlib.sha256()
     for value in vae.state_dict().values():
@@ -235,8 +235,6 @@ def _cached_latents(vae: Any, images: np.ndarray, work: Path, device: str) -> An
     key = digest.hexdigest()[:16]
     path = work / "latents.safetensors"
     if path.is_file():
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 logger.info("latents: cached in %s", path)
@@ -267,7 +265,6 @@ class _UNetRun:
     best_accuracy: float = -1.0
 
     def modules(self) -> Any:
-        import torch
 
         return torch.nn.ModuleDict({"unet": self.unet, "text_encoder": self.text_encoder})
 
@@ -291,11 +288,6 @@ class _UNetRun:
 
 
 def _new_unet_run(config: TrainingConfig, tokenizer: Any, device: str) -> _UNetRun:
-    import torch
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sd_ovopt.quantization.qat import WeightEMA
 
     torch.manual_seed(config.seed)
     if config.init_from:
@@ -326,11 +318,6 @@ def text_encoder_config(tokenizer: Any) -> dict[str, Any]:
 
 def _build_pipeline(vae: Any, run: _UNetRun, tokenizer: Any, weights: str = "ema") -> Any:
     """A CPU float32 StableDiffusionPipeline of copies of the run's models (EMA or raw weights)."""
-    import copy
-
-    from diffusers import DDIMScheduler
-
-    from sd_ovopt.testing.models import assemble_pipeline
 
     modules = copy.deepcopy(run.modules()).cpu().float().eval()
     if weights == "ema":
@@ -342,8 +329,6 @@ def _build_pipeline(vae: Any, run: _UNetRun, tokenizer: Any, weights: str = "ema
 
 def _evaluate(pipe: Any, seeds: Sequence[int] = (0,)) -> float:
     """Held-out prompt accuracy of ``pipe`` (20 DDIM steps, guidance 4), averaged over ``seeds``."""
-    from sd_ovopt.reference.evaluate import generate_images, score_images
-    from sd_ovopt.reference.shapes import held_out_prompts
 
     prompts = [spec.prompt for spec in held_out_prompts()]
     scores = [
@@ -356,7 +341,6 @@ def _evaluate(pipe: Any, seeds: Sequence[int] = (0,)) -> float:
 def _unet_step(
     run: _UNetRun, batch: tuple[Any, ...], lr: float, schedule: Any, bf16: bool, device: str
 ) -> float:
-    import torch
 
     x0, ids, noise, t = batch
     noisy = schedule["scheduler"].add_noise(x0, noise, t)
@@ -380,7 +364,6 @@ def _batch(
     latents: Any, input_ids: Any, empty_ids: Any, step: int, config: TrainingConfig, device: str
 ) -> Any:
     """The batch of ``step``: a pure function of the seed and the step, so a resumed run is the same run."""
-    import torch
 
     n = config.batch_size
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -394,7 +377,6 @@ def _batch(
 
 
 def _train_unet(latents: Any, texts: list[str], vae: Any, tokenizer: Any, work: Path, config: TrainingConfig, device: str, bf16: bool) -> _UNetRun:  # fmt: skip
-    from diffusers import DDPMScheduler
 
     ckpt = work / "unet.pt"
     run = _new_unet_run(config, tokenizer, device)
@@ -450,9 +432,6 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> Any:
 
 def reference_tokenizer() -> Any:
     """The shipped CLIP tokenizer with the reference model's context length."""
-    from transformers import CLIPTokenizer
-
-    from sd_ovopt.testing import tokenizer_dir
 
     return CLIPTokenizer.from_pretrained(str(tokenizer_dir()), model_max_length=TEXT_LENGTH)
 
@@ -465,9 +444,6 @@ def train_reference(
     overwrite: bool = False,
 ) -> Path:
     """Run every stage (resuming where ``work_dir`` has progress) and write the pipeline to ``output_dir``."""
-    import torch
-
-    from sd_ovopt._hardware import cpu_summary
 
     config = config or TrainingConfig()
     check_output_dir(output_dir, overwrite=overwrite)  # refuse before hours of training, not after
@@ -500,8 +476,6 @@ def train_reference(
     source = work / "best" if config.keep == "best" and (work / "best").is_dir() else None
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         if source is not None:
-            import shutil
-
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         else:
             _build_pipeline(vae, run, tokenizer).save_pretrained(tmp)
