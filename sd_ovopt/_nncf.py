@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["import_nncf", "nncf_output_on_stderr"]
+__all__ = ["compress_weights_int8", "import_nncf", "nncf_output_on_stderr"]
 
 
 def import_nncf() -> Any:
@@ -49,3 +49,12 @@ def nncf_output_on_stderr() -> Iterator[None]:
         nncf_logger.setLevel(level)
         for handler, stream in zip(handlers, streams, strict=True):
             handler.setStream(stream)
+
+
+def compress_weights_int8(model: Any, *, skip_types: tuple[str, ...] = ()) -> Any:
+    """``model`` (an OpenVINO model) with its weights stored as int8 (NNCF weight-only, asymmetric),
+    leaving ops of ``skip_types`` (e.g. ``("Convolution",)``) as they are; NNCF's output on stderr."""
+    nncf = import_nncf()
+    ignored = {"ignored_scope": nncf.IgnoredScope(types=list(skip_types))} if skip_types else {}
+    with nncf_output_on_stderr():
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, **ignored)

@@ -23,7 +23,7 @@ from sd_ovopt._convert import (
 )
 from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._loading import check_image_size, check_requested_size, guidance_embedding_dim, load_for_output
-from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
+from sd_ovopt._nncf import compress_weights_int8
 from sd_ovopt._validation import check_int
 from sd_ovopt.errors import AlreadyAppliedError, InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 from sd_ovopt.export.metadata import ExportMetadata
@@ -333,7 +333,7 @@ def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:
     text_length = pipe.tokenizer.model_max_length
 
     def stored(model: Any) -> Any:
-        return _compress(model) if meta.weight_compression == "int8" else model
+        return compress_weights_int8(model) if meta.weight_compression == "int8" else model
 
     return {
         "text_encoder": (
@@ -353,9 +353,3 @@ def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:
             dict(pipe.vae.config),
         ),
     }
-
-
-def _compress(model: Any) -> Any:
-    nncf = import_nncf()
-    with nncf_output_on_stderr():
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)

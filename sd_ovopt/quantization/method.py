@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sd_ovopt._nncf import import_nncf, nncf_output_on_stderr
+from sd_ovopt._nncf import compress_weights_int8
 from sd_ovopt._validation import check_int
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.methods import Method, RecipeSettings, register_method
@@ -68,13 +68,7 @@ class Int8Method(Method):
         if config.mode != "hybrid":
             return model
         # hybrid: matmul weights to int8 (weight-only); NNCF fully quantized the convolutions
-        nncf = import_nncf()
-        with nncf_output_on_stderr():
-            return nncf.compress_weights(
-                model,
-                mode=nncf.CompressWeightsMode.INT8_ASYM,
-                ignored_scope=nncf.IgnoredScope(types=["Convolution"]),
-            )
+        return compress_weights_int8(model, skip_types=("Convolution",))
 
 
 register_method(Int8Method())
