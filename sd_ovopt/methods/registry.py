@@ -7,6 +7,7 @@ of your own registers with :func:`register_method`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -32,7 +33,9 @@ _BUILTIN = {
 _METHODS: dict[str, Method] = {}
 
 
+@functools.cache
 def _load_builtins() -> None:
+    """Import the built-in methods once (each registers itself on import)."""
     # The built-in methods import torch and diffusers; ``import sd_ovopt`` stays lean without them.
     for module in _BUILTIN.values():
         importlib.import_module(module)
@@ -95,10 +98,11 @@ def get_method(name: str, *, source: str = "") -> Method:
 
 def method_for_config(config: Any) -> Method:
     """The method whose config type ``config`` is."""
-    for method in registered_methods().values():
+    methods = registered_methods().values()
+    for method in methods:
         if type(config) is method.config_class:
             return method
-    known = sorted(m.config_class.__name__ for m in registered_methods().values())
+    known = sorted(m.config_class.__name__ for m in methods)
     raise InvalidConfigError(
         f"{type(config).__name__} is not the config of any registered method; pass one of {known}."
     )
