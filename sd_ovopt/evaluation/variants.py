@@ -293,11 +293,14 @@ class _Builder:
     def ov_f32(self) -> tuple[Path, float, bool]:
         return self.recipe("ov-f32")
 
+    def int8_methods(self, *, tome: bool) -> list[Any]:
+        """INT8 calibrated with the benchmark's settings, ToMe at its ratio first when asked."""
+        int8 = QuantizationConfig(subset_size=self.settings.num_samples)
+        return [ToMeConfig(ratio=self.settings.tome_ratio), int8] if tome else [int8]
+
     def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
         """The recipe's INT8 folder, ToMe (at the benchmark's ratio) merged first when asked."""
-
-        int8 = QuantizationConfig(subset_size=self.settings.num_samples)
-        return self.recipe(name, [ToMeConfig(ratio=self.settings.tome_ratio), int8] if tome else [int8])
+        return self.recipe(name, self.int8_methods(tome=tome))
 
     def peer(self, name: str) -> tuple[Path, float, bool]:
         """optimum-intel's hybrid 8-bit (weights int8, activations of the non-MatMul ops int8) or full INT8."""
@@ -534,9 +537,8 @@ _DEEPCACHE = {"interval": 3, "branch": 0}
 
 
 def _deepcache_build(builder: _Builder, name: str, *, int8: bool) -> tuple[Path, float, bool]:
-    s = builder.settings
-    tome_int8 = [ToMeConfig(ratio=s.tome_ratio), QuantizationConfig(subset_size=s.num_samples)]
-    return builder.recipe(name, [*(tome_int8 if int8 else []), DeepCacheConfig(**_DEEPCACHE)])
+    tome_int8 = builder.int8_methods(tome=True) if int8 else []
+    return builder.recipe(name, [*tome_int8, DeepCacheConfig(**_DEEPCACHE)])
 
 
 def _shallow_ir(pipe: Any, variant: BuiltVariant) -> dict[str, Any]:
