@@ -12,6 +12,7 @@ import torch
 from toy import ScaleOutputMethod  # tests/methods/toy.py: a plug-in registered from the tests
 
 from sd_ovopt import InvalidConfigError, export_pipeline, read_metadata
+from sd_ovopt._convert import unet_example_inputs
 from sd_ovopt.methods import RecipeSettings, register_method, registered_methods, unregister_method
 from sd_ovopt.testing import tiny_pipeline
 
@@ -52,12 +53,8 @@ def calibration(pipe):
 
 
 def _inputs(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "sample": torch.randn(2, 4, SIZE // 2, SIZE // 2, generator=generator),
-        "timestep": torch.tensor([500]),
-        "encoder_hidden_states": torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator),
-    }
+    """The export's own example inputs at the tiny export shape (batch 2: guidance on)."""
+    return unet_example_inputs(unet, batch=2, latent_height=SIZE // 2, latent_width=SIZE // 2, text_length=77)
 
 
 def _run(unet: torch.nn.Module) -> torch.Tensor:
