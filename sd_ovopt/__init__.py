@@ -63,11 +63,14 @@ _LAZY = {
     "remove_deepcache": "sd_ovopt.deepcache.patch",
     "remove_tome": "sd_ovopt.tome.patch",
     "run_benchmark": "sd_ovopt.evaluation.benchmark",
+    "SCHEDULERS": "sd_ovopt._schedulers",
+    "load_tiny_vae": "sd_ovopt.vae.tiny",
     "train_qat": "sd_ovopt.recipes.qat",
 }
 
 __all__ = [
     "DEFAULT_CALIBRATION_PROMPTS",
+    "SCHEDULERS",
     "AlreadyAppliedError",
     "BenchmarkResult",
     "CorruptModelError",
@@ -102,6 +105,7 @@ __all__ = [
     "get_tome_config",
     "is_deepcache_applied",
     "is_tome_applied",
+    "load_tiny_vae",
     "optimize_pipeline",
     "prepare_unet",
     "quantize_unet",
@@ -114,6 +118,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from sd_ovopt._schedulers import SCHEDULERS
     from sd_ovopt.deepcache.config import DeepCacheConfig
     from sd_ovopt.deepcache.patch import (
         apply_deepcache,
@@ -137,6 +142,7 @@ if TYPE_CHECKING:
     from sd_ovopt.recipes.qat import train_qat
     from sd_ovopt.tome.config import ToMeConfig
     from sd_ovopt.tome.patch import apply_tome, get_tome_config, is_tome_applied, remove_tome
+    from sd_ovopt.vae.tiny import load_tiny_vae
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -82,12 +82,16 @@ class _VaeDecoderForExport(nn.Module):
 
 
 class _VaeEncoderForExport(nn.Module):
+    """The latent distribution's parameters (mean and log-variance) of a KL VAE, or the latents themselves
+    of a tiny autoencoder (``AutoencoderTiny``, which has no distribution)."""
+
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
         self.vae = vae
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(sample, return_dict=True).latent_dist.parameters
+        encoded = self.vae.encode(sample, return_dict=True)
+        return encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.parameters
 
 
 @contextlib.contextmanager
@@ -245,13 +249,16 @@ def convert_vae_decoder(vae: nn.Module, *, latent_height: int, latent_width: int
 
 
 def convert_vae_encoder(vae: nn.Module, *, height: int, width: int) -> ov.Model:
-    """Convert the VAE encoder; it returns the latent distribution's parameters (mean and log-variance)."""
+    """Convert the VAE encoder. A KL VAE's returns the latent distribution's parameters (mean and log-variance,
+    output ``latent_parameters``); a tiny autoencoder's returns the latents (``latent_sample``). These are the
+    names optimum-intel's VAE encoder reads."""
     import openvino as ov  # on use: the method registry (sd-ovopt --help) imports this module
 
     channels = vae.config.in_channels
     example = {"sample": torch.zeros(1, channels, height, width)}
     spec = [("sample", [-1, channels, height, width], ov.Type.f32)]
-    return convert_module(_VaeEncoderForExport(vae), example, spec, ["latent_parameters"])
+    output = "latent_sample" if type(vae).__name__ == "AutoencoderTiny" else "latent_parameters"
+    return convert_module(_VaeEncoderForExport(vae), example, spec, [output])
 
 
 def convert_tokenizer(tokenizer: object) -> tuple[ov.Model, ov.Model | None]:

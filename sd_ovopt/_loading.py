@@ -150,6 +150,18 @@ def load_sd_pipeline(source: Any) -> StableDiffusionPipeline:
     return pipe
 
 
+def pipeline_with(pipe: StableDiffusionPipeline, **parts: Any) -> StableDiffusionPipeline:
+    """``pipe`` with some parts replaced (e.g. ``vae=``, ``scheduler=``) as a new pipeline sharing the other
+    modules; ``pipe`` itself is left as it was (returned as it is when nothing changes)."""
+    components = dict(pipe.components)
+    changed = {name: part for name, part in parts.items() if components.get(name) is not part}
+    if not changed:
+        return pipe
+    new = type(pipe)(**{**components, **changed, "requires_safety_checker": False})
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
 def load_for_output(
     pipeline_or_path: Any, output_dir: str | Path, *, overwrite: bool
 ) -> tuple[StableDiffusionPipeline, str | Path | None]:

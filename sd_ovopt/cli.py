@@ -24,6 +24,7 @@ from typing import Any
 from sd_ovopt._fs import atomic_file, check_safe_output_path
 from sd_ovopt._loading import MAX_IMAGE_SIDE, check_steps, read_model_index
 from sd_ovopt._precision import PRECISIONS
+from sd_ovopt._schedulers import SCHEDULERS
 from sd_ovopt._validation import check_float, check_int
 from sd_ovopt.errors import (
     InvalidConfigError,
@@ -146,9 +147,28 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="one UNet row per image, for calls with --guidance-scale <= 1 (few-step models); the default "
         "is two rows, unless the UNet takes its guidance as an input (LCM), which always runs one",
     )
+    _add_part_args(p)
     _add_method_args(p, "export")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_run_export)
+
+
+def _add_part_args(p: argparse.ArgumentParser) -> None:
+    """The parts that may replace the source folder's: the autoencoder and the scheduler."""
+    p.add_argument(
+        "--vae-tiny",
+        metavar="PATH",
+        default=None,
+        help="folder of a tiny autoencoder (AutoencoderTiny, e.g. a local copy of madebyollin/taesd) to use "
+        "instead of the folder's VAE: a fraction of the decoder's cost, which dominates few-step calls",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=sorted(SCHEDULERS),
+        default=None,
+        help="scheduler to write instead of the folder's, from its config: lcm for LCM-LoRA and LCM models, "
+        "tcd for TCD and Hyper-SD LoRAs",
+    )
 
 
 def _add_method_args(p: argparse.ArgumentParser, command: str) -> None:
@@ -180,6 +200,8 @@ def _run_export(args: argparse.Namespace) -> int:
         weights_dtype=args.weights_dtype,
         classifier_free_guidance=args.classifier_free_guidance,
         methods=methods,
+        vae=args.vae_tiny,
+        scheduler=args.scheduler,
         overwrite=args.overwrite,
     )
     print(path)
@@ -277,11 +299,19 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
         help="text file, one calibration prompt per line (default: sd_ovopt's own calibration prompt set)",
     )
     p.add_argument("--steps", type=int, default=20, help="denoising steps per calibration prompt")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=7.5,
+        help="guidance of the calls the folder serves, calibrated at it (default 7.5); <= 1 exports one UNet "
+        "row per image, as few-step models (LCM-LoRA, TCD, Hyper-SD) run",
+    )
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument(
         "--no-compress-weights", action="store_true", help="keep text encoder and VAE weights in float"
     )
+    _add_part_args(p)
     _add_method_args(p, "quantize")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_quantize)
@@ -292,6 +322,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
     prompts = None if args.prompts is None else _read_prompts(args.prompts)
     check_steps(args.steps, "--steps")
+    check_float("--guidance-scale", args.guidance_scale, minimum=0, hint=_GUIDANCE_HINT)
     _check_side("--height", args.height)
     _check_side("--width", args.width)
     methods = _method_configs(
@@ -303,8 +334,11 @@ def _run_quantize(args: argparse.Namespace) -> int:
         methods=methods,
         calibration_prompts=prompts,
         calibration_steps=args.steps,
+        guidance_scale=args.guidance_scale,
         height=args.height,
         width=args.width,
+        vae=args.vae_tiny,
+        scheduler=args.scheduler,
         compress_weights=not args.no_compress_weights,
         overwrite=args.overwrite,
     )

@@ -97,9 +97,9 @@ def test_no_function_forwards_its_locals():
 #: functions included). Methods are below the export, which names none of them.
 LAYERS = (
     ("errors", "_lazy", "_hardware", "_nncf", "_config", "_validation", "_fs", "_precision", "_loading",
-     "_convert", "_seeding", "testing"),
+     "_convert", "_seeding", "_schedulers", "testing"),
     ("methods",),
-    ("tome", "deepcache", "quantization", "lora"),
+    ("tome", "deepcache", "quantization", "lora", "vae"),
     ("export",),
     ("pipelines",),
     ("recipes",),

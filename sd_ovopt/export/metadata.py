@@ -15,6 +15,7 @@ from sd_ovopt._fs import read_json_object
 from sd_ovopt._loading import MAX_IMAGE_SIDE
 from sd_ovopt.errors import CorruptModelError
 from sd_ovopt.methods import MethodRecord, get_method, registered_methods
+from sd_ovopt.vae import VAE_CLASSES
 
 __all__ = ["METADATA_FILE", "ExportMetadata", "library_versions", "read_metadata"]
 
@@ -59,6 +60,8 @@ class ExportMetadata:
         latent_width: Latent width.
         weights_dtype: How non-quantized weights are stored on disk (``"f32"`` or ``"f16"``).
         weight_compression: ``"int8"`` when the text encoder and VAE weights are stored as int8, else ``None``.
+        vae: The autoencoder's class: ``"AutoencoderKL"`` (Stable Diffusion's own) or ``"AutoencoderTiny"``
+            (TAESD's architecture).
         methods: What each method baked in (its typed record), by method name, in the order applied.
         versions: Library versions at export time.
         format_version: Version of this file's layout.
@@ -74,6 +77,7 @@ class ExportMetadata:
     latent_width: int
     weights_dtype: str = "f32"
     weight_compression: str | None = None
+    vae: str = "AutoencoderKL"
     methods: dict[str, MethodRecord] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
     format_version: int = FORMAT_VERSION
@@ -203,6 +207,8 @@ def _check_fields(meta: ExportMetadata, source: str) -> None:
         raise _bad(source, "weights_dtype", meta.weights_dtype, "it must be 'f32' or 'f16'")
     if meta.weight_compression not in (None, "int8"):
         raise _bad(source, "weight_compression", meta.weight_compression, "it must be null or 'int8'")
+    if meta.vae not in VAE_CLASSES:
+        raise _bad(source, "vae", meta.vae, f"it must be one of {list(VAE_CLASSES)}")
     if not (isinstance(meta.versions, dict) and all(isinstance(v, str) for v in meta.versions.values())):
         raise _bad(source, "versions", meta.versions, "it must map library names to version strings")
 

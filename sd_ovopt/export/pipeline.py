@@ -22,12 +22,20 @@ from sd_ovopt._convert import (
     convert_vae_encoder,
 )
 from sd_ovopt._fs import atomic_output_dir
-from sd_ovopt._loading import check_image_size, check_requested_size, guidance_embedding_dim, load_for_output
+from sd_ovopt._loading import (
+    check_image_size,
+    check_requested_size,
+    guidance_embedding_dim,
+    load_for_output,
+    pipeline_with,
+)
 from sd_ovopt._nncf import compress_weights_int8
+from sd_ovopt._schedulers import pipeline_scheduler
 from sd_ovopt._validation import check_int
 from sd_ovopt.errors import AlreadyAppliedError, InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 from sd_ovopt.export.metadata import ExportMetadata
 from sd_ovopt.methods import ExportShape, Method, MethodRecord, methods_in_order, registered_methods
+from sd_ovopt.vae import pipeline_vae
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +87,8 @@ def export_pipeline(
     weights_dtype: str = "f32",
     methods: Sequence[Any] = (),
     unet: torch.nn.Module | None = None,
+    vae: torch.nn.Module | str | Path | None = None,
+    scheduler: Any = None,
     compress_weights: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
@@ -106,6 +116,12 @@ def export_pipeline(
             (applied, or quantized by the recipe) are exported with it without being named here.
         unet: A UNet to export instead of the pipeline's, e.g. from :func:`sd_ovopt.quantize_unet` (its
             weights are stored as int8) or from quantization-aware training.
+        vae: An autoencoder to export instead of the pipeline's: a diffusers ``AutoencoderTiny`` (TAESD's
+            architecture: its decoder costs a fraction of the full VAE's, which dominates a few-step call)
+            or the local folder of one. It must match the pipeline's latents (channels and size factor).
+        scheduler: A scheduler to write instead of the pipeline's: a diffusers scheduler, or a name of
+            :data:`sd_ovopt.SCHEDULERS` (``"lcm"``, ``"tcd"``: what LCM-LoRA, TCD and Hyper-SD sample with),
+            made from the pipeline's scheduler config.
         compress_weights: Also store the text encoder and VAE weights as int8 (weight-only, with
             ``nncf.compress_weights``), so the whole pipeline shrinks, not only the UNet.
         overwrite: Replace an existing folder.
@@ -126,13 +142,17 @@ def export_pipeline(
     )
     check_requested_size(height, width)
     pipe, source = load_for_output(pipeline_or_path, output_dir, overwrite=overwrite)
+    pipe = pipeline_with(pipe, vae=pipeline_vae(vae, pipe), scheduler=pipeline_scheduler(scheduler, pipe))
     unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)
     classifier_free_guidance = _guidance_rows(unet, classifier_free_guidance)
     plan = method_plan(unet, methods)
     # 2. What the folder records: the static shape, the weight storage (method records follow conversion)
     shape = _static_shape(pipe, height, width, batch_size, num_images_per_prompt, classifier_free_guidance)
     meta = ExportMetadata(
-        **shape, weights_dtype=weights_dtype, weight_compression="int8" if compress_weights else None
+        **shape,
+        weights_dtype=weights_dtype,
+        weight_compression="int8" if compress_weights else None,
+        vae=type(pipe.vae).__name__,
     )
     # 3. Convert and write every part, each requested method applied to the UNet for the export only
     with contextlib.ExitStack() as applied:
@@ -288,7 +308,7 @@ def _write(
         _convert_and_save(parts, tmp, weights_dtype=meta.weights_dtype, show_progress=show_progress)
         _save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
         pipe.scheduler.save_pretrained(tmp / "scheduler")
-        pipe.save_config(tmp)
+        _save_model_index(pipe, tmp)
         ExportMetadata(**{**meta.to_fields(), "methods": records}).save(tmp)
     final = Path(output_dir).expanduser().resolve()
     logger.info("exported %s (%dx%d, UNet batch %d)", final, meta.height, meta.width, meta.unet_batch)
@@ -326,6 +346,18 @@ def _convert_and_save(parts: _Parts, folder: Path, *, weights_dtype: str, show_p
         model = convert()
         _save_part(model, folder / name, config, weights_dtype=weights_dtype)
         del model
+
+
+def _save_model_index(pipe: Any, folder: Path) -> None:
+    """The pipeline's ``model_index.json``. A tiny autoencoder is listed as ``AutoencoderKL``: its IRs have
+    that interface (latents in, image in [-1, 1] out), and OpenVINO GenAI refuses a folder that names any
+    other VAE class. The parts' own ``config.json`` and ``sd_ovopt.json`` name the real class."""
+    pipe.save_config(folder)
+    if type(pipe.vae).__name__ != "AutoencoderKL":
+        index = folder / "model_index.json"
+        config = json.loads(index.read_text(encoding="utf-8"))
+        config["vae"] = ["diffusers", "AutoencoderKL"]
+        index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:

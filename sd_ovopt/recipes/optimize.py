@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sd_ovopt._loading import check_requested_size, check_steps, load_for_output
+from sd_ovopt._loading import check_requested_size, check_steps, load_for_output, pipeline_with
+from sd_ovopt._schedulers import pipeline_scheduler
 from sd_ovopt._validation import check_float
 from sd_ovopt.export.pipeline import export_pipeline
 from sd_ovopt.methods import RecipeSettings, methods_in_order
+from sd_ovopt.vae import pipeline_vae
 
 if TYPE_CHECKING:
     import torch
@@ -145,6 +147,8 @@ def optimize_pipeline(
     guidance_scale: float = 7.5,
     height: int | None = None,
     width: int | None = None,
+    vae: Any = None,
+    scheduler: Any = None,
     compress_weights: bool = True,
     overwrite: bool = False,
     show_progress: bool = True,
@@ -164,6 +168,10 @@ def optimize_pipeline(
         guidance_scale: Guidance the folder is exported (and calibrated) for: > 1 doubles the UNet batch.
         height: Image height baked into the folder (default: the UNet's native size).
         width: Image width baked into the folder.
+        vae: An autoencoder to export instead of the pipeline's: an ``AutoencoderTiny`` (TAESD) or the local
+            folder of one (see :func:`sd_ovopt.export_pipeline`). Checked before calibration starts.
+        scheduler: The scheduler to calibrate along and write: a diffusers scheduler or a name of
+            :data:`sd_ovopt.SCHEDULERS` (``"lcm"`` for LCM-LoRA, ``"tcd"`` for TCD and Hyper-SD LoRAs).
         compress_weights: Store the text encoder and VAE weights as int8 too when the UNet is quantized.
         overwrite: Replace an existing output folder.
         show_progress: Show progress bars.
@@ -185,6 +193,8 @@ def optimize_pipeline(
         guidance_scale=guidance_scale,
         height=height,
         width=width,
+        vae=vae,
+        scheduler=scheduler,
         compress_weights=compress_weights,
         overwrite=overwrite,
         show_progress=show_progress,
@@ -205,6 +215,8 @@ class _Recipe:
     guidance_scale: float
     height: int | None
     width: int | None
+    vae: Any
+    scheduler: Any
     compress_weights: bool
     overwrite: bool
     show_progress: bool
@@ -213,6 +225,9 @@ class _Recipe:
         # 1. Check the request, load the pipeline; the output folder is refused before the slow part
         self.check()
         pipe, _ = load_for_output(self.pipeline_or_path, self.output_dir, overwrite=self.overwrite)
+        pipe = pipeline_with(
+            pipe, vae=pipeline_vae(self.vae, pipe), scheduler=pipeline_scheduler(self.scheduler, pipe)
+        )
         # 2. The UNet to export: each method prepared on it in rank order (INT8 calibrated on its sampling)
         unet = prepare_unet(
             pipe,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     DDIMScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
@@ -30,13 +31,17 @@ __all__ = [
     "SD15_TEXT_ENCODER_CONFIG",
     "SD15_UNET_CONFIG",
     "SD15_VAE_CONFIG",
+    "TAESD_CONFIG",
+    "TINY_TAESD_CONFIG",
     "TINY_TEXT_ENCODER_CONFIG",
     "TINY_UNET_CONFIG",
     "TINY_VAE_CONFIG",
     "assemble_pipeline",
     "sd15_pipeline",
     "sd15_unet",
+    "taesd",
     "tiny_pipeline",
+    "tiny_taesd",
     "tiny_tokenizer",
     "tokenizer_dir",
 ]
@@ -107,6 +112,26 @@ SD15_VAE_CONFIG: dict[str, Any] = {
     "norm_num_groups": 32,
     "sample_size": 512,
 }
+
+# The tiny autoencoder of the tiny pipeline: two blocks, so one latent covers 2x2 pixels as TINY_VAE_CONFIG's.
+TINY_TAESD_CONFIG: dict[str, Any] = {
+    "encoder_block_out_channels": (16, 16),
+    "decoder_block_out_channels": (16, 16),
+    "num_encoder_blocks": (1, 2),
+    "num_decoder_blocks": (2, 1),
+    "latent_channels": 4,
+}
+
+# TAESD's architecture (madebyollin/taesd, the tiny autoencoder of SD-1.x/2.x): AutoencoderTiny's defaults.
+TAESD_CONFIG: dict[str, Any] = {
+    "encoder_block_out_channels": (64, 64, 64, 64),
+    "decoder_block_out_channels": (64, 64, 64, 64),
+    "num_encoder_blocks": (1, 3, 3, 3),
+    "num_decoder_blocks": (3, 3, 3, 1),
+    "latent_channels": 4,
+    "scaling_factor": 1.0,
+}
+
 
 # CLIP ViT-L/14's text tower, with its full 49408-token embedding (our shipped tokenizer uses the first 798).
 SD15_TEXT_ENCODER_CONFIG: dict[str, Any] = {
@@ -228,3 +253,26 @@ def sd15_unet(seed: int = 0, device: str | None = None) -> UNet2DConditionModel:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
     return unet.eval()
+
+
+def tiny_taesd(seed: int = 0) -> AutoencoderTiny:
+    """The tiny pipeline's tiny autoencoder (:data:`TINY_TAESD_CONFIG`), random weights, in eval mode.
+
+    Example:
+        >>> from sd_ovopt.testing import tiny_pipeline, tiny_taesd
+        >>> pipe = tiny_pipeline()
+        >>> pipe.vae = tiny_taesd()
+        >>> pipe("a red circle", num_inference_steps=2, output_type="np").images[0].shape
+        (32, 32, 3)
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderTiny(**TINY_TAESD_CONFIG).eval()
+
+
+def taesd(seed: int = 0) -> AutoencoderTiny:
+    """An ``AutoencoderTiny`` of TAESD's architecture (2.4 M parameters) with random weights: it costs what
+    TAESD costs, for speed work beside :func:`sd15_pipeline`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderTiny(**TAESD_CONFIG).eval()

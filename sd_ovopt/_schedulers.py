@@ -1,0 +1,47 @@
+"""Schedulers by name, for the CLI and the export: the few-step samplers (LCM, TCD) and the common ones,
+each made from the pipeline's own scheduler config (its training betas and timesteps)."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from sd_ovopt.errors import InvalidConfigError
+
+__all__ = ["SCHEDULERS", "pipeline_scheduler"]
+
+#: Scheduler names -> diffusers classes. ``lcm`` is what LCM-distilled models and LCM-LoRA sample with,
+#: ``tcd`` what TCD and Hyper-SD LoRAs sample with; the others are the common many-step samplers.
+SCHEDULERS = MappingProxyType(
+    {
+        "lcm": "LCMScheduler",
+        "tcd": "TCDScheduler",
+        "ddim": "DDIMScheduler",
+        "pndm": "PNDMScheduler",
+        "euler": "EulerDiscreteScheduler",
+        "euler-a": "EulerAncestralDiscreteScheduler",
+        "dpm++": "DPMSolverMultistepScheduler",
+    }
+)
+
+
+def pipeline_scheduler(scheduler: Any, pipe: Any) -> Any:
+    """The scheduler to use for ``pipe``: ``scheduler`` itself (a diffusers scheduler), the one a name of
+    :data:`SCHEDULERS` stands for made from ``pipe.scheduler``'s config, or ``pipe.scheduler`` for ``None``."""
+    import diffusers  # the CLI imports this module for the names: diffusers loads on use
+
+    if scheduler is None:
+        return pipe.scheduler
+    if isinstance(scheduler, str):
+        if scheduler not in SCHEDULERS:
+            raise InvalidConfigError(
+                f"scheduler={scheduler!r} is not a scheduler name; use one of {sorted(SCHEDULERS)} or pass a "
+                "diffusers scheduler."
+            )
+        return getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    if not isinstance(scheduler, diffusers.SchedulerMixin):
+        raise InvalidConfigError(
+            f"scheduler must be a diffusers scheduler or one of {sorted(SCHEDULERS)}, got "
+            f"{type(scheduler).__name__}."
+        )
+    return scheduler

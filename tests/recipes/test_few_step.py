@@ -1,0 +1,115 @@
+"""Few-step, guidance-free generation as users run it on CPUs: an LCM-LoRA-shaped adapter fused, the LCM
+(or TCD) scheduler, one UNet row per image, the tiny autoencoder, ToMe and INT8 calibrated along the few-step
+sampling itself; served at 1, 2 and 4 steps."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import LCMScheduler, TCDScheduler
+
+from sd_ovopt import (
+    DeepCacheConfig,
+    LoRAConfig,
+    QuantizationConfig,
+    SdOvOptPipeline,
+    ShapeMismatchError,
+    ToMeConfig,
+    export_pipeline,
+    optimize_pipeline,
+    read_metadata,
+)
+from sd_ovopt.lora import write_example_lora
+from sd_ovopt.testing import tiny_pipeline, tiny_taesd
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZE = 32
+PROMPT = "a red circle"
+CALIBRATION_PROMPTS = ["a red circle", "a blue square on a green background"]
+
+
+def _few_step_folder(out, lora, methods, scheduler="lcm"):
+    return optimize_pipeline(
+        tiny_pipeline(),
+        out,
+        methods=[LoRAConfig(lora), *methods],
+        scheduler=scheduler,
+        vae=tiny_taesd(),
+        guidance_scale=1.0,
+        calibration_prompts=CALIBRATION_PROMPTS,
+        calibration_steps=4,
+        height=SIZE,
+        width=SIZE,
+        show_progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def few_step(tmp_path_factory):
+    """The same LCM-LoRA-shaped model, tiny decoder and LCM scheduler: float, and ToMe 0.4 + INT8."""
+    root = tmp_path_factory.mktemp("few-step")
+    lora = write_example_lora(root / "lcm-lora.safetensors", tiny_pipeline().unet, rank=8)
+    return SimpleNamespace(
+        float=_few_step_folder(root / "float", lora, []),
+        int8=_few_step_folder(root / "tome-int8", lora, [ToMeConfig(ratio=0.4), QuantizationConfig()]),
+    )
+
+
+def _image(pipe, steps, guidance_scale=1.0):
+    generator = torch.Generator().manual_seed(0)
+    return pipe(
+        PROMPT,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        output_type="np",
+    ).images[0]
+
+
+def test_the_folder_is_guidance_free_with_every_part_recorded(few_step):
+    meta = read_metadata(few_step.int8)
+    assert meta.classifier_free_guidance is False and meta.unet_batch == 1
+    assert list(meta.methods) == ["lora", "tome", "int8"] and meta.vae == "AutoencoderTiny"
+    pipe = SdOvOptPipeline.from_pretrained(few_step.int8)
+    assert isinstance(pipe.scheduler, LCMScheduler)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_tome_int8_serves_1_2_and_4_steps_close_to_the_float_folder(few_step, steps):
+    quantized = _image(SdOvOptPipeline.from_pretrained(few_step.int8, precision="f32"), steps)
+    reference = _image(SdOvOptPipeline.from_pretrained(few_step.float, precision="f32"), steps)
+    assert quantized.shape == (SIZE, SIZE, 3) and np.isfinite(quantized).all()
+    assert np.abs(quantized - reference).mean() < 0.05
+    assert np.corrcoef(quantized.ravel(), reference.ravel())[0, 1] > 0.9
+
+
+def test_a_call_with_guidance_gets_the_error_that_names_the_export(few_step):
+    pipe = SdOvOptPipeline.from_pretrained(few_step.int8)
+    with pytest.raises(ShapeMismatchError, match="classifier_free_guidance=True"):
+        pipe(PROMPT, num_inference_steps=4, guidance_scale=7.5)
+
+
+def test_step_caching_runs_guidance_free_at_four_steps(tmp_path):
+    lora = write_example_lora(tmp_path / "lcm-lora.safetensors", tiny_pipeline().unet, rank=8)
+    folder = _few_step_folder(tmp_path / "cached", lora, [DeepCacheConfig(interval=2)])
+    pipe = SdOvOptPipeline.from_pretrained(folder, precision="f32")
+    image = _image(pipe, 4)
+    assert pipe.last_unet_steps == ("full", "shallow", "full", "shallow")
+    assert np.isfinite(image).all() and image.std() > 0
+
+
+def test_tcd_scheduler_matches_diffusers_in_f32(tmp_path):
+    pipe = tiny_pipeline()
+    out = export_pipeline(
+        pipe, tmp_path / "tcd", height=SIZE, width=SIZE, scheduler="tcd", classifier_free_guidance=False,
+        show_progress=False,
+    )  # fmt: skip
+    ours = SdOvOptPipeline.from_pretrained(out, precision="f32")
+    assert isinstance(ours.scheduler, TCDScheduler)
+    pipe.scheduler = TCDScheduler.from_config(pipe.scheduler.config)
+    for steps in (1, 4):
+        assert np.abs(_image(ours, steps) - _image(pipe, steps)).max() < 1e-4

@@ -1,0 +1,173 @@
+"""The tiny autoencoder (``AutoencoderTiny``, TAESD's architecture) in place of the full VAE: exported from a
+module or a folder, matched to diffusers in f32, loaded by sd_ovopt, optimum-intel and OpenVINO GenAI, and
+refused with a typed error when it does not fit the pipeline or its folder is not plain data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderTiny
+
+from sd_ovopt import (
+    CorruptModelError,
+    ModelNotFoundError,
+    SdOvOptPipeline,
+    UnsupportedModelError,
+    export_pipeline,
+    load_tiny_vae,
+    read_metadata,
+)
+from sd_ovopt.testing import TINY_TAESD_CONFIG, tiny_pipeline, tiny_taesd
+
+SIZE = 32
+PROMPT = "a red circle"
+
+
+@pytest.fixture(scope="module")
+def taesd_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("taesd") / "taesd"
+    tiny_taesd(seed=3).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_export(tmp_path_factory, taesd_folder):
+    """The tiny pipeline exported with the tiny autoencoder read from its folder."""
+    out = tmp_path_factory.mktemp("tiny-vae") / "tiny-ov-taesd"
+    export_pipeline(tiny_pipeline(), out, height=SIZE, width=SIZE, vae=taesd_folder, show_progress=False)
+    return out
+
+
+def _reference(vae, **kwargs):
+    """diffusers' own pipeline with ``vae`` swapped in, as its users do (``pipe.vae = AutoencoderTiny(...)``)."""
+    pipe = tiny_pipeline()
+    pipe.vae = vae
+    generator = torch.Generator().manual_seed(0)
+    return pipe(PROMPT, num_inference_steps=2, generator=generator, output_type="np", **kwargs).images[0]
+
+
+def test_the_folder_records_the_tiny_autoencoder_and_the_source_is_untouched(tiny_vae_export):
+    meta = read_metadata(tiny_vae_export)
+    assert meta.vae == "AutoencoderTiny"
+    # the interface its IRs have, and the only VAE class OpenVINO GenAI runs
+    index = json.loads((tiny_vae_export / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    config = json.loads((tiny_vae_export / "vae_decoder" / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderTiny" and config["scaling_factor"] == 1.0
+
+
+def test_sd_ovopt_matches_diffusers_with_the_tiny_decoder(tiny_vae_export, taesd_folder):
+    ours = SdOvOptPipeline.from_pretrained(tiny_vae_export, precision="f32")
+    generator = torch.Generator().manual_seed(0)
+    image = ours(PROMPT, num_inference_steps=2, generator=generator, output_type="np").images[0]
+    reference = _reference(AutoencoderTiny.from_pretrained(taesd_folder))
+    assert image.shape == (SIZE, SIZE, 3)
+    assert np.abs(image - reference).max() < 1e-4
+    full = _reference(tiny_pipeline().vae)
+    assert np.abs(image - full).max() > 1e-2  # the tiny decoder, not the full one, made it
+
+
+def test_the_encoder_ir_returns_the_tiny_latents(tiny_vae_export, taesd_folder):
+    import openvino as ov
+
+    vae = AutoencoderTiny.from_pretrained(taesd_folder)
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    model = ov.Core().compile_model(
+        tiny_vae_export / "vae_encoder" / "openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    assert model.output(0).get_any_name() == "latent_sample"  # what optimum-intel reads as latents
+    latents = model(image.numpy())[0]
+    with torch.no_grad():
+        expected = vae.encode(image).latents.numpy()
+    assert latents.shape == (1, 4, SIZE // 2, SIZE // 2) and np.abs(latents - expected).max() < 1e-4
+
+
+def test_optimum_intel_and_openvino_genai_run_it(tiny_vae_export):
+    from optimum.intel import OVStableDiffusionPipeline
+
+    plain = OVStableDiffusionPipeline.from_pretrained(
+        tiny_vae_export, ov_config={"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    generator = torch.Generator().manual_seed(0)
+    image = plain(
+        PROMPT, num_inference_steps=2, height=SIZE, width=SIZE, generator=generator, output_type="np"
+    ).images[0]
+    ours = SdOvOptPipeline.from_pretrained(tiny_vae_export, precision="f32")
+    generator = torch.Generator().manual_seed(0)
+    expected = ours(PROMPT, num_inference_steps=2, generator=generator, output_type="np").images[0]
+    assert np.abs(image - expected).max() < 1e-4
+    openvino_genai = pytest.importorskip("openvino_genai")
+    genai = openvino_genai.Text2ImagePipeline(str(tiny_vae_export), "CPU", INFERENCE_PRECISION_HINT="f32")
+    out = genai.generate(
+        PROMPT, num_inference_steps=2, width=SIZE, height=SIZE, generator=openvino_genai.TorchGenerator(0)
+    )
+    assert np.abs(out.data[0].astype(np.int16) - np.round(expected * 255).astype(np.int16)).max() <= 2
+
+
+def test_a_pipeline_that_carries_a_tiny_autoencoder_exports_it(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.vae = tiny_taesd()
+    out = export_pipeline(pipe, tmp_path / "carried", height=SIZE, width=SIZE, show_progress=False)
+    assert read_metadata(out).vae == "AutoencoderTiny"
+    assert type(pipe.vae).__name__ == "AutoencoderTiny"
+
+
+def test_a_vae_given_for_the_export_leaves_the_pipeline_as_it_was(tmp_path):
+    pipe = tiny_pipeline()
+    vae, scheduler = pipe.vae, pipe.scheduler
+    export_pipeline(
+        pipe,
+        tmp_path / "given",
+        height=SIZE,
+        width=SIZE,
+        vae=tiny_taesd(),
+        scheduler="lcm",
+        show_progress=False,
+    )
+    assert pipe.vae is vae and pipe.scheduler is scheduler
+    assert json.loads((tmp_path / "given" / "model_index.json").read_text())["scheduler"][1] == "LCMScheduler"
+
+
+# -- refused before anything is written ---------------------------------------------------------------
+def _bin_only(folder):
+    """A TAESD folder whose weights are a pickle (``.bin``): never unpickled."""
+    vae = tiny_taesd()
+    vae.save_pretrained(folder, safe_serialization=False)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda d: d / "missing", ModelNotFoundError, "does not exist"),
+        (_bin_only, CorruptModelError, "never unpickles"),
+        (lambda d: (tiny_pipeline().vae.save_pretrained(d / "kl"), d / "kl")[1], UnsupportedModelError,
+         "not an AutoencoderTiny"),
+    ],
+    ids=["missing", "pickled-weights", "full-vae-folder"],
+)  # fmt: skip
+def test_a_bad_tiny_autoencoder_folder_is_refused(tmp_path, make, error, match):
+    folder = make(tmp_path)
+    with pytest.raises(error, match=match):
+        load_tiny_vae(folder)
+    with pytest.raises(error, match=match):
+        export_pipeline(tiny_pipeline(), tmp_path / "out", vae=folder, show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({**TINY_TAESD_CONFIG, "latent_channels": 16}, "16 latent channels but the UNet takes 4"),
+        ({**TINY_TAESD_CONFIG, "decoder_block_out_channels": (16, 16, 16), "num_decoder_blocks": (2, 1, 1),
+          "encoder_block_out_channels": (16, 16, 16), "num_encoder_blocks": (1, 1, 1)}, "4x4 pixels"),
+        (None, "must be a diffusers AutoencoderKL or AutoencoderTiny"),
+    ],
+    ids=["latent-channels", "size-factor", "not-a-vae"],
+)  # fmt: skip
+def test_a_tiny_autoencoder_that_does_not_fit_the_pipeline_is_refused(tmp_path, config, match):
+    vae = torch.nn.Linear(2, 2) if config is None else AutoencoderTiny(**config)
+    with pytest.raises(UnsupportedModelError, match=match):
+        export_pipeline(tiny_pipeline(), tmp_path / "out", vae=vae, show_progress=False)
+    assert not (tmp_path / "out").exists()
