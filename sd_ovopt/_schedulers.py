@@ -8,7 +8,7 @@ from typing import Any
 
 from sd_ovopt.errors import InvalidConfigError
 
-__all__ = ["SCHEDULERS", "pipeline_scheduler"]
+__all__ = ["SCHEDULERS", "check_scheduler_name", "pipeline_scheduler"]
 
 #: Scheduler names -> diffusers classes. ``lcm`` is what LCM-distilled models and LCM-LoRA sample with,
 #: ``tcd`` what TCD and Hyper-SD LoRAs sample with; the others are the common many-step samplers.
@@ -25,6 +25,15 @@ SCHEDULERS = MappingProxyType(
 )
 
 
+def check_scheduler_name(scheduler: Any) -> None:
+    """Refuse a string that is not a name of :data:`SCHEDULERS` (before any model loads)."""
+    if isinstance(scheduler, str) and scheduler not in SCHEDULERS:
+        raise InvalidConfigError(
+            f"scheduler={scheduler!r} is not a scheduler name; use one of {sorted(SCHEDULERS)} or pass a "
+            "diffusers scheduler."
+        )
+
+
 def pipeline_scheduler(scheduler: Any, pipe: Any) -> Any:
     """The scheduler to use for ``pipe``: ``scheduler`` itself (a diffusers scheduler), the one a name of
     :data:`SCHEDULERS` stands for made from ``pipe.scheduler``'s config, or ``pipe.scheduler`` for ``None``."""
@@ -33,11 +42,7 @@ def pipeline_scheduler(scheduler: Any, pipe: Any) -> Any:
     if scheduler is None:
         return pipe.scheduler
     if isinstance(scheduler, str):
-        if scheduler not in SCHEDULERS:
-            raise InvalidConfigError(
-                f"scheduler={scheduler!r} is not a scheduler name; use one of {sorted(SCHEDULERS)} or pass a "
-                "diffusers scheduler."
-            )
+        check_scheduler_name(scheduler)
         return getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
     if not isinstance(scheduler, diffusers.SchedulerMixin):
         raise InvalidConfigError(

@@ -183,6 +183,7 @@ def shared(tiny_saved, exported_tiny, tmp_path_factory):
     (assets / "not-utf8-data").mkdir()
     (assets / "not-utf8-data" / "metadata.jsonl").write_bytes(b'{"file_name": "\xff.png"}\n')
     tampered_folders(assets, exported_tiny, tiny_saved)
+    tiny_vae_folders(assets)
     qat_assets(assets, tiny_pipeline())
     nometa = assets / "tiny-ov-no-metadata"
     shutil.copytree(exported_tiny, nometa)
@@ -338,6 +339,7 @@ def tampered_folders(assets: Path, exported: Path, saved: Path) -> None:
         "quantization": {"methods": {"int8": {"version": 1, "config": "int8"}}},
         "unknown-method": {"methods": {"sharpen": {"version": 1, "config": {}}}},
         "other-ir": {"height": 64, "width": 64, "latent_height": 32, "latent_width": 32},
+        "vae-unknown": {"vae": "AutoencoderXL"},
     }
     for name, change in edits.items():
         copy_export(exported, assets / f"meta-{name}-ov", meta=lambda m, c=change: m.update(c))
@@ -346,6 +348,14 @@ def tampered_folders(assets: Path, exported: Path, saved: Path) -> None:
     (copy_export(exported, assets / "bad-scheduler-ov") / "scheduler" / "scheduler_config.json").write_text(
         "{"
     )
+
+
+def tiny_vae_folders(assets: Path) -> None:
+    """Tiny autoencoder folders: pickled weights only, and a full VAE's folder under that name."""
+    from sd_ovopt.testing import tiny_pipeline, tiny_taesd
+
+    tiny_taesd().save_pretrained(assets / "taesd-pickled", safe_serialization=False)
+    tiny_pipeline().vae.save_pretrained(assets / "taesd-is-a-kl-vae")
 
 
 def user_folder(ctx: Ctx, name: str) -> Path:
@@ -409,6 +419,10 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("load-record-tome-ratio", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-tome-ratio-ov"), CorruptModelError, "methods.tome.config is not a valid ToMeConfig"),
     ("load-record-quantization", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-quantization-ov"), CorruptModelError, "methods.int8.config must be an object"),
     ("load-record-unknown-method", "handled", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-unknown-method-ov"), UnsupportedModelError, "method 'sharpen' is not registered"),
+    ("export-vae-tiny-pickled-weights", "handled", "code", before_loading(lambda c: export_pipeline(c.saved, c.root / "o", vae=c.assets / "taesd-pickled")), CorruptModelError, "never unpickles"),
+    ("export-vae-tiny-is-a-kl-vae", "handled", "folders", before_loading(lambda c: export_pipeline(c.saved, c.root / "o", vae=c.assets / "taesd-is-a-kl-vae")), UnsupportedModelError, "not an AutoencoderTiny"),
+    ("load-record-vae-unknown", "handled", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-vae-unknown-ov"), CorruptModelError, "vae is 'AutoencoderXL'"),
+    ("export-scheduler-unknown-name", "handled", "layers", before_loading(lambda c: export_pipeline(c.saved, c.root / "o", scheduler="lcm-lora")), InvalidConfigError, "not a scheduler name"),
     ("load-record-of-another-ir", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "meta-other-ir-ov"), CorruptModelError, "does not belong to this IR"),
     ("load-part-config-missing", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "no-unet-config-ov"), CorruptModelError, "config.json is missing"),
     ("load-tokenizer-missing", "poor", "folders", lambda c: SdOvOptPipeline.from_pretrained(c.assets / "no-tokenizer-ov"), CorruptModelError, "tokenizer_config.json is missing"),
@@ -467,6 +481,8 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("cli-export-height-30", "broken", "cli", lambda c: c.cli("export", c.saved, c.root / "o", "--height", "30"), ShapeMismatchError, "--height=30"),
     ("cli-export-width-over-4096", "broken", "cli", lambda c: c.cli("export", c.saved, c.root / "o", "--width", "8192"), ShapeMismatchError, "at most 4096"),
     ("cli-quantize-height-30", "broken", "cli", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.assets / "a-file", "--height", "30"), ShapeMismatchError, "--height=30"),
+    ("cli-export-vae-tiny-missing", "handled", "cli", before_loading(lambda c: c.cli("export", c.saved, c.root / "o", "--vae-tiny", c.root / "missing")), ModelNotFoundError, "does not exist"),
+    ("cli-quantize-guidance-nan", "handled", "cli", before_loading(lambda c: c.cli("quantize", c.saved, c.root / "q", "--guidance-scale", "nan")), InvalidConfigError, "--guidance-scale=nan"),
     ("cli-bench-guidance-nan", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--guidance-scale", "nan"), InvalidConfigError, "--guidance-scale=nan"),
     ("cli-bench-guidance-negative", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--guidance-scale", "-1"), InvalidConfigError, "--guidance-scale=-1.0"),
     ("cli-bench-output-is-the-model", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.saved), UnsafeOutputError, "overlap"),

@@ -37,6 +37,51 @@ def test_a_guidance_free_export_generates_at_guidance_1(tiny_saved, tmp_path, ca
     assert main(args) == 2 and "classifier_free_guidance=True" in capsys.readouterr().err
 
 
+def test_a_few_step_folder_from_the_cli_has_the_tiny_decoder_and_the_lcm_scheduler(
+    tiny_saved, tmp_path, capsys
+):
+    """An SD folder plus a TAESD folder and the LCM scheduler become one guidance-free folder."""
+    from sd_ovopt import SdOvOptPipeline
+    from sd_ovopt.testing import tiny_taesd
+
+    tiny_taesd().save_pretrained(tmp_path / "taesd")
+    out = tmp_path / "ov"
+    args = ["export", str(tiny_saved), str(out), "--height", "32", "--guidance-free"]
+    assert main([*args, "--vae-tiny", str(tmp_path / "taesd"), "--scheduler", "lcm"]) == 0
+    capsys.readouterr()
+    pipe = SdOvOptPipeline.from_pretrained(out)
+    assert pipe.export_metadata.vae == "AutoencoderTiny" and type(pipe.scheduler).__name__ == "LCMScheduler"
+    png = tmp_path / "img.png"
+    assert (
+        main(
+            [
+                "generate",
+                str(out),
+                "a red circle",
+                "--steps",
+                "2",
+                "--guidance-scale",
+                "1",
+                "--output",
+                str(png),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(png).size == (32, 32)
+
+
+def test_quantize_passes_guidance_tiny_vae_and_scheduler_to_the_recipe(tiny_saved, tmp_path, monkeypatch):
+    import sd_ovopt.recipes
+
+    seen = {}
+    monkeypatch.setattr(sd_ovopt.recipes, "optimize_pipeline", lambda *a, **k: seen.update(k) or tmp_path)
+    args = ["quantize", str(tiny_saved), str(tmp_path / "q"), "--guidance-scale", "1", "--scheduler", "tcd"]
+    assert main([*args, "--vae-tiny", str(tmp_path / "taesd")]) == 0
+    assert seen["guidance_scale"] == 1.0 and seen["scheduler"] == "tcd"
+    assert seen["vae"] == str(tmp_path / "taesd")
+
+
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -30,12 +30,12 @@ from sd_ovopt._loading import (
     pipeline_with,
 )
 from sd_ovopt._nncf import compress_weights_int8
-from sd_ovopt._schedulers import pipeline_scheduler
+from sd_ovopt._schedulers import check_scheduler_name, pipeline_scheduler
 from sd_ovopt._validation import check_int
 from sd_ovopt.errors import AlreadyAppliedError, InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 from sd_ovopt.export.metadata import ExportMetadata
 from sd_ovopt.methods import ExportShape, Method, MethodRecord, methods_in_order, registered_methods
-from sd_ovopt.vae import pipeline_vae
+from sd_ovopt.vae import pipeline_vae, read_vae
 
 if TYPE_CHECKING:
     import torch
@@ -141,6 +141,8 @@ def export_pipeline(
         overwrite=overwrite,
     )
     check_requested_size(height, width)
+    check_scheduler_name(scheduler)
+    vae = read_vae(vae)
     pipe, source = load_for_output(pipeline_or_path, output_dir, overwrite=overwrite)
     pipe = pipeline_with(pipe, vae=pipeline_vae(vae, pipe), scheduler=pipeline_scheduler(scheduler, pipe))
     unet = pipe.unet if unet is None else _check_unet(unet, pipe.unet)

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sd_ovopt._loading import check_requested_size, check_steps, load_for_output, pipeline_with
-from sd_ovopt._schedulers import pipeline_scheduler
+from sd_ovopt._schedulers import check_scheduler_name, pipeline_scheduler
 from sd_ovopt._validation import check_float
 from sd_ovopt.export.pipeline import export_pipeline
 from sd_ovopt.methods import RecipeSettings, methods_in_order
-from sd_ovopt.vae import pipeline_vae
+from sd_ovopt.vae import pipeline_vae, read_vae
 
 if TYPE_CHECKING:
     import torch
@@ -224,9 +224,10 @@ class _Recipe:
     def run(self) -> Path:
         # 1. Check the request, load the pipeline; the output folder is refused before the slow part
         self.check()
+        vae = read_vae(self.vae)
         pipe, _ = load_for_output(self.pipeline_or_path, self.output_dir, overwrite=self.overwrite)
         pipe = pipeline_with(
-            pipe, vae=pipeline_vae(self.vae, pipe), scheduler=pipeline_scheduler(self.scheduler, pipe)
+            pipe, vae=pipeline_vae(vae, pipe), scheduler=pipeline_scheduler(self.scheduler, pipe)
         )
         # 2. The UNet to export: each method prepared on it in rank order (INT8 calibrated on its sampling)
         unet = prepare_unet(
@@ -262,3 +263,4 @@ class _Recipe:
         check_float("guidance_scale", self.guidance_scale, minimum=0)
         check_steps(self.calibration_steps, "calibration_steps")
         check_requested_size(self.height, self.width)
+        check_scheduler_name(self.scheduler)

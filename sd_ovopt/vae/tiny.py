@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from sd_ovopt._fs import read_json_object
 from sd_ovopt.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError
 
-__all__ = ["VAE_CLASSES", "check_vae", "load_tiny_vae", "pipeline_vae"]
+__all__ = ["VAE_CLASSES", "check_vae", "load_tiny_vae", "pipeline_vae", "read_vae"]
 
 #: The autoencoders an export converts: the full KL VAE and the tiny one.
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
@@ -92,8 +92,15 @@ def check_vae(vae: Any, pipe: Any) -> Any:
 
 
 def pipeline_vae(vae: Any, pipe: Any) -> Any:
-    """The autoencoder to export for ``pipe``: ``vae`` (a module, or the folder of an ``AutoencoderTiny``)
-    checked by :func:`check_vae`, or the pipeline's own when ``vae`` is ``None``."""
+    """The autoencoder to export for ``pipe``: ``vae`` checked by :func:`check_vae` (a folder path is read
+    first: callers read it with :func:`load_tiny_vae` before the slower pipeline load), or the pipeline's own
+    when ``vae`` is ``None``."""
     if vae is None:
         return pipe.vae
     return check_vae(load_tiny_vae(vae) if isinstance(vae, (str, Path)) else vae, pipe)
+
+
+def read_vae(vae: Any) -> Any:
+    """``vae`` with a folder path read into its ``AutoencoderTiny`` (a module or ``None`` is returned as it
+    is): a bad folder is refused before a pipeline loads."""
+    return load_tiny_vae(vae) if isinstance(vae, (str, Path)) else vae
