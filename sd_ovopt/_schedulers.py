@@ -24,6 +24,10 @@ SCHEDULERS = MappingProxyType(
     }
 )
 
+#: Settings a name fixes whatever the config it is made from says: PNDM as Stable Diffusion ships it
+#: (PLMS steps only; its Runge-Kutta warm-up cannot run a handful of steps).
+_FIXED = MappingProxyType({"pndm": {"skip_prk_steps": True}})
+
 
 def check_scheduler_name(scheduler: Any) -> None:
     """Refuse a string that is not a name of :data:`SCHEDULERS` (before any model loads)."""
@@ -43,7 +47,8 @@ def pipeline_scheduler(scheduler: Any, pipe: Any) -> Any:
         return pipe.scheduler
     if isinstance(scheduler, str):
         check_scheduler_name(scheduler)
-        return getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+        fixed = _FIXED.get(scheduler, {})
+        return getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config, **fixed)
     if not isinstance(scheduler, diffusers.SchedulerMixin):
         raise InvalidConfigError(
             f"scheduler must be a diffusers scheduler or one of {sorted(SCHEDULERS)}, got "

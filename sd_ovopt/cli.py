@@ -355,6 +355,7 @@ _BENCH_SETTINGS = (
     "seeds",
     "qat_model",
     "tome_ratio",
+    "tiny_vae",
     "unet_only",
     "height",
     "width",
@@ -380,8 +381,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--preset",
         help="a named benchmark with its own model (built offline, random weights) and settings: sd15-512 "
-        "(SD-1.5's architecture, 512x512, 10 steps, every row) or tiny-32 (the tiny test pipeline); the "
-        "other flags override its settings",
+        "(SD-1.5's architecture, 512x512, 10 steps, every row), sd15-512-deepcache (50 steps, step caching), "
+        "sd15-512-lcm4 (LCM-LoRA fused, no guidance, 4 steps, full and tiny decoder), or tiny-32 and "
+        "tiny-32-lcm4 (the tiny test pipeline); the other flags override its settings",
     )
     p.add_argument(
         "--output", required=True, help="folder for results.json/.md, chart.png, grid.png and models/"
@@ -393,6 +395,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="noise seeds (default 0)")
     p.add_argument("--qat-model", default=None, help="folder exported from a QAT UNet (adds ov-int8-qat)")
     p.add_argument("--tome-ratio", type=float, default=None, help="ToMe ratio of ov-tome-int8 (default 0.4)")
+    p.add_argument(
+        "--vae-tiny",
+        dest="tiny_vae",
+        metavar="PATH",
+        default=None,
+        help="folder of a tiny autoencoder (AutoencoderTiny, e.g. TAESD) for the -taesd variants",
+    )
     p.add_argument(
         "--unet-only", action="store_true", default=None, help="time UNet steps only (no images, no fidelity)"
     )

@@ -93,3 +93,40 @@ def test_the_tiny_preset_runs_every_row(tmp_path):
     assert float(rows["genai-tome-int8"]["psnr_db"]) > 10  # GenAI generated an image, not noise
     table = (tmp_path / "bench" / "results.md").read_text()
     assert "vs full INT8 peer" in table and "| genai-tome-int8 |" in table
+
+
+def test_the_few_step_preset_times_the_tiny_decoder_and_the_many_step_baseline(tmp_path):
+    """LCM-LoRA fused, LCM scheduler, no guidance: the tiny-decoder row exports the preset's TAESD, and the
+    many-step PyTorch row is timed with guidance (UNet batch 2) and PNDM, its 50-step call extrapolated."""
+    out = tmp_path / "bench"
+    rows_asked = ["pytorch-fp32", "pytorch-fp32-cfg", "ov-fp32-auto-taesd"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        args = ["bench", "--preset", "tiny-32-lcm4", "--output", str(out), "--rounds", "1"]
+        assert main([*args, "--variants", *rows_asked]) == 0
+    result = json.loads((out / "results.json").read_text())
+    rows = _rows(result)
+    assert result["settings"]["steps"] == 4 and result["settings"]["guidance_scale"] == 1.0
+    assert all(row["status"] == "ok" for row in rows.values())
+    from sd_ovopt import read_metadata
+
+    tiny = read_metadata(out / "models" / "ov-f32-taesd")
+    assert tiny.vae == "AutoencoderTiny" and tiny.classifier_free_guidance is False
+    assert rows["pytorch-fp32"]["unet_calls"] == {"unet": 4}  # LCM: one UNet call per step
+    assert rows["pytorch-fp32-cfg"]["unet_calls"] == {"unet": 5}  # PNDM: steps + 1
+    assert rows["pytorch-fp32-cfg"]["unet_calls_50"] == {"unet": 51}
+    assert rows["pytorch-fp32-cfg"]["pipeline_50_steps_s"] > rows["pytorch-fp32-cfg"]["extrapolated_s"]
+    assert float(rows["ov-fp32-auto-taesd"]["psnr_db"]) < 30  # another decoder: not PyTorch's image
+
+
+@pytest.mark.slow
+def test_the_tiny_few_step_preset_runs_every_row(tmp_path):
+    from sd_ovopt.evaluation.presets import FEW_STEP_ROWS
+
+    out = tmp_path / "bench"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["bench", "--preset", "tiny-32-lcm4", "--output", str(out), "--rounds", "1"]) == 0
+    rows = _rows(json.loads((out / "results.json").read_text()))
+    assert tuple(rows) == FEW_STEP_ROWS
+    for name, row in rows.items():
+        assert row["status"] == "ok", (name, row["reason"])

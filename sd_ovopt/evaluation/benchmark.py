@@ -281,9 +281,11 @@ def _load_mode(
 def _load(item: BuiltVariant, call: Call) -> Loaded:
     """Load a built variant for timing, with the further UNet IRs its registration names."""
 
-    size = {"height": call.height, "width": call.width, "guidance_scale": call.guidance_scale}
+    spec = variant_spec(item.name)
+    own = spec.call(call)
+    size = {"height": own.height, "width": own.width, "guidance_scale": own.guidance_scale}
     pipe = load_variant(item, **size)
-    return Loaded(pipe, item.runtime, variant_spec(item.name).unet_irs(pipe, item))
+    return Loaded(pipe, item.runtime, spec.unet_irs(pipe, item), None if own == call else own)
 
 
 def _time(

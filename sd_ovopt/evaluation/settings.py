@@ -41,6 +41,8 @@ class BenchmarkSettings:
         height: Image height (default: the model's native size).
         width: Image width (default: the model's native size).
         tome_ratio: ToMe ratio of ``ov-tome-int8``.
+        tiny_vae: Folder of a tiny autoencoder (``AutoencoderTiny``, TAESD) for the ``-taesd`` variants,
+            which export it instead of the model's VAE.
         qat_model: A folder exported from a quantization-aware-trained UNet (``ov-int8-qat``).
         calibration_prompts: PTQ calibration prompts (ours and the peers').
         num_samples: UNet calls recorded for calibration (ours and the peers').
@@ -76,6 +78,7 @@ class BenchmarkSettings:
     height: int | None = None
     width: int | None = None
     tome_ratio: float = 0.4
+    tiny_vae: str | Path | None = None
     qat_model: str | Path | None = None
     calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS
     num_samples: int = 200
@@ -127,4 +130,5 @@ class BenchmarkSettings:
             num_samples=self.num_samples,
             calibration_steps=self.steps if self.calibration_steps is None else self.calibration_steps,
             precision=self.precision,
+            tiny_vae=None if self.tiny_vae is None else str(Path(self.tiny_vae).expanduser().resolve()),
         )

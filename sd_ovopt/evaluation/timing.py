@@ -76,11 +76,13 @@ class Timings:
 
 @dataclass
 class Loaded:
-    """A variant loaded for timing: its pipeline, its runtime and its further compiled UNet IRs by name."""
+    """A variant loaded for timing: its pipeline, its runtime, its further compiled UNet IRs by name, and
+    the call it is timed with when not the run's shared one."""
 
     pipe: Any
     runtime: str
     unet_irs: dict[str, Any] = field(default_factory=dict)
+    call: Call | None = None
 
 
 def generate(pipe: Any, sample: Sample, call: Call) -> np.ndarray:
@@ -203,15 +205,19 @@ class _Turn:
     """What one variant's turn in a round runs: its pipeline and a runner per timed part."""
 
     pipe: Any
+    call: Call
     unet: Callable[[], None]
     irs: dict[str, Callable[[], None]]
     other: Callable[[], None] | None
 
 
 def _open(loaded: Loaded, call: Call, *, unet_only: bool, time_parts: bool) -> _Turn:
-    """Runners for a loaded variant, each run once untimed (the warm-up)."""
+    """Runners for a loaded variant (at its own call, else the shared one), each run once untimed (the
+    warm-up)."""
+    call = loaded.call or call
     turn = _Turn(
         loaded.pipe,
+        call,
         unet_step(loaded.pipe, loaded.runtime, call),
         {name: ir_step(compiled) for name, compiled in loaded.unet_irs.items()},
         other_parts(loaded.pipe, loaded.runtime, call) if time_parts and not unet_only else None,
@@ -230,12 +236,12 @@ def _seconds(run: Callable[[], Any]) -> float:
 
 
 def _measure(
-    turn: _Turn, samples: Sequence[Sample], call: Call, timing: Timings, images: list[np.ndarray] | None
+    turn: _Turn, samples: Sequence[Sample], timing: Timings, images: list[np.ndarray] | None
 ) -> None:
     """One turn: every sample through the pipeline, then one call of each UNet IR and of the other parts."""
     for sample in samples:
         t0 = time.perf_counter()
-        image = generate(turn.pipe, sample, call)
+        image = generate(turn.pipe, sample, turn.call)
         timing.pipeline_s.append(time.perf_counter() - t0)
         if images is not None:
             images.append(image)
@@ -291,7 +297,7 @@ def time_variants(
         for r in range(rounds):
             for name in _rotated(names, r) if names else []:
                 turn = held.get(name) or open_turn(name)
-                _measure(turn, todo, call, timings[name], images[name] if r == 0 and todo else None)
+                _measure(turn, todo, timings[name], images[name] if r == 0 and todo else None)
                 if one_at_a_time:
                     del turn
                     gc.collect()

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ from sd_ovopt._convert import quiet_tracing
 from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._loading import load_sd_pipeline, read_model_index
 from sd_ovopt._precision import precision_hint, resolve_precision
+from sd_ovopt._schedulers import pipeline_scheduler
 from sd_ovopt.deepcache import SHALLOW_PART, StepTracker
 from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError, ShapeMismatchError
 from sd_ovopt.evaluation.genai import GenAIPipeline, genai_missing
+from sd_ovopt.evaluation.timing import Call
 from sd_ovopt.export.metadata import read_metadata
 from sd_ovopt.methods import methods_in_order
 from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline, quiet_safety_checker_warning
@@ -106,6 +108,10 @@ class VariantSpec:
         unet_calls: ``unet_calls(pipe, steps) -> {ir: calls}``: UNet calls per IR (``"unet"`` and the names
             of ``unet_irs``) of a ``steps``-step pipeline call, for the extrapolation check.
         baseline: The variant this one is compared with (e.g. its uncached twin), or None.
+        call: ``call(shared) -> Call``: the call this variant is timed with (default: the run's shared
+            call; e.g. the same steps with guidance, for a many-step baseline beside few-step rows).
+        scheduler: A name of :data:`sd_ovopt.SCHEDULERS` the variant runs with instead of its folder's
+            (made from the folder's scheduler config), or None.
     """
 
     name: str
@@ -118,6 +124,8 @@ class VariantSpec:
     unet_irs: Callable[[Any, BuiltVariant], dict[str, Any]] = lambda pipe, variant: {}
     unet_calls: Callable[[Any, int], dict[str, int]] = _scheduled_calls
     baseline: str | None = None
+    call: Callable[[Call], Call] = lambda call: call
+    scheduler: str | None = None
 
 
 _REGISTRY: dict[str, VariantSpec] = {}
@@ -153,6 +161,7 @@ class BuildSettings:
         num_samples: UNet calls recorded for calibration (ours and the peer's ``num_samples``).
         calibration_steps: Denoising steps per calibration prompt (ours; the peer uses its own 50).
         precision: OpenVINO inference precision of the quantized variants and the peer.
+        tiny_vae: Folder of the tiny autoencoder the ``-taesd`` variants export instead of the model's VAE.
     """
 
     height: int
@@ -163,6 +172,7 @@ class BuildSettings:
     num_samples: int = 200
     calibration_steps: int = 20
     precision: str = "f32"
+    tiny_vae: str | None = None
 
 
 @dataclass(frozen=True)
@@ -267,11 +277,19 @@ class _Builder:
     _SHAPE = ("height", "width", "guidance_scale")
     _CALIBRATION = (*_SHAPE, "calibration_prompts", "num_samples", "calibration_steps")
 
-    def recipe(self, name: str, methods: Sequence[Any] = ()) -> tuple[Path, float, bool]:
+    def recipe(
+        self, name: str, methods: Sequence[Any] = (), *, tiny: bool = False
+    ) -> tuple[Path, float, bool]:
         """The folder :func:`sd_ovopt.optimize_pipeline` writes at the benchmark's shape with ``methods``
-        (method configs); the cache key holds the calibration settings when a method quantizes."""
+        (method configs), with the settings' tiny autoencoder when ``tiny``; the cache key holds the
+        calibration settings when a method quantizes."""
 
         s = self.settings
+        if tiny and s.tiny_vae is None:
+            raise InvalidConfigError(
+                f"variant {name!r} exports a tiny autoencoder: pass tiny_vae= (CLI: --vae-tiny DIR), the "
+                "folder of an AutoencoderTiny such as TAESD."
+            )
 
         def build(path: Path) -> None:
             optimize_pipeline(
@@ -283,12 +301,14 @@ class _Builder:
                 guidance_scale=s.guidance_scale,
                 height=s.height,
                 width=s.width,
+                vae=s.tiny_vae if tiny else None,
                 overwrite=True,
                 show_progress=self.progress,
             )
 
         quantizes = any(method.quantizes for method, _ in methods_in_order(methods))
-        return self.folder(name, self._CALIBRATION if quantizes else self._SHAPE, build, methods=methods)
+        keys = (*(self._CALIBRATION if quantizes else self._SHAPE), *(("tiny_vae",) if tiny else ()))
+        return self.folder(name, keys, build, methods=methods)
 
     def ov_f32(self) -> tuple[Path, float, bool]:
         return self.recipe("ov-f32")
@@ -298,9 +318,9 @@ class _Builder:
         int8 = QuantizationConfig(subset_size=self.settings.num_samples)
         return [ToMeConfig(ratio=self.settings.tome_ratio), int8] if tome else [int8]
 
-    def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
+    def int8(self, name: str, *, tome: bool, tiny: bool = False) -> tuple[Path, float, bool]:
         """The recipe's INT8 folder, ToMe (at the benchmark's ratio) merged first when asked."""
-        return self.recipe(name, self.int8_methods(tome=tome))
+        return self.recipe(name, self.int8_methods(tome=tome), tiny=tiny)
 
     def peer(self, name: str) -> tuple[Path, float, bool]:
         """optimum-intel's hybrid 8-bit (weights int8, activations of the non-MatMul ops int8) or full INT8."""
@@ -430,8 +450,10 @@ def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_sc
         pipe = OVStableDiffusionPipeline.from_pretrained(
             str(variant.path), ov_config=hint, compile=False, local_files_only=True
         )
-    if guidance_scale > 1:
-        pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)
+    # optimum-intel's reshape doubles the UNet batch for guidance; without guidance only the image size
+    # is made static (its public API cannot fix a UNet batch of 1)
+    images = 1 if guidance_scale > 1 else -1
+    pipe.reshape(batch_size=images, height=height, width=width, num_images_per_prompt=images)
     pipe.compile()
     return pipe
 
@@ -457,6 +479,9 @@ def load_variant(variant: BuiltVariant, *, height: int, width: int, guidance_sca
     if variant.runtime not in _LOADERS:
         raise InvalidConfigError(f"runtime={variant.runtime!r}; use one of {list(_LOADERS)}.")
     pipe = _LOADERS[variant.runtime](variant, height=height, width=width, guidance_scale=guidance_scale)
+    scheduler = _REGISTRY[variant.name].scheduler if variant.name in _REGISTRY else None
+    if scheduler is not None:
+        pipe.scheduler = pipeline_scheduler(scheduler, pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -612,6 +637,46 @@ for _spec in (
         int8=False,
         baseline="ov-fp32-auto",
         precision=_auto,
+    ),
+):
+    register_variant(_spec)
+
+
+# Few-step rows: each OpenVINO folder again with the tiny autoencoder (the settings' tiny_vae, e.g. TAESD)
+# in place of the full VAE, and PyTorch FP32 as the many-step workflow runs it (PNDM, guidance 7.5), timed
+# at the run's steps; its 50-step call is extrapolated from its parts (``pipeline_50_steps_s``).
+for _spec in (
+    VariantSpec(
+        "ov-fp32-auto-taesd",
+        "OpenVINO FP32 folder + tiny decoder (TAESD), sd_ovopt default precision",
+        "sd_ovopt",
+        lambda b: b.recipe("ov-f32-taesd", tiny=True),
+        precision=_auto,
+        default=False,
+    ),
+    VariantSpec(
+        "ov-int8-ptq-taesd",
+        "OpenVINO INT8 (PTQ) + tiny decoder (TAESD)",
+        "sd_ovopt",
+        lambda b: b.int8("ov-int8-ptq-taesd", tome=False, tiny=True),
+        default=False,
+    ),
+    VariantSpec(
+        "ov-tome-int8-taesd",
+        "OpenVINO ToMe + INT8 (PTQ) + tiny decoder (TAESD)",
+        "sd_ovopt",
+        lambda b: b.int8("ov-tome-int8-taesd", tome=True, tiny=True),
+        default=False,
+    ),
+    VariantSpec(
+        "pytorch-fp32-cfg",
+        "PyTorch FP32 (diffusers), PNDM + guidance 7.5: the many-step workflow",
+        "torch",
+        _source,
+        precision=lambda s: None,
+        default=False,
+        call=lambda call: replace(call, guidance_scale=7.5),
+        scheduler="pndm",
     ),
 ):
     register_variant(_spec)
