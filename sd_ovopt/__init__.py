@@ -62,6 +62,7 @@ _LAZY = {
     "read_metadata": "sd_ovopt.export.metadata",
     "remove_deepcache": "sd_ovopt.deepcache.patch",
     "remove_tome": "sd_ovopt.tome.patch",
+    "replace_vae": "sd_ovopt.export.vae",
     "run_benchmark": "sd_ovopt.evaluation.benchmark",
     "SCHEDULERS": "sd_ovopt._schedulers",
     "load_tiny_vae": "sd_ovopt.vae.tiny",
@@ -113,6 +114,7 @@ __all__ = [
     "register_method",
     "remove_deepcache",
     "remove_tome",
+    "replace_vae",
     "run_benchmark",
     "train_qat",
 ]
@@ -130,6 +132,7 @@ if TYPE_CHECKING:
     from sd_ovopt.evaluation.results import BenchmarkResult
     from sd_ovopt.export.metadata import ExportMetadata, read_metadata
     from sd_ovopt.export.pipeline import export_pipeline
+    from sd_ovopt.export.vae import replace_vae
     from sd_ovopt.lora.config import LoRAConfig
     from sd_ovopt.methods.base import Method
     from sd_ovopt.methods.registry import register_method

@@ -110,7 +110,7 @@ def test_the_few_step_preset_times_the_tiny_decoder_and_the_many_step_baseline(t
     assert all(row["status"] == "ok" for row in rows.values())
     from sd_ovopt import read_metadata
 
-    tiny = read_metadata(out / "models" / "ov-f32-taesd")
+    tiny = read_metadata(out / "models" / "ov-f32-taesd")  # the ov-f32 folder with TAESD swapped in
     assert tiny.vae == "AutoencoderTiny" and tiny.classifier_free_guidance is False
     assert rows["pytorch-fp32"]["unet_calls"] == {"unet": 4}  # LCM: one UNet call per step
     assert rows["pytorch-fp32-cfg"]["unet_calls"] == {"unet": 5}  # PNDM: steps + 1

@@ -36,6 +36,7 @@ from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError, ShapeMismatc
 from sd_ovopt.evaluation.genai import GenAIPipeline, genai_missing
 from sd_ovopt.evaluation.timing import Call
 from sd_ovopt.export.metadata import read_metadata
+from sd_ovopt.export.vae import replace_vae
 from sd_ovopt.methods import methods_in_order
 from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline, quiet_safety_checker_warning
 from sd_ovopt.quantization import QuantizationConfig
@@ -277,19 +278,11 @@ class _Builder:
     _SHAPE = ("height", "width", "guidance_scale")
     _CALIBRATION = (*_SHAPE, "calibration_prompts", "num_samples", "calibration_steps")
 
-    def recipe(
-        self, name: str, methods: Sequence[Any] = (), *, tiny: bool = False
-    ) -> tuple[Path, float, bool]:
+    def recipe(self, name: str, methods: Sequence[Any] = ()) -> tuple[Path, float, bool]:
         """The folder :func:`sd_ovopt.optimize_pipeline` writes at the benchmark's shape with ``methods``
-        (method configs), with the settings' tiny autoencoder when ``tiny``; the cache key holds the
-        calibration settings when a method quantizes."""
+        (method configs); the cache key holds the calibration settings when a method quantizes."""
 
         s = self.settings
-        if tiny and s.tiny_vae is None:
-            raise InvalidConfigError(
-                f"variant {name!r} exports a tiny autoencoder: pass tiny_vae= (CLI: --vae-tiny DIR), the "
-                "folder of an AutoencoderTiny such as TAESD."
-            )
 
         def build(path: Path) -> None:
             optimize_pipeline(
@@ -301,14 +294,31 @@ class _Builder:
                 guidance_scale=s.guidance_scale,
                 height=s.height,
                 width=s.width,
-                vae=s.tiny_vae if tiny else None,
                 overwrite=True,
                 show_progress=self.progress,
             )
 
+        return self.folder(name, self._keys(methods), build, methods=methods)
+
+    def _keys(self, methods: Sequence[Any]) -> tuple[str, ...]:
         quantizes = any(method.quantizes for method, _ in methods_in_order(methods))
-        keys = (*(self._CALIBRATION if quantizes else self._SHAPE), *(("tiny_vae",) if tiny else ()))
-        return self.folder(name, keys, build, methods=methods)
+        return self._CALIBRATION if quantizes else self._SHAPE
+
+    def with_tiny_vae(self, name: str, base: str, methods: Sequence[Any] = ()) -> tuple[Path, float, bool]:
+        """The recipe's folder ``base`` (built first) with the settings' tiny autoencoder in place of its
+        VAE (:func:`sd_ovopt.replace_vae`): only the VAE is converted again, the UNet is the same."""
+        s = self.settings
+        if s.tiny_vae is None:
+            raise InvalidConfigError(
+                f"variant {name!r} runs a tiny autoencoder: pass tiny_vae= (CLI: --vae-tiny DIR), the "
+                "folder of an AutoencoderTiny such as TAESD."
+            )
+        source, _, _ = self.recipe(base, methods)
+
+        def build(path: Path) -> None:
+            replace_vae(source, s.tiny_vae, path, overwrite=True, show_progress=self.progress)
+
+        return self.folder(name, (*self._keys(methods), "tiny_vae"), build, methods=methods)
 
     def ov_f32(self) -> tuple[Path, float, bool]:
         return self.recipe("ov-f32")
@@ -318,9 +328,9 @@ class _Builder:
         int8 = QuantizationConfig(subset_size=self.settings.num_samples)
         return [ToMeConfig(ratio=self.settings.tome_ratio), int8] if tome else [int8]
 
-    def int8(self, name: str, *, tome: bool, tiny: bool = False) -> tuple[Path, float, bool]:
+    def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
         """The recipe's INT8 folder, ToMe (at the benchmark's ratio) merged first when asked."""
-        return self.recipe(name, self.int8_methods(tome=tome), tiny=tiny)
+        return self.recipe(name, self.int8_methods(tome=tome))
 
     def peer(self, name: str) -> tuple[Path, float, bool]:
         """optimum-intel's hybrid 8-bit (weights int8, activations of the non-MatMul ops int8) or full INT8."""
@@ -650,7 +660,7 @@ for _spec in (
         "ov-fp32-auto-taesd",
         "OpenVINO FP32 folder + tiny decoder (TAESD), sd_ovopt default precision",
         "sd_ovopt",
-        lambda b: b.recipe("ov-f32-taesd", tiny=True),
+        lambda b: b.with_tiny_vae("ov-f32-taesd", "ov-f32"),
         precision=_auto,
         default=False,
     ),
@@ -658,14 +668,14 @@ for _spec in (
         "ov-int8-ptq-taesd",
         "OpenVINO INT8 (PTQ) + tiny decoder (TAESD)",
         "sd_ovopt",
-        lambda b: b.int8("ov-int8-ptq-taesd", tome=False, tiny=True),
+        lambda b: b.with_tiny_vae("ov-int8-ptq-taesd", "ov-int8-ptq", b.int8_methods(tome=False)),
         default=False,
     ),
     VariantSpec(
         "ov-tome-int8-taesd",
         "OpenVINO ToMe + INT8 (PTQ) + tiny decoder (TAESD)",
         "sd_ovopt",
-        lambda b: b.int8("ov-tome-int8-taesd", tome=True, tiny=True),
+        lambda b: b.with_tiny_vae("ov-tome-int8-taesd", "ov-tome-int8", b.int8_methods(tome=True)),
         default=False,
     ),
     VariantSpec(

@@ -351,39 +351,46 @@ def _convert_and_save(parts: _Parts, folder: Path, *, weights_dtype: str, show_p
 
 
 def _save_model_index(pipe: Any, folder: Path) -> None:
-    """The pipeline's ``model_index.json``. A tiny autoencoder is listed as ``AutoencoderKL``: its IRs have
+    """The pipeline's ``model_index.json``, its VAE listed as :func:`list_vae_as_genai_reads_it` says."""
+    pipe.save_config(folder)
+    list_vae_as_genai_reads_it(folder)
+
+
+def list_vae_as_genai_reads_it(folder: Path) -> None:
+    """List the folder's VAE as ``AutoencoderKL`` in ``model_index.json``: a tiny autoencoder's IRs have
     that interface (latents in, image in [-1, 1] out), and OpenVINO GenAI refuses a folder that names any
     other VAE class. The parts' own ``config.json`` and ``sd_ovopt.json`` name the real class."""
-    pipe.save_config(folder)
-    if type(pipe.vae).__name__ != "AutoencoderKL":
-        index = folder / "model_index.json"
-        config = json.loads(index.read_text(encoding="utf-8"))
+    index = folder / "model_index.json"
+    config = json.loads(index.read_text(encoding="utf-8"))
+    if config.get("vae") != ["diffusers", "AutoencoderKL"]:
         config["vae"] = ["diffusers", "AutoencoderKL"]
         index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _stored(model: Any, meta: ExportMetadata) -> Any:
+    """``model`` with int8 weights when the record asks for weight compression."""
+    return compress_weights_int8(model) if meta.weight_compression == "int8" else model
 
 
 def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:
     """The text encoder and the VAE halves (weights int8 when the record asks for weight compression)."""
     text_length = pipe.tokenizer.model_max_length
-
-    def stored(model: Any) -> Any:
-        return compress_weights_int8(model) if meta.weight_compression == "int8" else model
-
     return {
         "text_encoder": (
-            lambda: stored(convert_text_encoder(pipe.text_encoder, text_length=text_length)),
+            lambda: _stored(convert_text_encoder(pipe.text_encoder, text_length=text_length), meta),
             pipe.text_encoder.config.to_dict(),
         ),
-        "vae_decoder": (
-            lambda: stored(
-                convert_vae_decoder(
-                    pipe.vae, latent_height=meta.latent_height, latent_width=meta.latent_width
-                )
-            ),
-            dict(pipe.vae.config),
-        ),
+        **vae_parts(pipe.vae, meta),
+    }
+
+
+def vae_parts(vae: Any, meta: ExportMetadata) -> _Parts:
+    """The VAE decoder and encoder at the record's shape (weights int8 when it asks for compression)."""
+    latent = {"latent_height": meta.latent_height, "latent_width": meta.latent_width}
+    return {
+        "vae_decoder": (lambda: _stored(convert_vae_decoder(vae, **latent), meta), dict(vae.config)),
         "vae_encoder": (
-            lambda: stored(convert_vae_encoder(pipe.vae, height=meta.height, width=meta.width)),
-            dict(pipe.vae.config),
+            lambda: _stored(convert_vae_encoder(vae, height=meta.height, width=meta.width), meta),
+            dict(vae.config),
         ),
     }

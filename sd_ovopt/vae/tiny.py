@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from sd_ovopt._fs import read_json_object
 from sd_ovopt.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError
 
-__all__ = ["VAE_CLASSES", "check_vae", "load_tiny_vae", "pipeline_vae", "read_vae"]
+__all__ = ["VAE_CLASSES", "check_vae", "load_tiny_vae", "pipeline_vae", "read_vae", "scale_factor"]
 
 #: The autoencoders an export converts: the full KL VAE and the tiny one.
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
@@ -60,32 +60,32 @@ def load_tiny_vae(path: str | Path) -> AutoencoderTiny:
     return vae.eval()
 
 
-def _scale_factor(vae: Any) -> int:
+def scale_factor(vae: Any) -> int:
     """How many pixels one latent covers per side."""
     if isinstance(vae, AutoencoderTiny):
         return vae.config.upsampling_scaling_factor ** (len(vae.config.decoder_block_out_channels) - 1)
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def check_vae(vae: Any, pipe: Any) -> Any:
-    """Return ``vae`` if it can replace ``pipe``'s VAE: an ``AutoencoderKL`` or ``AutoencoderTiny`` with the
-    UNet's latent channels and the pipeline's image-to-latent factor; raise UnsupportedModelError if not."""
+def check_vae(vae: Any, *, latent_channels: int, factor: int) -> Any:
+    """Return ``vae`` if it can serve a UNet of ``latent_channels`` channels whose latents cover ``factor``
+    pixels per side: an ``AutoencoderKL`` or ``AutoencoderTiny`` of those; raise UnsupportedModelError if not."""
     if not isinstance(vae, (AutoencoderKL, AutoencoderTiny)):
         raise UnsupportedModelError(
             f"vae must be a diffusers {' or '.join(VAE_CLASSES)}, got {type(vae).__name__}. Load a tiny "
             "autoencoder folder with sd_ovopt.vae.load_tiny_vae(path)."
         )
-    channels, wanted = vae.config.latent_channels, pipe.unet.config.in_channels
+    channels, wanted = vae.config.latent_channels, latent_channels
     if channels != wanted:
         raise UnsupportedModelError(
             f"the VAE has {channels} latent channels but the UNet takes {wanted}: it belongs to another "
             "model family (e.g. TAESD3 or TAEF1, with 16 channels). Use the tiny autoencoder of this "
             "model family (TAESD for SD-1.x/2.x)."
         )
-    factor, native = _scale_factor(vae), _scale_factor(pipe.vae)
-    if factor != native:
+    own = scale_factor(vae)
+    if own != factor:
         raise UnsupportedModelError(
-            f"the VAE maps one latent to {factor}x{factor} pixels but the pipeline's to {native}x{native}; "
+            f"the VAE maps one latent to {own}x{own} pixels but the pipeline's to {factor}x{factor}; "
             "use a tiny autoencoder made for this pipeline's latents."
         )
     return vae
@@ -97,7 +97,9 @@ def pipeline_vae(vae: Any, pipe: Any) -> Any:
     when ``vae`` is ``None``."""
     if vae is None:
         return pipe.vae
-    return check_vae(load_tiny_vae(vae) if isinstance(vae, (str, Path)) else vae, pipe)
+    return check_vae(
+        read_vae(vae), latent_channels=pipe.unet.config.in_channels, factor=scale_factor(pipe.vae)
+    )
 
 
 def read_vae(vae: Any) -> Any:

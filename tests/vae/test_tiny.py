@@ -3,6 +3,7 @@ module or a folder, matched to diffusers in f32, loaded by sd_ovopt, optimum-int
 refused with a typed error when it does not fit the pipeline or its folder is not plain data."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,4 +171,44 @@ def test_a_tiny_autoencoder_that_does_not_fit_the_pipeline_is_refused(tmp_path, 
     vae = torch.nn.Linear(2, 2) if config is None else AutoencoderTiny(**config)
     with pytest.raises(UnsupportedModelError, match=match):
         export_pipeline(tiny_pipeline(), tmp_path / "out", vae=vae, show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_replace_vae_swaps_only_the_autoencoder_and_leaves_the_source_as_it_was(
+    exported_tiny, taesd_folder, tiny_vae_export, tmp_path
+):
+    from sd_ovopt import replace_vae
+
+    before = _files(exported_tiny)
+    out = replace_vae(exported_tiny, taesd_folder, tmp_path / "swapped")
+    assert _files(exported_tiny) == before
+    after = _files(out)
+    assert after[Path("unet/openvino_model.bin")] == before[Path("unet/openvino_model.bin")]
+    assert read_metadata(out).vae == "AutoencoderTiny"
+    # the same images as the folder exported with the tiny autoencoder from the start
+    images = []
+    for folder in (out, tiny_vae_export):
+        pipe = SdOvOptPipeline.from_pretrained(folder, precision="f32")
+        generator = torch.Generator().manual_seed(0)
+        images.append(pipe(PROMPT, num_inference_steps=2, generator=generator, output_type="np").images[0])
+    assert np.abs(images[0] - images[1]).max() < 1e-5
+
+
+def test_replace_vae_refuses_a_folder_without_a_record_and_a_vae_that_does_not_fit(exported_tiny, tmp_path):
+    import shutil
+
+    from sd_ovopt import NotAPipelineError, replace_vae
+
+    plain = tmp_path / "plain"
+    shutil.copytree(exported_tiny, plain)
+    (plain / "sd_ovopt.json").unlink()
+    with pytest.raises(NotAPipelineError, match=r"no sd_ovopt\.json"):
+        replace_vae(plain, tiny_taesd(), tmp_path / "out")
+    wide = AutoencoderTiny(**{**TINY_TAESD_CONFIG, "latent_channels": 16})
+    with pytest.raises(UnsupportedModelError, match="16 latent channels"):
+        replace_vae(exported_tiny, wide, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -1,0 +1,93 @@
+"""``replace_vae``: an exported folder with another autoencoder (e.g. TAESD), its other parts kept as they are."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sd_ovopt._fs import atomic_output_dir, read_json_object
+from sd_ovopt._loading import read_model_index
+from sd_ovopt.errors import NotAPipelineError
+from sd_ovopt.export.metadata import METADATA_FILE, ExportMetadata, read_metadata
+from sd_ovopt.export.pipeline import _convert_and_save, list_vae_as_genai_reads_it, vae_parts
+from sd_ovopt.vae import check_vae, read_vae
+
+__all__ = ["replace_vae"]
+
+logger = logging.getLogger(__name__)
+
+_VAE_PARTS = ("vae_decoder", "vae_encoder")
+
+
+def replace_vae(
+    folder: str | Path,
+    vae: Any,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    show_progress: bool = False,
+) -> Path:
+    """Write a copy of the exported ``folder`` whose autoencoder is ``vae``; return the copy's path.
+
+    Only the VAE decoder and encoder are converted (at the folder's recorded shape and weight storage);
+    every other file is linked (a hard link where the file system allows, else a copy), so an INT8 folder
+    keeps its calibrated UNet and nothing is exported twice. The write is atomic.
+
+    Args:
+        folder: A folder written by :func:`sd_ovopt.export_pipeline` or the recipe (with ``sd_ovopt.json``).
+        vae: An ``AutoencoderTiny`` (TAESD) or ``AutoencoderKL``, or the local folder of a tiny autoencoder;
+            it must match the folder's latents (channels and size factor).
+        output_dir: Where to write (not ``folder`` itself; an existing non-empty folder needs ``overwrite``).
+        overwrite: Replace an existing output folder.
+        show_progress: Show a progress bar over the two parts.
+
+    Example:
+        >>> from sd_ovopt.export import replace_vae
+        >>> replace_vae("sd15-int8", "taesd", "sd15-int8-taesd")  # doctest: +SKIP
+    """
+    # 1. Check the folder and the autoencoder before anything is written
+    source = Path(folder).expanduser()
+    read_model_index(source)
+    meta = read_metadata(source)
+    if meta is None:
+        raise NotAPipelineError(
+            f"{source} has no {METADATA_FILE}: it was not exported by sd_ovopt, so its static shape is "
+            "unknown. Export it with sd_ovopt.export_pipeline (CLI: sd-ovopt export) and pass vae= there."
+        )
+    unet = read_json_object(source / "unet" / "config.json", fix="Export the pipeline again.")
+    vae = check_vae(
+        read_vae(vae), latent_channels=unet.get("in_channels", 4), factor=meta.height // meta.latent_height
+    )
+    # 2. The copy: every other file linked, the VAE parts converted, the record naming the new class
+    with atomic_output_dir(output_dir, overwrite=overwrite, source=source) as tmp:
+        _link_tree(source, tmp, skip=_VAE_PARTS)
+        _convert_and_save(
+            vae_parts(vae, meta), tmp, weights_dtype=meta.weights_dtype, show_progress=show_progress
+        )
+        list_vae_as_genai_reads_it(tmp)
+        ExportMetadata(**{**meta.to_fields(), "vae": type(vae).__name__}).save(tmp)
+    final = Path(output_dir).expanduser().resolve()
+    logger.info("wrote %s with a %s", final, type(vae).__name__)
+    return final
+
+
+def _link_tree(source: Path, target: Path, *, skip: tuple[str, ...]) -> None:
+    """Every file under ``source`` but the top-level folders ``skip``: the parts' files hard-linked (copied
+    where links fail; nothing writes them), the top-level files (``model_index.json``, ``sd_ovopt.json``,
+    rewritten in the copy) copied, so the source never changes."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if relative.parts[0] in skip or path.is_dir():
+            continue
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if len(relative.parts) == 1:
+            shutil.copy2(path, destination)
+            continue
+        try:
+            os.link(path, destination)
+        except OSError:  # another file system, or links not allowed: copy
+            shutil.copy2(path, destination)
