@@ -24,14 +24,14 @@ import numpy as np
 LATENT = 64  # 512 / 8
 
 
-def convert(work: Path) -> dict[str, Path]:
-    """Both decoders as f32 IRs (converted on first use)."""
+def convert(work: Path, full_vae_ir: Path | None) -> dict[str, Path]:
+    """Both decoders as f32 IRs (converted on first use; the full one may come from an f32 export)."""
     import openvino as ov
 
     from sd_ovopt._convert import convert_vae_decoder
     from sd_ovopt.testing import sd15_pipeline, taesd
 
-    paths = {"full VAE": work / "vae_decoder.xml", "TAESD": work / "taesd_decoder.xml"}
+    paths = {"full VAE": full_vae_ir or work / "vae_decoder.xml", "TAESD": work / "taesd_decoder.xml"}
     if not paths["full VAE"].is_file():
         ov.save_model(
             convert_vae_decoder(sd15_pipeline().vae, latent_height=LATENT, latent_width=LATENT),
@@ -44,11 +44,11 @@ def convert(work: Path) -> dict[str, Path]:
     return paths
 
 
-def quantize(path: Path, calibration: list[np.ndarray]) -> Path:
+def quantize(path: Path, name: str, work: Path, calibration: list[np.ndarray]) -> Path:
     import nncf
     import openvino as ov
 
-    out = path.with_name(path.stem + "_int8.xml")
+    out = work / f"{name}_int8.xml"
     if not out.is_file():
         model = ov.Core().read_model(path)
         quantized = nncf.quantize(
@@ -78,6 +78,12 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, required=True, help="folder for the IRs (reused)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--full-vae-ir",
+        type=Path,
+        default=None,
+        help="the f32 vae_decoder/openvino_model.xml of an SD-1.5-architecture export at 512x512 (else converted)",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -86,8 +92,8 @@ def main() -> None:
     core = ov.Core()
     bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     decoders: dict[str, Any] = {}
-    for name, path in convert(args.work).items():
-        int8 = quantize(path, calibration)
+    for name, path in convert(args.work, args.full_vae_ir).items():
+        int8 = quantize(path, name.replace(" ", "_"), args.work, calibration)
         for label, ir, hint in [
             ("f32", path, "f32"),
             *([("bf16", path, "bf16")] if bf16 else []),

@@ -113,3 +113,15 @@ def test_tcd_scheduler_matches_diffusers_in_f32(tmp_path):
     pipe.scheduler = TCDScheduler.from_config(pipe.scheduler.config)
     for steps in (1, 4):
         assert np.abs(_image(ours, steps) - _image(pipe, steps)).max() < 1e-4
+
+
+def test_openvino_genai_runs_the_few_step_folder_as_sd_ovopt_does(few_step):
+    """LoRA fused, LCM scheduler, tiny decoder listed as GenAI reads it: the same image within 2 levels."""
+    openvino_genai = pytest.importorskip("openvino_genai")
+    ours = _image(SdOvOptPipeline.from_pretrained(few_step.int8, precision="f32"), 4)
+    genai = openvino_genai.Text2ImagePipeline(str(few_step.int8), "CPU", INFERENCE_PRECISION_HINT="f32")
+    out = genai.generate(
+        PROMPT, num_inference_steps=4, guidance_scale=1.0, width=SIZE, height=SIZE,
+        generator=openvino_genai.TorchGenerator(0),
+    )  # fmt: skip
+    assert np.abs(out.data[0].astype(np.int16) - np.round(ours * 255).astype(np.int16)).max() <= 2
