@@ -91,6 +91,7 @@ def test_a_failed_write_leaves_nothing_and_the_next_write_sweeps_a_killed_one(tm
 # --------------------------------------------------------------------------------------- export
 
 
+@pytest.mark.slow
 def test_a_killed_export_leaves_a_partial_that_the_rerun_removes(tiny_saved, tmp_path):
     out = tmp_path / "ov"
 

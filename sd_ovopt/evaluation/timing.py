@@ -105,7 +105,9 @@ def _ov_runner(compiled: Any, shapes: dict[str, tuple[int, ...]]) -> Callable[[]
     rng = np.random.default_rng(0)
     arrays = {}
     for port in compiled.inputs:
-        name, dtype = port.get_any_name(), port.get_element_type().to_dtype()
+        # a port may carry several names (optimum-intel's exports: "input_ids" and a number): use the known one
+        known = sorted(set(port.get_names()) & {*shapes, "timestep"})
+        name, dtype = (known or [port.get_any_name()])[0], port.get_element_type().to_dtype()
         shape = tuple(port.get_shape()) if port.get_partial_shape().is_static else shapes[name]
         if name == "timestep":
             arrays[name] = np.full(shape, 500, dtype=dtype)

@@ -33,6 +33,7 @@ def test_cached_steps_carry_the_feature_they_were_given(tiny_pipe):
     )
 
 
+@pytest.mark.slow
 def test_quantization_replays_cached_steps_through_the_shallow_branch(tiny_pipe):
     config = DeepCacheConfig(interval=2)
     items = collect_deepcache_calibration(

@@ -92,3 +92,17 @@ def test_unet_only_makes_no_pipeline_calls():
     )
     assert not [line for line in log if ":call" in line] and images == {"a": []}
     assert len(timings["a"].unet_step_s) == 2 and not timings["a"].pipeline_s and not timings["a"].other_s
+
+
+def test_a_dynamic_input_with_several_names_is_fed_by_its_known_name():
+    """optimum-intel's text encoder input carries "input_ids" and numeric names; the runner finds its shape."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from sd_ovopt.evaluation.timing import _ov_runner
+
+    ids = ops.parameter([-1, -1], ov.Type.i64, name="input_ids")
+    ids.output(0).get_tensor().set_names({"31", "input_ids", "input_ids_1"})
+    model = ov.Model([ops.convert(ids, "f32")], [ids])
+    compiled = ov.Core().compile_model(model, "CPU")
+    _ov_runner(compiled, {"input_ids": (1, 77)})()

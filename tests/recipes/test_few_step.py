@@ -93,6 +93,7 @@ def test_a_call_with_guidance_gets_the_error_that_names_the_export(few_step):
         pipe(PROMPT, num_inference_steps=4, guidance_scale=7.5)
 
 
+@pytest.mark.slow
 def test_step_caching_runs_guidance_free_at_four_steps(tmp_path):
     lora = write_example_lora(tmp_path / "lcm-lora.safetensors", tiny_pipeline().unet, rank=8)
     folder = _few_step_folder(tmp_path / "cached", lora, [DeepCacheConfig(interval=2)])
