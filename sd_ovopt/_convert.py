@@ -88,10 +88,16 @@ class _VaeEncoderForExport(nn.Module):
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
         self.vae = vae
+        self.tiny = _is_tiny_vae(vae)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         encoded = self.vae.encode(sample, return_dict=True)
-        return encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.parameters
+        return encoded.latents if self.tiny else encoded.latent_dist.parameters
+
+
+def _is_tiny_vae(vae: nn.Module) -> bool:
+    """Whether ``vae`` is diffusers' ``AutoencoderTiny`` (TAESD), whose encoder returns latents."""
+    return type(vae).__name__ == "AutoencoderTiny"
 
 
 @contextlib.contextmanager
@@ -257,7 +263,7 @@ def convert_vae_encoder(vae: nn.Module, *, height: int, width: int) -> ov.Model:
     channels = vae.config.in_channels
     example = {"sample": torch.zeros(1, channels, height, width)}
     spec = [("sample", [-1, channels, height, width], ov.Type.f32)]
-    output = "latent_sample" if type(vae).__name__ == "AutoencoderTiny" else "latent_parameters"
+    output = "latent_sample" if _is_tiny_vae(vae) else "latent_parameters"
     return convert_module(_VaeEncoderForExport(vae), example, spec, [output])
 
 

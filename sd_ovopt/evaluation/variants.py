@@ -655,28 +655,39 @@ for _spec in (
 # Few-step rows: each OpenVINO folder again with the tiny autoencoder (the settings' tiny_vae, e.g. TAESD)
 # in place of the full VAE, and PyTorch FP32 as the many-step workflow runs it (PNDM, guidance 7.5), timed
 # at the run's steps; its 50-step call is extrapolated from its parts (``pipeline_50_steps_s``).
+def _tiny_vae_spec(
+    name: str, label: str, base: str, methods: Callable[[_Builder], list[Any]], **precision: Any
+) -> VariantSpec:
+    """The recipe's folder ``base`` (built with ``methods(builder)``) with the tiny autoencoder swapped in."""
+    return VariantSpec(
+        name,
+        label,
+        "sd_ovopt",
+        lambda b: b.with_tiny_vae(f"{base}-taesd", base, methods(b)),
+        default=False,
+        **precision,
+    )
+
+
 for _spec in (
-    VariantSpec(
+    _tiny_vae_spec(
         "ov-fp32-auto-taesd",
         "OpenVINO FP32 folder + tiny decoder (TAESD), sd_ovopt default precision",
-        "sd_ovopt",
-        lambda b: b.with_tiny_vae("ov-f32-taesd", "ov-f32"),
+        "ov-f32",
+        lambda b: [],
         precision=_auto,
-        default=False,
     ),
-    VariantSpec(
+    _tiny_vae_spec(
         "ov-int8-ptq-taesd",
         "OpenVINO INT8 (PTQ) + tiny decoder (TAESD)",
-        "sd_ovopt",
-        lambda b: b.with_tiny_vae("ov-int8-ptq-taesd", "ov-int8-ptq", b.int8_methods(tome=False)),
-        default=False,
+        "ov-int8-ptq",
+        lambda b: b.int8_methods(tome=False),
     ),
-    VariantSpec(
+    _tiny_vae_spec(
         "ov-tome-int8-taesd",
         "OpenVINO ToMe + INT8 (PTQ) + tiny decoder (TAESD)",
-        "sd_ovopt",
-        lambda b: b.with_tiny_vae("ov-tome-int8-taesd", "ov-tome-int8", b.int8_methods(tome=True)),
-        default=False,
+        "ov-tome-int8",
+        lambda b: b.int8_methods(tome=True),
     ),
     VariantSpec(
         "pytorch-fp32-cfg",
