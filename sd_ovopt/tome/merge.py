@@ -5,19 +5,25 @@ token per cell, every other token a source; each source finds its most similar d
 similarity); the ``r`` most similar sources are averaged into their destinations; after the wrapped layer
 every merged source gets a copy of its destination's output back.
 
-Written for export: the partition is a constant computed in Python (numpy), ``r`` is a Python integer
-fixed by the static token count, and the graph holds only Gather, MatMul, ReduceMax/TopK, one small
-integer ScatterElementsUpdate per plan and a ScatterAdd-and-divide for the mean (``scatter_reduce`` with
-``"mean"`` does not export well). No random op, no data-dependent control flow.
+Written for export at any resolution: the partition and ``r`` are integer tensor arithmetic on the token
+grid's size, so a traced graph computes them from the run-time shape (OpenVINO folds them to constants
+once the model is compiled at a static size), and the same IR merges the same fraction at 512x512,
+768x512 or 1024x1024. The graph holds only Gather, MatMul, ReduceMax/TopK, small integer scatters and a
+ScatterAdd-and-divide for the mean (``scatter_reduce`` with ``"mean"`` does not export well). No random
+op, no data-dependent control flow.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+from fractions import Fraction
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from sd_ovopt.errors import ShapeMismatchError
 
 __all__ = [
     "DownsamplePlan",
@@ -70,38 +76,66 @@ class MergePlan(NamedTuple):
     inverse: torch.Tensor
 
 
-def active_grid(latent_hw: tuple[int, int], num_tokens: int, max_downsample: int) -> tuple[int, int] | None:
-    """The ``(h, w)`` token grid of a block, or ``None`` when it is downsampled more than allowed."""
+def active_grid(latent_hw: tuple[Any, Any], num_tokens: Any, max_downsample: int) -> tuple[Any, Any] | None:
+    """The ``(h, w)`` token grid of a block, or ``None`` when it is downsampled more than allowed.
+
+    Which blocks merge depends on the UNet's structure only; the grid is integer arithmetic on the latent
+    size, so it stays a function of the run-time shape while tracing.
+    """
     height, width = latent_hw
-    downsample = math.ceil(math.sqrt((height * width) // num_tokens))
+    downsample = math.ceil(math.sqrt(int(height * width) // int(num_tokens)))
     if downsample > max_downsample:
         return None
-    return math.ceil(height / downsample), math.ceil(width / downsample)
+    return (height + downsample - 1) // downsample, (width + downsample - 1) // downsample
 
 
-def partition_2d(h: int, w: int, sx: int, sy: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+#: A seeded layout is drawn once for a grid of this many cells a side and cut to the block's grid, so that
+#: a block's layout does not depend on the image size it runs at (4096 pixels a side with 2x2 cells).
+MAX_SEEDED_CELLS = 256
+
+
+@functools.lru_cache(maxsize=8)
+def _seeded_choice(sx: int, sy: int, seed: int) -> torch.Tensor:
+    """Which token of each ``sx x sy`` cell is the destination, for every cell of the largest grid."""
+    rng = np.random.default_rng(seed)
+    choice = rng.integers(0, sx * sy, size=(MAX_SEEDED_CELLS, MAX_SEEDED_CELLS), dtype=np.int64)
+    return torch.from_numpy(choice.astype(np.int8))
+
+
+def partition_2d(
+    h: Any, w: Any, sx: int, sy: int, seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split an ``h x w`` token grid into (sources, destinations): one destination per ``sx x sy`` cell.
 
-    ``seed=None`` picks each cell's top-left token; an integer picks one per cell from that seed. Rows and
-    columns left over when ``h``/``w`` do not divide by ``sy``/``sx`` are sources, as in tomesd.
-    Returns two sorted int64 arrays of flat token positions.
+    ``seed=None`` picks each cell's top-left token; an integer picks one per cell from that seed (the same
+    token of a given cell at every grid size). Rows and columns left over when ``h``/``w`` do not divide
+    by ``sy``/``sx`` are sources, as in tomesd. ``h`` and ``w`` may be traced sizes: the result is then
+    computed in the graph from the run-time shape. Returns two sorted int64 tensors of flat positions.
     """
-    hsy, wsx = h // sy, w // sx
-    if seed is None:
-        choice = np.zeros((hsy, wsx), dtype=np.int64)
-    else:
-        choice = np.random.default_rng(seed).integers(0, sx * sy, size=(hsy, wsx), dtype=np.int64)
-    rows = np.arange(hsy)[:, None] * sy + choice // sx
-    cols = np.arange(wsx)[None, :] * sx + choice % sx
-    is_dst = np.zeros((h, w), dtype=bool)
-    is_dst[rows, cols] = True
-    flat = is_dst.reshape(-1)
-    return np.flatnonzero(~flat).astype(np.int64), np.flatnonzero(flat).astype(np.int64)
+    cells_h, cells_w = h // sy, w // sx
+    rows = torch.arange(cells_h)[:, None] * sy
+    cols = torch.arange(cells_w)[None, :] * sx
+    if seed is not None:
+        if int(cells_h) > MAX_SEEDED_CELLS or int(cells_w) > MAX_SEEDED_CELLS:
+            raise ShapeMismatchError(
+                f"a token grid of {int(cells_h)}x{int(cells_w)} cells is larger than a seeded ToMe layout covers "
+                f"({MAX_SEEDED_CELLS} a side); use ToMeConfig(seed=None) at this size."
+            )
+        choice = _seeded_choice(sx, sy, seed)[:cells_h, :cells_w].long()
+        rows, cols = rows + choice // sx, cols + choice % sx
+    dst = (rows * w + cols).flatten().sort().values
+    num_tokens = h * w
+    is_dst = torch.zeros(num_tokens, dtype=torch.int64).scatter(0, dst, torch.ones_like(dst))
+    order = torch.argsort(is_dst * num_tokens + torch.arange(num_tokens))  # sources first, each part sorted
+    return order[: num_tokens - dst.shape[0]], dst
 
 
-def num_merged(num_tokens: int, ratio: float, num_src: int) -> int:
-    """Tokens removed: ``int(N * ratio)``, at most the number of sources."""
-    return min(int(num_tokens * ratio), num_src)
+def num_merged(num_tokens: Any, ratio: float) -> Any:
+    """Tokens removed: ``floor(N * ratio)`` in exact integer arithmetic (ratio as a fraction of
+    denominator at most 10000), so a traced graph computes it from the run-time token count. It never
+    exceeds the number of sources, because ``ratio <= 1 - 1/(sx*sy)``."""
+    fraction = Fraction(ratio).limit_denominator(10_000)
+    return num_tokens * fraction.numerator // fraction.denominator
 
 
 @torch.no_grad()

@@ -71,12 +71,12 @@ class TokenMerging(nn.Module):
         self.downsample_op = _Op(tome_ops.downsample_tokens)
         self.plan: tome_ops.MergePlan | tome_ops.DownsamplePlan | None = None
 
-    def _partition(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # Rebuilt on every call (microseconds, in numpy) rather than cached: a tracer then records the
-        # same constants on every invocation, which torch.jit.trace's consistency check requires.
+    def _partition(self, h: Any, w: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Rebuilt on every call (integer ops on the grid size) rather than cached: a tracer then records
+        # them as functions of the run-time size, so the exported IR merges at any resolution.
         cfg = self.unet_state.config
         src, dst = tome_ops.partition_2d(h, w, cfg.sx, cfg.sy, cfg.seed)
-        return torch.from_numpy(src).to(device), torch.from_numpy(dst).to(device)
+        return src.to(device), dst.to(device)
 
     def forward(self, hidden_states: torch.Tensor) -> None:
         """Plan the merge for this block input (or none, if the block is downsampled too much)."""
@@ -93,8 +93,8 @@ class TokenMerging(nn.Module):
                 self.plan = tome_ops.DownsamplePlan(grid[0], grid[1], cfg.downsample_factor)
             return
         src, dst = self._partition(*grid, hidden_states.device)
-        r = tome_ops.num_merged(num_tokens, cfg.ratio, src.shape[0])
-        if r > 0:
+        r = tome_ops.num_merged(num_tokens, cfg.ratio)
+        if int(r) > 0:  # zero only for grids of a few tokens, whatever the image size
             self.plan = self.plan_op(hidden_states, src, dst, r)
 
     def __deepcopy__(self, memo: dict) -> TokenMerging:
@@ -109,7 +109,8 @@ class TokenMerging(nn.Module):
 # -- hooks (module-level functions: they survive deepcopy) --------------------------------------------
 def _record_latent_size(conv_in: nn.Module, args: tuple, kwargs: dict) -> None:
     sample = args[0] if args else kwargs["input"]
-    conv_in.__dict__[_STATE].latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+    # kept as they come: ints when eager, the run-time size while tracing
+    conv_in.__dict__[_STATE].latent_hw = (sample.shape[-2], sample.shape[-1])
 
 
 def _plan_block(block: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -46,7 +45,9 @@ def test_config_is_frozen_and_round_trips_json():
 @pytest.mark.parametrize("seed", [None, 0, 5])
 def test_partition_has_one_destination_per_cell(h, w, sx, sy, seed):
     src, dst = ops.partition_2d(h, w, sx, sy, seed)
-    assert sorted(np.concatenate([src, dst]).tolist()) == list(range(h * w))
+    assert src.dtype == dst.dtype == torch.int64
+    assert torch.equal(src, src.sort().values) and torch.equal(dst, dst.sort().values)
+    assert sorted(torch.cat([src, dst]).tolist()) == list(range(h * w))
     rows, cols = dst // w, dst % w
     assert len(dst) == (h // sy) * (w // sx)
     cells = set(zip((rows // sy).tolist(), (cols // sx).tolist(), strict=True))
@@ -60,13 +61,27 @@ def test_seeded_partition_is_reproducible_and_differs_from_top_left():
     a = ops.partition_2d(16, 16, 2, 2, seed=3)
     b = ops.partition_2d(16, 16, 2, 2, seed=3)
     c = ops.partition_2d(16, 16, 2, 2, seed=None)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert not np.array_equal(a[1], c[1])
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[1], c[1])
+
+
+def test_seeded_partition_keeps_each_cells_choice_at_every_grid_size():
+    _, small = ops.partition_2d(8, 8, 2, 2, seed=3)
+    _, large = ops.partition_2d(16, 24, 2, 2, seed=3)
+    small_cells = {(int(p) // 8 // 2, int(p) % 8 // 2): (int(p) // 8 % 2, int(p) % 8 % 2) for p in small}
+    large_cells = {(int(p) // 24 // 2, int(p) % 24 // 2): (int(p) // 24 % 2, int(p) % 24 % 2) for p in large}
+    assert all(large_cells[cell] == choice for cell, choice in small_cells.items())
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75])
+def test_merged_count_is_the_floor_of_tokens_times_ratio(ratio):
+    for num_tokens in (16, 64, 100, 256, 1024, 1536, 4096, 6144, 16384):
+        assert ops.num_merged(num_tokens, ratio) == int(num_tokens * ratio + 1e-9)
 
 
 def _plan(x, h=8, w=8, ratio=0.5, seed=None):
-    src, dst = (torch.from_numpy(t) for t in ops.partition_2d(h, w, 2, 2, seed))
-    r = ops.num_merged(x.shape[1], ratio, len(src))
+    src, dst = ops.partition_2d(h, w, 2, 2, seed)
+    r = ops.num_merged(x.shape[1], ratio)
     return ops.plan_merge(x, src, dst, r), src, dst, r
 
 
@@ -110,3 +125,4 @@ def test_active_grid_follows_tomesd_downsampling():
     assert ops.active_grid((64, 64), 1024, 1) is None
     assert ops.active_grid((64, 64), 1024, 2) == (32, 32)
     assert ops.active_grid((15, 15), 64, 2) == (8, 8)
+    assert ops.active_grid((64, 96), 1536, 2) == (32, 48)
