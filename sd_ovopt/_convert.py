@@ -2,8 +2,10 @@
 
 Each part gets the input and output names that optimum-intel's ``OVStableDiffusionPipeline`` reads
 (``sample``/``timestep``/``encoder_hidden_states`` → ``out_sample`` for the UNet, and so on), so an
-exported folder loads there too. The UNet is traced at a static shape: whatever is computed from shapes
-at trace time (ToMe's merge counts, for one) is then right for exactly that shape.
+exported folder loads there too. Each part is traced at one example shape; with ``any_shape=True`` its
+batch and spatial input dimensions are left dynamic in the IR, which then runs at any batch and any
+multiple-of-8 size once reshaped and compiled static (whatever the graph computes from shapes, such as
+ToMe's partition, is traced as a function of the run-time shape).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     import openvino as ov
 
 __all__ = [
+    "any_shape_dims",
     "convert_text_encoder",
     "convert_tokenizer",
     "convert_unet",
@@ -185,11 +188,18 @@ def unet_example_inputs(
 
 
 def convert_unet(
-    unet: nn.Module, *, batch: int, latent_height: int, latent_width: int, text_length: int
+    unet: nn.Module,
+    *,
+    batch: int,
+    latent_height: int,
+    latent_width: int,
+    text_length: int,
+    any_shape: bool = False,
 ) -> ov.Model:
-    """Trace ``unet`` at a static shape into an OpenVINO model with optimum-intel's input/output names.
+    """Trace ``unet`` at a shape into an OpenVINO model with optimum-intel's input/output names.
 
-    ``batch`` is the UNet batch: twice the number of images when classifier-free guidance is used.
+    ``batch`` is the UNet batch: twice the number of images when classifier-free guidance is used. With
+    ``any_shape`` the IR's batch and latent size are dynamic (the trace's shape is only the example).
     ``timestep`` is a rank-1 i64 input of size 1, the signature optimum-intel exports (and reshapes to)
     and OpenVINO GenAI feeds; fractional timesteps (Euler, DPM) are truncated to integers, as there.
     """
@@ -198,20 +208,41 @@ def convert_unet(
         unet, batch=batch, latent_height=latent_height, latent_width=latent_width, text_length=text_length
     )
     wrapper = UNetForExport if "timestep_cond" not in example else _GuidanceEmbeddedUNetForExport
-    return convert_module(wrapper(unet), example, unet_input_spec(example), ["out_sample"])
+    return convert_module(
+        wrapper(unet), example, unet_input_spec(example, any_shape=any_shape), ["out_sample"]
+    )
 
 
-def unet_input_spec(example: dict[str, torch.Tensor]) -> list[tuple[str, list[int], ov.Type]]:
-    """The static input spec of a UNet IR (optimum-intel's names; ``timestep`` a rank-1 i64 of size 1)."""
+def any_shape_dims(shape: Any, *, any_shape: bool, spatial: bool = True) -> list[int]:
+    """``shape`` as an input spec: as it is, or (``any_shape``) with the batch and, for a 4-d image-like
+    input with ``spatial``, its height and width dynamic (-1)."""
+    dims = [int(d) for d in shape]
+    if any_shape:
+        dims[0] = -1
+        if spatial and len(dims) == 4:
+            dims[2] = dims[3] = -1
+    return dims
+
+
+def unet_input_spec(
+    example: dict[str, torch.Tensor], *, any_shape: bool = False
+) -> list[tuple[str, list[int], ov.Type]]:
+    """The input spec of a UNet IR (optimum-intel's names; ``timestep`` a rank-1 i64 of size 1): static at
+    the example's shape, or with the batch and latent size dynamic (``any_shape``)."""
     import openvino as ov  # on use: the method registry (sd-ovopt --help) imports this module
 
     spec = [
-        ("sample", list(example["sample"].shape), ov.Type.f32),
+        ("sample", any_shape_dims(example["sample"].shape, any_shape=any_shape), ov.Type.f32),
         ("timestep", [1], ov.Type.i64),
-        ("encoder_hidden_states", list(example["encoder_hidden_states"].shape), ov.Type.f32),
+        (
+            "encoder_hidden_states",
+            any_shape_dims(example["encoder_hidden_states"].shape, any_shape=any_shape),
+            ov.Type.f32,
+        ),
     ]
     if "timestep_cond" in example:  # a guidance-embedded UNet
-        spec.append(("timestep_cond", list(example["timestep_cond"].shape), ov.Type.f32))
+        dims = any_shape_dims(example["timestep_cond"].shape, any_shape=any_shape)
+        spec.append(("timestep_cond", dims, ov.Type.f32))
     return spec
 
 
@@ -244,25 +275,31 @@ def convert_text_encoder(text_encoder: nn.Module, *, text_length: int) -> ov.Mod
         )
 
 
-def convert_vae_decoder(vae: nn.Module, *, latent_height: int, latent_width: int) -> ov.Model:
-    """Convert the VAE decoder (``post_quant_conv`` included); its batch stays dynamic."""
+def convert_vae_decoder(
+    vae: nn.Module, *, latent_height: int, latent_width: int, any_shape: bool = False
+) -> ov.Model:
+    """Convert the VAE decoder (``post_quant_conv`` included); its batch stays dynamic, and its latent size
+    too with ``any_shape``."""
     import openvino as ov  # on use: the method registry (sd-ovopt --help) imports this module
 
     channels = vae.config.latent_channels
     example = {"latent_sample": torch.zeros(1, channels, latent_height, latent_width)}
-    spec = [("latent_sample", [-1, channels, latent_height, latent_width], ov.Type.f32)]
+    dims = any_shape_dims(example["latent_sample"].shape, any_shape=True, spatial=any_shape)
+    spec = [("latent_sample", dims, ov.Type.f32)]
     return convert_module(_VaeDecoderForExport(vae), example, spec, ["sample"])
 
 
-def convert_vae_encoder(vae: nn.Module, *, height: int, width: int) -> ov.Model:
-    """Convert the VAE encoder. A KL VAE's returns the latent distribution's parameters (mean and log-variance,
-    output ``latent_parameters``); a tiny autoencoder's returns the latents (``latent_sample``). These are the
-    names optimum-intel's VAE encoder reads."""
+def convert_vae_encoder(vae: nn.Module, *, height: int, width: int, any_shape: bool = False) -> ov.Model:
+    """Convert the VAE encoder (batch dynamic; image size too with ``any_shape``). A KL VAE's returns the
+    latent distribution's parameters (mean and log-variance, output ``latent_parameters``); a tiny
+    autoencoder's returns the latents (``latent_sample``). These are the names optimum-intel's VAE encoder
+    reads."""
     import openvino as ov  # on use: the method registry (sd-ovopt --help) imports this module
 
     channels = vae.config.in_channels
     example = {"sample": torch.zeros(1, channels, height, width)}
-    spec = [("sample", [-1, channels, height, width], ov.Type.f32)]
+    dims = any_shape_dims(example["sample"].shape, any_shape=True, spatial=any_shape)
+    spec = [("sample", dims, ov.Type.f32)]
     output = "latent_sample" if _is_tiny_vae(vae) else "latent_parameters"
     return convert_module(_VaeEncoderForExport(vae), example, spec, [output])
 

@@ -7,6 +7,7 @@ sd-ovopt bench --model SRC --output OUT [--variants ...] [--steps 20] [--qat-mod
 sd-ovopt bench --preset sd15-512 --output OUT [--variants ...] [--rounds 2]
 sd-ovopt train-qat --model SRC --train-data DIR --output OUT [--resume-from-checkpoint latest]
 sd-ovopt demo
+sd-ovopt cache info|clear [--dir PATH]
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sd_ovopt._compile_cache import (
+    ENV_CACHE_DIR,
+    ENV_MAX_GB,
+    cache_info,
+    clear_cache,
+    default_cache_dir,
+    max_cache_bytes,
+    resolve_cache_dir,
+)
 from sd_ovopt._fs import atomic_file, check_safe_output_path
 from sd_ovopt._loading import MAX_IMAGE_SIDE, check_steps, read_model_index
 from sd_ovopt._precision import PRECISIONS
@@ -730,6 +740,62 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cache",
+        help="the compiled-model cache (OpenVINO's CACHE_DIR) that makes later loads quick: info, clear",
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    info = actions.add_parser("info", help="where the cache lives, its entries, size and cap")
+    info.set_defaults(func=_run_cache_info)
+    clear = actions.add_parser("clear", help="delete every entry (models compile again on their next load)")
+    clear.set_defaults(func=_run_cache_clear)
+    for action in (info, clear):
+        action.add_argument(
+            "--dir",
+            default=None,
+            help=f"the cache folder (default: ${ENV_CACHE_DIR}, else ~/.cache/sd_ovopt/compiled)",
+        )
+
+
+def _cache_folder(args: argparse.Namespace) -> Path:
+    """``--dir``, or the folder the cache uses (or would use, when it is off)."""
+    if args.dir is None:
+        return default_cache_dir()
+    if not args.dir.strip():
+        raise InvalidConfigError("--dir is empty; pass the cache folder, or leave --dir out for the default.")
+    folder = Path(args.dir).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise InvalidConfigError(f"--dir {folder} is a file; pass the cache folder.")
+    return folder
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def _run_cache_info(args: argparse.Namespace) -> int:
+    folder = _cache_folder(args)
+    cap = max_cache_bytes()
+    entries, total = cache_info(folder)
+    off = args.dir is None and resolve_cache_dir(None) is None
+    print(f"location: {folder}{f'  (off: {ENV_CACHE_DIR}={os.environ[ENV_CACHE_DIR]})' if off else ''}")
+    print(f"entries: {entries}")
+    print(f"size: {_size(total)}")
+    print(f"cap: {_size(cap)}  (set it with {ENV_MAX_GB}, in GiB)")
+    return 0
+
+
+def _run_cache_clear(args: argparse.Namespace) -> int:
+    folder = _cache_folder(args)
+    freed = clear_cache(folder)
+    print(f"freed {_size(freed)} in {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sd-ovopt", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -740,6 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_train_qat(sub)
     _add_demo(sub)
+    _add_cache(sub)
     return parser
 
 

@@ -9,6 +9,20 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_model_cache(tmp_path_factory):
+    """Pipelines loaded by the tests cache compiled models in a folder of the test session, never in the
+    user's own cache (tests that check the cache set their own)."""
+    previous = os.environ.get("SD_OVOPT_CACHE_DIR")
+    os.environ["SD_OVOPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("compiled-model-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SD_OVOPT_CACHE_DIR", None)
+    else:
+        os.environ["SD_OVOPT_CACHE_DIR"] = previous
+
+
 TINY_SIZE = 32  # pixels; the tiny VAE halves it, so the UNet sees 16x16 latents
 
 

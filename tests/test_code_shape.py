@@ -96,8 +96,8 @@ def test_no_function_forwards_its_locals():
 #: The package's layers, bottom first: a module imports only from its own layer or below (imports inside
 #: functions included). Methods are below the export, which names none of them.
 LAYERS = (
-    ("errors", "_lazy", "_hardware", "_nncf", "_config", "_validation", "_fs", "_precision", "_loading",
-     "_convert", "_seeding", "_schedulers", "testing"),
+    ("errors", "_lazy", "_hardware", "_nncf", "_config", "_validation", "_fs", "_compile_cache", "_precision",
+     "_loading", "_convert", "_seeding", "_schedulers", "testing"),
     ("methods",),
     ("tome", "deepcache", "quantization", "lora", "vae"),
     ("export",),

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from sd_ovopt._convert import UNetForExport, convert_module, unet_example_inputs, unet_input_spec
+from sd_ovopt._convert import (
+    UNetForExport,
+    any_shape_dims,
+    convert_module,
+    unet_example_inputs,
+    unet_input_spec,
+)
 from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.deepcache.patch import FEATURE_KWARG, attach, full_mode, remove_deepcache, state_of
 from sd_ovopt.errors import AlreadyAppliedError
@@ -66,8 +72,10 @@ def convert_deepcache_unets(
     latent_height: int,
     latent_width: int,
     text_length: int,
+    any_shape: bool = False,
 ) -> tuple[ov.Model, ov.Model, tuple[int, ...]]:
-    """Trace the full (feature-returning) and the shallow UNet IRs at a static shape.
+    """Trace the full (feature-returning) and the shallow UNet IRs at a shape (static, or an example of
+    any batch and latent size with ``any_shape``).
 
     The patch is added for the conversion and removed again unless ``unet`` already has it with ``config``
     (a quantized UNet carries it from calibration).
@@ -91,14 +99,14 @@ def convert_deepcache_unets(
             unet, batch=batch, latent_height=latent_height, latent_width=latent_width, text_length=text_length
         )
         shape = feature_shape(unet, example)
-        base = unet_input_spec(example)
+        base = unet_input_spec(example, any_shape=any_shape)
         with full_mode(unet):
             full = convert_module(_FullForExport(unet), example, base, ["out_sample", FEATURE_NAME])
         with torch.no_grad():  # the kept outputs of the skipped modules are the example's
             unet(**example, return_dict=False)
         state_of(unet).feature = None  # type: ignore[union-attr]
         shallow_example = {**example, FEATURE_NAME: torch.zeros(shape)}
-        spec = [*base, (FEATURE_NAME, list(shape), ov.Type.f32)]
+        spec = [*base, (FEATURE_NAME, any_shape_dims(shape, any_shape=any_shape), ov.Type.f32)]
         shallow = convert_module(_ShallowForExport(unet), shallow_example, spec, ["out_sample"])
         return full, shallow, shape
     finally:

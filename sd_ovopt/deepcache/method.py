@@ -176,5 +176,17 @@ class StepCachingMethod(Method):
             pipe.__dict__["unet"] = full
             pipe.last_unet_steps = tuple(cached.steps)
 
+    def reshape(self, pipe: Any, record: StepCachingRecord, loaded: Any) -> None:
+        """The shallow UNet at the pipeline's new shape: the UNet's inputs as the full UNet IR has them, and
+        the feature as the full IR computes it at that shape."""
+        full = pipe.unet.model
+        shapes = {}
+        for port in loaded.model.inputs:
+            name = port.get_any_name()
+            source = full.output(record.feature) if name == record.feature else full.input(name)
+            shapes[port] = source.get_partial_shape()
+        loaded.model.reshape(shapes)
+        loaded.clear_requests()
+
 
 register_method(StepCachingMethod())

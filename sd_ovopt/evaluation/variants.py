@@ -30,7 +30,7 @@ from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._loading import load_sd_pipeline, read_model_index
 from sd_ovopt._precision import precision_hint, resolve_precision
 from sd_ovopt._schedulers import pipeline_scheduler
-from sd_ovopt.deepcache import SHALLOW_PART, StepTracker
+from sd_ovopt.deepcache import StepTracker
 from sd_ovopt.deepcache.config import DeepCacheConfig
 from sd_ovopt.errors import InvalidConfigError, ModelNotFoundError, ShapeMismatchError
 from sd_ovopt.evaluation.genai import GenAIPipeline, genai_missing
@@ -577,10 +577,11 @@ def _deepcache_build(builder: _Builder, name: str, *, int8: bool) -> tuple[Path,
 
 
 def _shallow_ir(pipe: Any, variant: BuiltVariant) -> dict[str, Any]:
-    """The shallow UNet IR of a step-caching folder, compiled with the variant's precision hint."""
+    """The shallow UNet IR of a step-caching folder, as the pipeline compiled it (its shape and precision)."""
 
-    xml = variant.path / SHALLOW_PART / "openvino_model.xml"
-    return {"shallow": ov.Core().compile_model(xml, "CPU", precision_hint(variant.precision))}
+    shallow = pipe.method_part("step_caching")
+    shallow.compile()
+    return {"shallow": shallow.request}
 
 
 def _cached_calls(pipe: Any, steps: int) -> dict[str, int]:

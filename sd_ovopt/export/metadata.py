@@ -5,6 +5,7 @@ Written as ``sd_ovopt.json`` at the root of an exported folder and read back by 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from importlib import metadata as importlib_metadata
@@ -62,6 +63,8 @@ class ExportMetadata:
         weight_compression: ``"int8"`` when the text encoder and VAE weights are stored as int8, else ``None``.
         vae: The autoencoder's class: ``"AutoencoderKL"`` (Stable Diffusion's own) or ``"AutoencoderTiny"``
             (TAESD's architecture).
+        any_shape: Whether the IRs take any batch and any multiple-of-8 image size (the shape fields are
+            then the default a pipeline compiles at); ``False`` for folders traced at one static shape.
         methods: What each method baked in (its typed record), by method name, in the order applied.
         versions: Library versions at export time.
         format_version: Version of this file's layout.
@@ -78,6 +81,7 @@ class ExportMetadata:
     weights_dtype: str = "f32"
     weight_compression: str | None = None
     vae: str = "AutoencoderKL"
+    any_shape: bool = False
     methods: dict[str, MethodRecord] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
     format_version: int = FORMAT_VERSION
@@ -90,6 +94,24 @@ class ExportMetadata:
         """The config of the method ``name``, or ``None`` when the folder does not use it."""
         record = self.methods.get(name)
         return None if record is None else record.config
+
+    def at_shape(
+        self, batch_size: int, height: int, width: int, num_images_per_prompt: int
+    ) -> ExportMetadata:
+        """This record with another shape (the UNet batch and latent size follow), for a folder whose IRs
+        take any shape; the arguments are checked by the caller."""
+        scale = self.height // self.latent_height
+        images = batch_size * num_images_per_prompt
+        return dataclasses.replace(
+            self,
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+            unet_batch=images * (2 if self.classifier_free_guidance else 1),
+            latent_height=height // scale,
+            latent_width=width // scale,
+        )
 
     def to_fields(self) -> dict[str, Any]:
         """The fields as they are (records stay typed): ``ExportMetadata(**meta.to_fields())`` copies."""
@@ -207,6 +229,8 @@ def _check_fields(meta: ExportMetadata, source: str) -> None:
         raise _bad(source, "weights_dtype", meta.weights_dtype, "it must be 'f32' or 'f16'")
     if meta.weight_compression not in (None, "int8"):
         raise _bad(source, "weight_compression", meta.weight_compression, "it must be null or 'int8'")
+    if not isinstance(meta.any_shape, bool):
+        raise _bad(source, "any_shape", meta.any_shape, "it must be true or false")
     if meta.vae not in VAE_CLASSES:
         raise _bad(source, "vae", meta.vae, f"it must be one of {list(VAE_CLASSES)}")
     if not (isinstance(meta.versions, dict) and all(isinstance(v, str) for v in meta.versions.values())):

@@ -155,6 +155,7 @@ def export_pipeline(
         weights_dtype=weights_dtype,
         weight_compression="int8" if compress_weights else None,
         vae=type(pipe.vae).__name__,
+        any_shape=True,
     )
     # 3. Convert and write every part, each requested method applied to the UNet for the export only
     with contextlib.ExitStack() as applied:
@@ -303,7 +304,9 @@ def _write(
 ) -> Path:
     """Convert every part, one at a time, and write the folder atomically; return its final path."""
     text_length = pipe.tokenizer.model_max_length
-    shape = ExportShape(meta.unet_batch, meta.latent_height, meta.latent_width, text_length)
+    shape = ExportShape(
+        meta.unet_batch, meta.latent_height, meta.latent_width, text_length, any_shape=meta.any_shape
+    )
     with atomic_output_dir(output_dir, overwrite=overwrite, source=source) as tmp:
         records = _write_unet(unet, plan, shape, tmp, weights_dtype=meta.weights_dtype)
         parts = _other_parts(pipe, meta)
@@ -385,12 +388,17 @@ def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:
 
 
 def vae_parts(vae: Any, meta: ExportMetadata) -> _Parts:
-    """The VAE decoder and encoder at the record's shape (weights int8 when it asks for compression)."""
+    """The VAE decoder and encoder at the record's shape, or of any size when it says so (weights int8
+    when it asks for compression)."""
     latent = {"latent_height": meta.latent_height, "latent_width": meta.latent_width}
+    image = {"height": meta.height, "width": meta.width}
     return {
-        "vae_decoder": (lambda: _stored(convert_vae_decoder(vae, **latent), meta), dict(vae.config)),
+        "vae_decoder": (
+            lambda: _stored(convert_vae_decoder(vae, **latent, any_shape=meta.any_shape), meta),
+            dict(vae.config),
+        ),
         "vae_encoder": (
-            lambda: _stored(convert_vae_encoder(vae, height=meta.height, width=meta.width), meta),
+            lambda: _stored(convert_vae_encoder(vae, **image, any_shape=meta.any_shape), meta),
             dict(vae.config),
         ),
     }

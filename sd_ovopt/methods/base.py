@@ -97,19 +97,22 @@ class MethodRecord:
 
 @dataclass(frozen=True)
 class ExportShape:
-    """The static shape the UNet IRs are traced at.
+    """The shape the UNet IRs are traced at.
 
     Attributes:
         batch: The UNet's batch (images, times 2 with classifier-free guidance).
         latent_height: Latent height.
         latent_width: Latent width.
         text_length: Tokens per prompt.
+        any_shape: Leave the IRs' batch and latent size dynamic (the traced shape is then an example);
+            otherwise they are static at this shape.
     """
 
     batch: int
     latent_height: int
     latent_width: int
     text_length: int
+    any_shape: bool = False
 
     def as_kwargs(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -251,6 +254,11 @@ class Method(abc.ABC):
     def call_context(self, pipe: Any, record: MethodRecord, loaded: Any) -> Iterator[None]:
         """Wrap one pipeline call (e.g. swap the UNet for a cached one); default: nothing."""
         yield
+
+    def reshape(self, pipe: Any, record: MethodRecord, loaded: Any) -> None:
+        """Fit what :meth:`load` returned to the pipeline's new static shape; called after the pipeline's
+        own parts are reshaped (``pipe.unet.model`` has the new shape). Default: nothing to fit."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

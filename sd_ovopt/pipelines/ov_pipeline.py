@@ -1,8 +1,9 @@
 """``SdOvOptPipeline``: optimum-intel's OpenVINO Stable Diffusion pipeline, made static, explicit and safe.
 
-It loads folders written by :func:`sd_ovopt.export_pipeline`, reshapes and compiles every part to the
-static shape recorded in ``sd_ovopt.json``, pins the inference precision, and refuses calls the compiled
-shapes cannot serve with a typed error instead of a CPU-plugin crash. Each method recorded in the folder
+It loads folders written by :func:`sd_ovopt.export_pipeline`, reshapes and compiles every part static at
+the shape recorded in ``sd_ovopt.json`` or at any other batch and multiple-of-8 size asked for (the IRs
+take any shape), pins the inference precision, and refuses calls the compiled shapes cannot serve with a
+typed error instead of a CPU-plugin crash. Each method recorded in the folder
 loads what it needs and wraps the calls it changes (:mod:`sd_ovopt.methods`); the denoising loop is
 diffusers' own ``StableDiffusionPipeline.__call__``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -20,10 +22,11 @@ import torch
 from optimum.intel import OVStableDiffusionPipeline
 from optimum.intel.openvino.modeling_diffusion import OVPipelinePart
 
+from sd_ovopt._compile_cache import cache_properties, max_cache_bytes, resolve_cache_dir, trim_cache
 from sd_ovopt._fs import read_json_object
-from sd_ovopt._loading import guidance_embedding_dim, read_model_index
+from sd_ovopt._loading import check_image_size, check_requested_size, guidance_embedding_dim, read_model_index
 from sd_ovopt._precision import PRECISIONS, check_device_config, openvino_message, precision_config
-from sd_ovopt._validation import check_keywords
+from sd_ovopt._validation import check_int, check_keywords
 from sd_ovopt.errors import (
     CorruptModelError,
     InvalidConfigError,
@@ -74,10 +77,35 @@ def _check_folder(path: Path) -> None:
         read_json_object(file, fix=fix)
 
 
+def unet_ir_shapes(model: Any, shape: ExportMetadata) -> dict[Any, Any]:
+    """The static input shapes of a UNet IR of any shape at ``shape``: the UNet batch on every input but
+    ``timestep`` (size 1), and the latent size on ``sample``."""
+    shapes = {}
+    for port in model.inputs:
+        dims = port.get_partial_shape()
+        name = port.get_any_name()
+        if name != "timestep":
+            dims[0] = shape.unet_batch
+        if name == "sample":
+            dims[2], dims[3] = shape.latent_height, shape.latent_width
+        shapes[port] = dims
+    return shapes
+
+
+def _count(name: str, value: Any) -> int:
+    try:
+        return check_int(name, value, minimum=1)
+    except InvalidConfigError:
+        raise ShapeMismatchError(f"{name}={value!r}; it must be an integer >= 1.") from None
+
+
 def _check_unet_matches_record(model: Any, meta: ExportMetadata, path: Path) -> None:
-    """The UNet IR's ``sample`` input must have the static shape ``sd_ovopt.json`` records."""
+    """The UNet IR's ``sample`` input must be 4-d, and static at the shape ``sd_ovopt.json`` records unless
+    the record says the IRs take any shape."""
     sample = next((port for port in model.inputs if "sample" in port.get_names()), None)
     shape = sample.get_partial_shape() if sample is not None else None
+    if meta.any_shape and shape is not None and shape.rank.is_static and len(shape) == 4:
+        return
     if shape is None or not shape.is_static or len(shape) != 4:
         raise CorruptModelError(
             f"{path / 'unet'}: the UNet IR has no static 4-d 'sample' input, but {METADATA_FILE} records a "
@@ -90,6 +118,13 @@ def _check_unet_matches_record(model: Any, meta: ExportMetadata, path: Path) -> 
             f"{meta.latent_width} latents, but the UNet IR's sample input is {dims}: the record does not "
             "belong to this IR (edited or copied). Export the pipeline again."
         )
+
+
+def _given(value: Any, default: Any, fallback: Any) -> Any:
+    """``value`` when given, else ``default`` when there is one, else ``fallback``."""
+    if value is not None:
+        return value
+    return default if default is not None else fallback
 
 
 @contextlib.contextmanager
@@ -117,7 +152,11 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
     """
 
     _sd_ovopt_metadata: ExportMetadata | None = None
+    #: The shape the parts are compiled for: the record's, or another one for a folder of any shape.
+    _sd_ovopt_shape: ExportMetadata | None = None
     _sd_ovopt_precision: str = "default"
+    #: The compiled-model cache folder this pipeline trims after compiling (None: off or the user's own).
+    _sd_ovopt_cache: Path | None = None
     #: The UNet's static ``sample`` shape as read from a folder without ``sd_ovopt.json`` (an IR traced at
     #: one shape whose record was lost), before optimum-intel makes the inputs dynamic; ``None`` otherwise.
     _sd_ovopt_static_sample: tuple[int, ...] | None = None
@@ -138,9 +177,15 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         device: str = "CPU",
         ov_config: dict[str, Any] | None = None,
         compile: bool = True,
+        height: int | None = None,
+        width: int | None = None,
+        batch_size: int | None = None,
+        num_images_per_prompt: int | None = None,
+        cache_dir: str | Path | bool | None = None,
         **kwargs: Any,
     ) -> SdOvOptPipeline:
-        """Load an exported folder, reshape it to its baked static shape and compile it.
+        """Load an exported folder, reshape it static (at the recorded shape, or the one asked for) and
+        compile it.
 
         Args:
             model_dir: A folder written by :func:`sd_ovopt.export_pipeline` (or by optimum-intel, in which
@@ -154,23 +199,51 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             ov_config: Extra OpenVINO properties. An ``INFERENCE_PRECISION_HINT`` there (optimum-intel's
                 convention) is used when ``precision`` is not given; given both, they must agree.
             compile: Compile now (otherwise on the first call).
+            height: Image height to compile for, a multiple of 8 (default: the exported one). Folders written
+                by this version of sd_ovopt run at any size; see :meth:`reshape`.
+            width: Image width to compile for (default: the exported one).
+            batch_size: Prompts per call (default: the exported number).
+            num_images_per_prompt: Images per prompt (default: the exported number).
+            cache_dir: OpenVINO's compiled-model cache, so that a second load at the same shape skips
+                compiling: ``None`` (default) keeps it in the per-user folder (``$SD_OVOPT_CACHE_DIR``, else
+                ``~/.cache/sd_ovopt/compiled``; ``SD_OVOPT_CACHE_DIR=off`` turns it off), trimmed to
+                ``$SD_OVOPT_CACHE_MAX_GB`` (20 GiB) oldest first; ``False`` turns it off; a path uses that
+                folder. A ``CACHE_DIR`` in ``ov_config`` wins.
             **kwargs: Passed to optimum-intel (e.g. ``scheduler=``).
         """
         check_keywords(kwargs, _LOAD_KEYWORDS, where="SdOvOptPipeline.from_pretrained")
         check_device_config(device, ov_config)
+        check_requested_size(height, width)
+        counts = [
+            _count(n, v)
+            for n, v in (("batch_size", batch_size), ("num_images_per_prompt", num_images_per_prompt))
+            if v is not None
+        ]
         config, precision = precision_config(precision, ov_config, device)
+        config = cache_properties(cache_dir, config)
+        if resolve_cache_dir(cache_dir) is not None:
+            max_cache_bytes()  # a bad $SD_OVOPT_CACHE_MAX_GB is refused before anything loads
         path = Path(model_dir).expanduser()
         _check_folder(path)
         meta = read_metadata(path)
         pipe = cls._load(path, meta, config, device, kwargs)
         pipe._sd_ovopt_metadata = meta
         pipe._sd_ovopt_precision = precision
+        pipe._sd_ovopt_cache = resolve_cache_dir(cache_dir)
         if meta is not None:
             _check_unet_matches_record(pipe.unet.model, meta, path)
             pipe._sd_ovopt_loaded = {
                 name: get_method(name).load(pipe, record, path) for name, record in meta.methods.items()
             }
-            pipe._reshape_to_metadata()
+            pipe._sd_ovopt_shape = meta
+        if meta is not None or counts or height is not None or width is not None:
+            default = meta if meta is not None else None
+            pipe.reshape(
+                _given(batch_size, default and default.batch_size, 1),
+                _given(height, default and default.height, -1),
+                _given(width, default and default.width, -1),
+                _given(num_images_per_prompt, default and default.num_images_per_prompt, 1),
+            )
         if compile:
             pipe.compile()
         return pipe
@@ -206,30 +279,47 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             ) from exc
 
     # -- shapes ------------------------------------------------------------------------------------
-    def _reshape_to_metadata(self) -> None:
-        meta = self._sd_ovopt_metadata
-        assert meta is not None
-        super().reshape(meta.batch_size, meta.height, meta.width, meta.num_images_per_prompt)
+    def _apply_shape(self) -> None:
+        """Reshape every part, the methods' included, static at ``_sd_ovopt_shape``."""
+        shape = self._sd_ovopt_shape
+        assert shape is not None
+        super().reshape(shape.batch_size, shape.height, shape.width, shape.num_images_per_prompt)
         # optimum-intel sizes the VAE decoder for num_images_per_prompt only; diffusers decodes all images
         # of a call at once, so it needs batch_size * num_images_per_prompt.
-        images = meta.batch_size * meta.num_images_per_prompt
+        images = shape.batch_size * shape.num_images_per_prompt
         decoder = self.vae_decoder.model
-        shape = decoder.inputs[0].get_partial_shape()
-        shape[0] = images
-        decoder.reshape({decoder.inputs[0]: shape})
+        dims = decoder.inputs[0].get_partial_shape()
+        dims[0] = images
+        decoder.reshape({decoder.inputs[0]: dims})
+        for name, record in self.methods.items():
+            get_method(name).reshape(self, record, self._sd_ovopt_loaded.get(name))
         self.clear_requests()
 
     def _reshape_unet(self, model: Any, *args: Any, **kwargs: Any) -> Any:
-        """An export with ``sd_ovopt.json`` was traced at the recorded shape (checked when loaded): keep
-        it. optimum-intel would double the batch for guidance even for a guidance-free export."""
-        if self._sd_ovopt_metadata is not None:
-            return model
-        return super()._reshape_unet(model, *args, **kwargs)
+        """A folder with ``sd_ovopt.json``: the UNet batch it records (optimum-intel would double the batch
+        for guidance even for a guidance-free export), at the asked latent size when its IRs take any
+        shape; a static one was traced at the recorded shape (checked when loaded) and stays as it is."""
+        shape = self._sd_ovopt_shape
+        if shape is None:
+            return super()._reshape_unet(model, *args, **kwargs)
+        if shape.any_shape:
+            model.reshape(unet_ir_shapes(model, shape))
+        return model
 
     def reshape(
         self, batch_size: int, height: int, width: int, num_images_per_prompt: int = -1, **kwargs: Any
     ):
-        """Refuse shapes other than the exported one (its UNet was traced at that shape)."""
+        """Compile for another shape (on the next call, or ``compile()``); return the pipeline.
+
+        A folder written by this version of sd_ovopt takes any batch and any multiple-of-8 size: its IRs
+        are traced with dynamic shapes (ToMe's and step caching's included) and compiled static at the
+        asked shape, the fast path. A folder traced at one static shape (``any_shape`` false in its
+        ``sd_ovopt.json``) accepts only that shape. ``num_images_per_prompt=-1`` keeps the current number.
+
+        Example:
+            >>> pipe = SdOvOptPipeline.from_pretrained("tiny-ov")  # doctest: +SKIP
+            >>> pipe.reshape(batch_size=1, height=48, width=32)  # doctest: +SKIP
+        """
         meta = self._sd_ovopt_metadata
         if meta is None:
             inputs = self.unet.model.inputs if self.unet is not None else []
@@ -237,16 +327,27 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             if sample is not None and sample.is_static and self._sd_ovopt_static_sample is None:
                 self._sd_ovopt_static_sample = tuple(dim.get_length() for dim in sample)
             return super().reshape(batch_size, height, width, num_images_per_prompt, **kwargs)
-        wanted = (batch_size, height, width, num_images_per_prompt)
-        baked = (meta.batch_size, meta.height, meta.width, meta.num_images_per_prompt)
-        if wanted != baked:
+        current = self._sd_ovopt_shape or meta
+        if num_images_per_prompt == -1:
+            num_images_per_prompt = current.num_images_per_prompt
+        counts = [_count("batch_size", batch_size), _count("num_images_per_prompt", num_images_per_prompt)]
+        size = check_image_size(height, width, vae_scale_factor=meta.height // meta.latent_height)
+        wanted = meta.at_shape(counts[0], size[0], size[1], counts[1])
+        if not meta.any_shape and wanted != meta:
+            baked = (meta.batch_size, meta.height, meta.width, meta.num_images_per_prompt)
             raise ShapeMismatchError(
-                f"this pipeline was exported for batch_size, height, width, num_images_per_prompt = {baked}; "
-                f"reshape to {wanted} is not possible. Export again with those values "
-                "(sd_ovopt.export_pipeline(..., height=, width=, batch_size=))."
+                f"this folder's IRs were traced at one static shape (batch_size, height, width, "
+                f"num_images_per_prompt = {baked}); {(counts[0], *size, counts[1])} is not possible. Export "
+                "it again with this version of sd_ovopt, whose folders run at any size."
             )
-        self._reshape_to_metadata()
+        self._sd_ovopt_shape = wanted
+        self._apply_shape()
         return self
+
+    def method_part(self, name: str) -> Any:
+        """What the recorded method ``name`` loaded beside the pipeline's parts (step caching: its shallow
+        UNet, an optimum-intel pipeline part at the pipeline's shape), or ``None``."""
+        return self._sd_ovopt_loaded.get(name)
 
     def _method_parts(self) -> list[Any]:
         return [part for part in self._sd_ovopt_loaded.values() if isinstance(part, OVPipelinePart)]
@@ -257,20 +358,41 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             part.clear_requests()
 
     def compile(self) -> None:
+        """Compile every part not compiled yet (at the current shape), through the compiled-model cache
+        when it is on; a cache that fails is left out, with a warning, rather than failing the load."""
         try:
-            super().compile()
-            for part in self._method_parts():
-                part.compile()
+            self._compile_parts()
         except RuntimeError as exc:
-            raise CorruptModelError(
-                f"OpenVINO could not compile the pipeline: {exc}. The IR may be corrupt; export it again."
-            ) from exc
+            if not self.ov_config.get("CACHE_DIR"):
+                raise CorruptModelError(
+                    f"OpenVINO could not compile the pipeline: {exc}. The IR may be corrupt; export it again."
+                ) from exc
+            warnings.warn(
+                f"compiling with the compiled-model cache {self.ov_config['CACHE_DIR']} failed ({exc}); "
+                "compiling without it. If this repeats, run `sd-ovopt cache clear`.",
+                stacklevel=2,
+            )
+            self.ov_config["CACHE_DIR"] = ""  # "" turns OpenVINO's cache off; every part shares this dict
+            self.compile()
+            return
+        trim_cache(self._sd_ovopt_cache, max_cache_bytes())
+
+    def _compile_parts(self) -> None:
+        super().compile()
+        for part in self._method_parts():
+            part.compile()
 
     # -- what is baked in --------------------------------------------------------------------------
     @property
     def export_metadata(self) -> ExportMetadata | None:
         """What ``sd_ovopt.json`` records (static shape, versions, each method's record), or ``None``."""
         return self._sd_ovopt_metadata
+
+    @property
+    def compiled_shape(self) -> ExportMetadata | None:
+        """The record at the shape the parts are compiled for (the exported one until :meth:`reshape`
+        changes it), or ``None`` for a folder without ``sd_ovopt.json``."""
+        return self._sd_ovopt_shape
 
     @property
     def methods(self) -> dict[str, MethodRecord]:
@@ -338,10 +460,10 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
 
     def _latents_shape(self, kwargs: dict[str, Any], prompt: Any) -> tuple[int, ...] | None:
         channels = self.unet.config.get("in_channels", 4) if self.unet is not None else 4
-        meta = self._sd_ovopt_metadata
-        if meta is not None:
-            images = meta.batch_size * meta.num_images_per_prompt
-            return (images, channels, meta.latent_height, meta.latent_width)
+        shape = self._sd_ovopt_shape
+        if shape is not None:
+            images = shape.batch_size * shape.num_images_per_prompt
+            return (images, channels, shape.latent_height, shape.latent_width)
         batch = 1 if isinstance(prompt, str) or prompt is None else len(prompt)
         images = batch * (kwargs.get("num_images_per_prompt") or 1)
         scale = self.vae_scale_factor
@@ -374,42 +496,50 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
 
     def _check_call(self, kwargs: dict[str, Any], prompt: Any) -> None:
         self._check_inputs(kwargs, prompt)
-        meta = self._sd_ovopt_metadata
-        if meta is None:
+        shape = self._sd_ovopt_shape
+        if shape is None:
             self._check_static_unet(kwargs, prompt)
             return
+        compiled = "compiled" if shape.any_shape else "exported"
+        fix = (
+            "call pipe.reshape(batch_size=, height=, width=, num_images_per_prompt=) with the shape you need"
+            if shape.any_shape
+            else "export again at that shape"
+        )
         for name in ("height", "width"):
             value = kwargs.get(name)
-            if value is not None and value != getattr(meta, name):
+            if value is not None and value != getattr(shape, name):
                 raise ShapeMismatchError(
-                    f"{name}={value} was requested, but this pipeline was exported for {meta.height}x"
-                    f"{meta.width} (height x width). Omit {name}, or export again at that size."
+                    f"{name}={value} was requested, but this pipeline is {compiled} for {shape.height}x"
+                    f"{shape.width} (height x width). Omit {name}, or {fix}."
                 )
         nipp = kwargs.get("num_images_per_prompt") or 1
-        if nipp != meta.num_images_per_prompt:
+        if nipp != shape.num_images_per_prompt:
             raise ShapeMismatchError(
-                f"num_images_per_prompt={nipp}, but the pipeline was exported for "
-                f"{meta.num_images_per_prompt}. Export again with num_images_per_prompt={nipp}."
+                f"num_images_per_prompt={nipp}, but the pipeline is {compiled} for "
+                f"{shape.num_images_per_prompt}. Pass num_images_per_prompt={shape.num_images_per_prompt}, or {fix}."
             )
         if prompt is not None:
             batch = 1 if isinstance(prompt, str) else len(prompt)
         elif kwargs.get("prompt_embeds") is not None:
             batch = kwargs["prompt_embeds"].shape[0]
         else:
-            batch = meta.batch_size
-        if batch != meta.batch_size:
+            batch = shape.batch_size
+        if batch != shape.batch_size:
             raise ShapeMismatchError(
-                f"{batch} prompt(s) were given, but the pipeline was exported for batch_size="
-                f"{meta.batch_size}. Pass {meta.batch_size} prompt(s) or export again with batch_size={batch}."
+                f"{batch} prompt(s) were given, but the pipeline is {compiled} for batch_size="
+                f"{shape.batch_size}. Pass {shape.batch_size} prompt(s), or {fix}."
             )
-        guidance = kwargs.get("guidance_scale", 7.5)
-        if self._guidance_rows(guidance) != meta.classifier_free_guidance:
-            needs = "> 1" if meta.classifier_free_guidance else "<= 1"
+        self._check_guidance(kwargs.get("guidance_scale", 7.5), shape)
+
+    def _check_guidance(self, guidance: Any, shape: ExportMetadata) -> None:
+        if self._guidance_rows(guidance) != shape.classifier_free_guidance:
+            needs = "> 1" if shape.classifier_free_guidance else "<= 1"
             raise ShapeMismatchError(
                 f"guidance_scale={guidance}, but the UNet was exported "
-                f"{'with' if meta.classifier_free_guidance else 'without'} classifier-free guidance "
-                f"(batch {meta.unet_batch}). Use guidance_scale {needs}, or export again with "
-                f"classifier_free_guidance={not meta.classifier_free_guidance}."
+                f"{'with' if shape.classifier_free_guidance else 'without'} classifier-free guidance "
+                f"(batch {shape.unet_batch}). Use guidance_scale {needs}, or export again with "
+                f"classifier_free_guidance={not shape.classifier_free_guidance}."
             )
 
     def __call__(self, prompt: str | list[str] | None = None, *args: Any, **kwargs: Any):

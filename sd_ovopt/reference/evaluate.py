@@ -71,7 +71,7 @@ def generate_images(
     Example:
         >>> images = generate_images(pipe, ["a red circle on a white background, centre"], seed=1)
     """
-    metadata = getattr(pipe, "export_metadata", None)
+    metadata = getattr(pipe, "compiled_shape", None)
     if batch_size is None:
         batch_size = metadata.batch_size if metadata is not None else 16
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -54,8 +54,10 @@ def test_the_unet_ir_takes_the_guidance_embedding_at_one_row_per_image(lcm_tiny)
 
     _, folder = lcm_tiny
     unet = ov.Core().read_model(folder / "unet" / "openvino_model.xml")
-    inputs = {port.get_any_name(): list(port.get_partial_shape().to_shape()) for port in unet.inputs}
-    assert inputs["timestep_cond"] == [1, EMBEDDING] and inputs["sample"][0] == 1
+    assert str(unet.input("timestep_cond").get_partial_shape()) == f"[?,{EMBEDDING}]"
+    compiled = SdOvOptPipeline.from_pretrained(folder, precision="f32").unet.request
+    assert list(compiled.input("timestep_cond").get_shape()) == [1, EMBEDDING]
+    assert compiled.input("sample").get_shape()[0] == 1
     meta = read_metadata(folder)
     assert meta.classifier_free_guidance is False and meta.unet_batch == 1
 
