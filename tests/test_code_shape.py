@@ -102,7 +102,7 @@ LAYERS = (
     ("tome", "deepcache", "quantization", "lora", "vae"),
     ("export",),
     ("pipelines",),
-    ("recipes",),
+    ("recipes", "distill"),
     ("evaluation",),
     ("reference",),
     ("cli", "__init__", "__main__"),

@@ -341,7 +341,15 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
                 "it again with this version of sd_ovopt, whose folders run at any size."
             )
         self._sd_ovopt_shape = wanted
-        self._apply_shape()
+        try:
+            self._apply_shape()
+        except RuntimeError as exc:  # an IR that does not take the shape its record promises
+            self._sd_ovopt_shape = current
+            raise CorruptModelError(
+                f"OpenVINO could not reshape the folder's IRs to {wanted.height}x{wanted.width} at batch "
+                f"{wanted.batch_size}: {openvino_message(exc)} Its sd_ovopt.json says they take any shape, so "
+                "the IRs were replaced or edited; export the pipeline again."
+            ) from exc
         return self
 
     def method_part(self, name: str) -> Any:
