@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "BenchmarkResult": "sd_ovopt.evaluation.results",
     "DeepCacheConfig": "sd_ovopt.deepcache.config",
+    "DistillConfig": "sd_ovopt.distill.model",
     "DistillationLoss": "sd_ovopt.quantization.qat",
     "ExportMetadata": "sd_ovopt.export.metadata",
     "LoRAConfig": "sd_ovopt.lora.config",
@@ -67,6 +68,7 @@ _LAZY = {
     "SCHEDULERS": "sd_ovopt._schedulers",
     "load_tiny_vae": "sd_ovopt.vae.tiny",
     "train_qat": "sd_ovopt.recipes.qat",
+    "distill_student": "sd_ovopt.recipes.distill",
 }
 
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "BenchmarkResult",
     "CorruptModelError",
     "DeepCacheConfig",
+    "DistillConfig",
     "DistillationLoss",
     "ExportMetadata",
     "InvalidConfigError",
@@ -101,6 +104,7 @@ __all__ = [
     "apply_deepcache",
     "apply_tome",
     "collect_calibration",
+    "distill_student",
     "export_pipeline",
     "get_deepcache_config",
     "get_tome_config",
@@ -128,6 +132,7 @@ if TYPE_CHECKING:
         is_deepcache_applied,
         remove_deepcache,
     )
+    from sd_ovopt.distill.model import DistillConfig
     from sd_ovopt.evaluation.benchmark import run_benchmark
     from sd_ovopt.evaluation.results import BenchmarkResult
     from sd_ovopt.export.metadata import ExportMetadata, read_metadata
@@ -141,6 +146,7 @@ if TYPE_CHECKING:
     from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
     from sd_ovopt.quantization.ptq import quantize_unet
     from sd_ovopt.quantization.qat import DistillationLoss, QATModel, WeightEMA
+    from sd_ovopt.recipes.distill import distill_student
     from sd_ovopt.recipes.optimize import DEFAULT_CALIBRATION_PROMPTS, optimize_pipeline, prepare_unet
     from sd_ovopt.recipes.qat import train_qat
     from sd_ovopt.tome.config import ToMeConfig

@@ -1,8 +1,9 @@
 """Latent consistency distillation (the LCM recipe) for few-step students of a many-step teacher.
 
-For now the pure tensor math of one distillation step (:mod:`sd_ovopt.distill.consistency`): the
-consistency parameterization and its boundary conditions, ``x0``/``eps`` from a UNet's output, the teacher's
-guided DDIM step over skipping timesteps, the guidance-weight embedding and the consistency loss.
+The tensor math of one distillation step (:mod:`sd_ovopt.distill.consistency`: the consistency
+parameterization and its boundary conditions, ``x0``/``eps`` from a UNet's output, the teacher's guided
+DDIM step over skipping timesteps, the guidance-weight embedding, the consistency loss) and the quantized
+student that trains on it (:mod:`sd_ovopt.distill.model`); the run is :func:`sd_ovopt.distill_student`.
 """
 
 from sd_ovopt.distill.consistency import (
@@ -20,10 +21,13 @@ from sd_ovopt.distill.consistency import (
     skipping_timesteps,
     teacher_step,
 )
+from sd_ovopt.distill.model import ConsistencyDistillationModel, DistillConfig
 
 __all__ = [
     "LOSS_TYPES",
     "PREDICTION_TYPES",
+    "ConsistencyDistillationModel",
+    "DistillConfig",
     "consistency_loss",
     "consistency_output",
     "consistency_target",

@@ -354,7 +354,7 @@ class _QATRun:
     ) -> None:
         """QATModel, encoders frozen on the device, AdamW; both prepared by accelerate, ``state`` loaded."""
         config, accelerator = self.config, self.accelerator
-        self.qat = qat = QATModel(self.pipe, student, config, copy_teacher=copy_teacher)
+        self.qat = qat = self.make_model(student, copy_teacher=copy_teacher)
         self.score_ptq()
         self.encoders = {
             module: next(module.parameters()).device for module in (self.pipe.vae, self.pipe.text_encoder)
@@ -371,9 +371,30 @@ class _QATRun:
             tome=None if self.tome is None else self.tome.to_dict(),
             world_size=accelerator.num_processes,
             ptq_error=self.ptq_error,
+            **self.extra_info(),
         )
         if self.main:
             _start_log(self.out / LOG_FILE, self.start)
+
+    def make_model(self, student: torch.nn.Module, *, copy_teacher: bool) -> QATModel:
+        """The training model: student, teacher, loss and EMA (here :class:`QATModel`)."""
+        return QATModel(self.pipe, student, self.config, copy_teacher=copy_teacher)
+
+    def extra_info(self) -> dict[str, Any]:
+        """What every checkpoint records besides the QAT settings (here: nothing)."""
+        return {}
+
+    def export_student(self) -> None:
+        """Export the trained student (EMA weights) to ``OUT/ov`` (main process)."""
+        size = self.resolution
+        export_student(
+            self.qat,
+            self.out / EXPORT_DIR,
+            height=size,
+            width=size,
+            overwrite=True,
+            show_progress=self.show_progress,
+        )
 
     def load_state(self, state: dict[str, Any]) -> None:
         """The checkpoint's optimizer moments and EMA (checked by ``load_checkpoint``), with this call's
@@ -515,15 +536,7 @@ class _QATRun:
         if self.main:
             report = self.report(rank_difference)
             if self.config.export:
-                size = self.resolution
-                export_student(
-                    self.qat,
-                    self.out / EXPORT_DIR,
-                    height=size,
-                    width=size,
-                    overwrite=True,
-                    show_progress=self.show_progress,
-                )
+                self.export_student()
             with atomic_file(self.out / REPORT_FILE) as tmp:
                 tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
             logger.info("QAT report: %s", report)
@@ -637,8 +650,10 @@ def export_student(
     compress_weights: bool = True,
     overwrite: bool = False,
     show_progress: bool = True,
+    **export: Any,
 ) -> Path:
-    """Export ``qat``'s pipeline with its trained student as an OpenVINO folder (int8 UNet IR).
+    """Export ``qat``'s pipeline with its trained student as an OpenVINO folder (int8 UNet IR); ``export``
+    is passed to :func:`sd_ovopt.export_pipeline` (e.g. ``classifier_free_guidance=False, scheduler="lcm"``).
 
     The same path as post-training quantization: :func:`sd_ovopt.export_pipeline` with ``unet=student``.
     With ``use_ema`` the EMA weights are exported; the student keeps its own.
@@ -664,6 +679,7 @@ def export_student(
                 compress_weights=compress_weights,
                 overwrite=overwrite,
                 show_progress=show_progress,
+                **export,
             )
     finally:
         for part, device in zip(parts, devices, strict=True):

@@ -1,0 +1,178 @@
+"""Consistency distillation of an INT8 student on the tiny pipeline: the loss, the run, its export to a
+guidance-free LCM folder, resume after SIGKILL, and the settings' checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sd_ovopt import (
+    DistillConfig,
+    InvalidConfigError,
+    QATConfig,
+    SdOvOptPipeline,
+    collect_calibration,
+    distill_student,
+    quantize_unet,
+    read_metadata,
+)
+from sd_ovopt.distill import ConsistencyDistillationModel
+from sd_ovopt.testing import tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+SETTINGS = {
+    "checkpointing_steps": 2,
+    "train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 1e-4,
+    "ema_decay": 0.9,
+    "calibration_prompts": 2,
+    "calibration_steps": 2,
+    "eval_samples": 2,
+}
+DISTILLATION = DistillConfig(num_ddim_timesteps=10)
+#: One run in its own process: model, data, output, steps, export (1/0), resume ("-": none).
+RUN = """
+import sys
+from sd_ovopt import DistillConfig, QATConfig, distill_student
+model, data, out, steps, export, resume = sys.argv[1:7]
+config = QATConfig(max_train_steps=int(steps), export=export == "1", **{settings})
+distill_student(model, data, out, config, distillation=DistillConfig(num_ddim_timesteps=10),
+                resume_from_checkpoint=None if resume == "-" else resume, show_progress=False)
+""".replace("{settings}", repr(SETTINGS))
+
+
+def write_squares(folder, count=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (name, rgb) in enumerate([("red", (220, 30, 30)), ("blue", (40, 60, 220))] * (count // 2)):
+        image = Image.new("RGB", (32, 32), (255, 255, 255))
+        image.paste(Image.new("RGB", (14, 14), rgb), (4 + 2 * i, 6 + i))
+        image.save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a {name} square"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_squares(tmp_path_factory.mktemp("distill-data") / "squares")
+
+
+def test_the_consistency_loss_falls_on_a_fixed_batch():
+    pipe = tiny_pipeline()
+    calibration = collect_calibration(pipe, ["a red square"], num_inference_steps=2, show_progress=False)
+    model = ConsistencyDistillationModel(
+        pipe, quantize_unet(pipe, calibration), QATConfig(ema_decay=0.5), DISTILLATION
+    )
+    generator = torch.Generator().manual_seed(0)
+    batch = (
+        torch.randn(2, 4, 16, 16, generator=generator),
+        torch.randn(2, 77, 32, generator=generator),
+        torch.randn(2, 4, 16, 16, generator=generator),
+        torch.tensor([300, 800]),
+    )
+    teacher = {k: v.clone() for k, v in model.loss.teacher.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameter_groups(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss = model(*batch)
+        assert loss.task == 0 and torch.equal(loss.total.detach(), loss.distillation)
+        loss.total.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.update_ema()
+        losses.append(float(loss.total.detach()))
+    assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    assert all(torch.equal(v, teacher[k]) for k, v in model.loss.teacher.state_dict().items())
+
+
+def _run(*args):
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN, *map(str, args)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_saved, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "whole"
+    config = QATConfig(max_train_steps=4, **SETTINGS)
+    return distill_student(tiny_saved, data_dir, out, config, distillation=DISTILLATION, show_progress=False)
+
+
+def test_the_run_exports_a_guidance_free_int8_lcm_folder(whole_run):
+    meta = read_metadata(whole_run)
+    assert meta.classifier_free_guidance is False and meta.config("int8") is not None
+    pipe = SdOvOptPipeline.from_pretrained(whole_run)
+    assert type(pipe.scheduler).__name__ == "LCMScheduler"
+    for steps in (1, 2, 4):
+        out = pipe("a red square", num_inference_steps=steps, guidance_scale=1.0, output_type="np")
+        assert out.images[0].shape == (32, 32, 3) and np.isfinite(out.images[0]).all()
+    info = json.loads((whole_run.parent / "checkpoints" / "checkpoint-4" / "checkpoint.json").read_text())
+    assert info["distillation"] == DISTILLATION.to_dict()
+    report = json.loads((whole_run.parent / "qat_report.json").read_text())
+    assert all(np.isfinite(report[k]) for k in ("ptq_error", "qat_error", "qat_ema_error"))
+
+
+def test_a_checkpoint_of_other_settings_is_refused(whole_run, tiny_saved, data_dir):
+    config = QATConfig(max_train_steps=6, **SETTINGS)
+    with pytest.raises(InvalidConfigError, match="distillation settings"):
+        distill_student(
+            tiny_saved, data_dir, whole_run.parent, config, distillation=DistillConfig(num_ddim_timesteps=20),
+            resume_from_checkpoint="latest", show_progress=False,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"guidance_scale": 1.0},
+        {"num_ddim_timesteps": 0},
+        {"loss_type": "l1"},
+        {"huber_c": 0.0},
+        {"version": 2},
+    ],
+)
+def test_config_validation(kwargs):
+    with pytest.raises(InvalidConfigError, match=next(iter(kwargs))):
+        DistillConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_a_killed_distillation_resumes_and_ends_where_an_uninterrupted_one_ends(
+    tiny_saved, data_dir, tmp_path
+):
+    whole = _run(tiny_saved, data_dir, tmp_path / "whole", 4, 0, "-")
+    killed = _run(tiny_saved, data_dir, tmp_path / "killed", 4, 0, "-")
+    first = tmp_path / "killed" / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 600
+    while not first.is_dir() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    assert not (tmp_path / "killed" / "checkpoints" / "checkpoint-4").exists()
+    resumed = _run(tiny_saved, data_dir, tmp_path / "killed", 4, 0, "latest")
+    for process in (resumed, whole):
+        _, err = process.communicate(timeout=900)
+        assert process.returncode == 0, err[-4000:]
+    states = [
+        torch.load(run / "checkpoints" / "checkpoint-4" / "training_state.pt", weights_only=True)
+        for run in (tmp_path / "whole", tmp_path / "killed")
+    ]
+    for key in ("student", "optimizer", "ema"):
+        torch.testing.assert_close(states[1][key], states[0][key], rtol=0, atol=0, msg=key)
