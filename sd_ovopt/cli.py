@@ -6,6 +6,7 @@ sd-ovopt quantize SRC OUT --prompts prompts.txt --num-samples 200 [--tome-ratio 
 sd-ovopt bench --model SRC --output OUT [--variants ...] [--steps 20] [--qat-model DIR]
 sd-ovopt bench --preset sd15-512 --output OUT [--variants ...] [--rounds 2]
 sd-ovopt train-qat --model SRC --train-data DIR --output OUT [--resume-from-checkpoint latest]
+sd-ovopt distill --model SRC --train-data DIR --output OUT [--guidance-scale 7.5] [--num-ddim-timesteps 50]
 sd-ovopt demo
 sd-ovopt cache info|clear [--dir PATH]
 """
@@ -561,11 +562,36 @@ _QAT_FLAGS = (
 
 
 def _add_train_qat(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    _add_training(
+        sub,
         "train-qat",
-        help="quantization-aware training (distillation + EMA) on accelerate, then an INT8 OpenVINO export",
+        "quantization-aware training (distillation + EMA) on accelerate, then an INT8 OpenVINO export",
+    ).set_defaults(func=_run_train_qat)
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = _add_training(
+        sub,
+        "distill",
+        "latent consistency distillation of an INT8 few-step student on accelerate, exported guidance-free "
+        "with the LCM scheduler (1 to 4 steps)",
+    )
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="the teacher's guidance (default 7.5)")
+    p.add_argument(
+        "--num-ddim-timesteps", type=int, default=50, help="the teacher solver's steps over 1000 (default 50)"
+    )
+    p.add_argument("--loss-type", choices=("huber", "l2"), default="huber", help="default huber")
+    p.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber constant (default 0.001)")
+    p.set_defaults(func=_run_distill)
+
+
+def _add_training(sub: argparse._SubParsersAction, command: str, help_text: str) -> argparse.ArgumentParser:
+    """The parser of a training command (``train-qat``, ``distill``): model, data, run folder, QATConfig."""
+    p = sub.add_parser(
+        command,
+        help=help_text,
         description="Options left out take QATConfig's defaults. Several processes: accelerate launch "
-        "[--multi_gpu --num_processes N] -m sd_ovopt train-qat ... (add --cpu for CPU processes).",
+        f"[--multi_gpu --num_processes N] -m sd_ovopt {command} ... (add --cpu for CPU processes).",
     )
     p.add_argument(
         "--model", required=True, help="local folder written by StableDiffusionPipeline.save_pretrained"
@@ -605,7 +631,7 @@ def _add_train_qat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-export", action="store_true", help="skip OUT/ov (resume the finished run to export)")
     p.add_argument("--cpu", action="store_true", help="train on CPU processes even if a GPU is present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_train_qat)
+    return p
 
 
 def _check_train_qat(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -650,6 +676,37 @@ def _run_train_qat(args: argparse.Namespace) -> int:
         args.train_data,
         args.output,
         config,
+        quantization=QuantizationConfig(mode=args.mode),
+        tome=tome,
+        resume_from_checkpoint=args.resume_from_checkpoint,
+        cpu=args.cpu,
+        show_progress=not args.no_progress,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        print(path)
+    return 0
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    # heavy: loads with the command that runs
+    from sd_ovopt.distill.model import DistillConfig
+    from sd_ovopt.quantization.config import QuantizationConfig
+    from sd_ovopt.recipes.distill import distill_student
+
+    _check_finite(args, "--guidance-scale", "--huber-c")
+    distillation = DistillConfig(
+        guidance_scale=args.guidance_scale,
+        num_ddim_timesteps=args.num_ddim_timesteps,
+        loss_type=args.loss_type,
+        huber_c=args.huber_c,
+    )
+    config, tome = _check_train_qat(args)
+    path = distill_student(
+        args.model,
+        args.train_data,
+        args.output,
+        config,
+        distillation=distillation,
         quantization=QuantizationConfig(mode=args.mode),
         tome=tome,
         resume_from_checkpoint=args.resume_from_checkpoint,
@@ -805,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(sub)
     _add_bench(sub)
     _add_train_qat(sub)
+    _add_distill(sub)
     _add_demo(sub)
     _add_cache(sub)
     return parser

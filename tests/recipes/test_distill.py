@@ -176,3 +176,31 @@ def test_a_killed_distillation_resumes_and_ends_where_an_uninterrupted_one_ends(
     ]
     for key in ("student", "optimizer", "ema"):
         torch.testing.assert_close(states[1][key], states[0][key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--guidance-scale", "1"], "guidance_scale"),
+        (["--guidance-scale", "nan"], "--guidance-scale"),
+        (["--num-ddim-timesteps", "0"], "num_ddim_timesteps"),
+        (["--huber-c", "0"], "huber_c"),
+    ],
+)
+def test_the_cli_refuses_bad_distillation_settings_before_loading(flags, match, tmp_path, capsys):
+    from sd_ovopt.cli import main
+
+    code = main(
+        [
+            "distill",
+            "--model",
+            str(tmp_path / "none"),
+            "--train-data",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+            *flags,
+        ]
+    )
+    assert code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
