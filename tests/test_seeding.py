@@ -61,7 +61,7 @@ class _RecordingPipe:
     def __init__(self, batch_size: int | None) -> None:
         self.calls: list[list[int]] = []
         if batch_size is not None:  # a static-batch OpenVINO export
-            self.export_metadata = SimpleNamespace(batch_size=batch_size)
+            self.compiled_shape = SimpleNamespace(batch_size=batch_size)
 
     def __call__(self, prompts, *, generator, **kwargs):
         self.calls.append([g.initial_seed() for g in generator])

@@ -62,17 +62,41 @@ def _torch_noise(generator: Any) -> Any:
 
 class _Part:
     """One IR of the folder (``unet``, ``text_encoder``, ``vae_decoder``), compiled on demand with the
-    pipeline's properties (timing and precision only)."""
+    pipeline's properties, static at ``batch`` rows of ``latent`` size when given (timing and precision
+    only)."""
 
-    def __init__(self, folder: Path, part: str, properties: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        part: str,
+        properties: dict[str, Any],
+        batch: int | None = None,
+        latent: tuple[int, int] | None = None,
+    ) -> None:
         config = folder / part / "config.json"
         self.config = _read_json(config) if config.is_file() else {}
         self._xml, self._properties = folder / part / "openvino_model.xml", properties
+        self._batch, self._latent = batch, latent
         self.request: Any = None
 
     def compile(self) -> None:
         if self.request is None:
-            self.request = ov.Core().compile_model(self._xml, "CPU", self._properties)
+            model = ov.Core().read_model(self._xml)
+            if self._batch is not None:
+                model.reshape(self._static_shapes(model))
+            self.request = ov.Core().compile_model(model, "CPU", self._properties)
+
+    def _static_shapes(self, model: Any) -> dict[Any, Any]:
+        """Every input's batch; a 4-d input's spatial size is the latent's (``sample``, ``latent_sample``)."""
+        shapes = {}
+        for port in model.inputs:
+            dims = port.get_partial_shape()
+            if port.get_any_name() != "timestep":
+                dims[0] = self._batch
+            if dims.rank.get_length() == 4 and self._latent is not None:
+                dims[2], dims[3] = self._latent
+            shapes[port] = dims
+        return shapes
 
 
 class GenAIPipeline:
@@ -92,7 +116,14 @@ class GenAIPipeline:
     """
 
     def __init__(
-        self, folder: str | Path, precision: str | None = None, properties: dict[str, Any] | None = None
+        self,
+        folder: str | Path,
+        precision: str | None = None,
+        properties: dict[str, Any] | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float = 7.5,
     ) -> None:
         reason = genai_missing()
         if reason is not None:
@@ -101,12 +132,21 @@ class GenAIPipeline:
 
         self.folder = Path(folder)
         self.properties = {**(properties or {}), **precision_hint(precision)}
-        self.pipe = openvino_genai.Text2ImagePipeline(str(self.folder), "CPU", **self.properties)
-        self.unet = _Part(self.folder, "unet", self.properties)
-        self.text_encoder = _Part(self.folder, "text_encoder", self.properties)
-        self.vae_decoder = _Part(self.folder, "vae_decoder", self.properties)
         vae = _read_json(self.folder / "vae_decoder" / "config.json")
         self.vae_scale_factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
+        static = height is not None and width is not None
+        if static:  # what GenAI's users do for speed: reshape to one image of this size, then compile
+            self.pipe = openvino_genai.Text2ImagePipeline(str(self.folder))
+            self.pipe.reshape(1, height, width, guidance_scale)
+            self.pipe.compile("CPU", **self.properties)
+        else:
+            self.pipe = openvino_genai.Text2ImagePipeline(str(self.folder), "CPU", **self.properties)
+        unet = _read_json(self.folder / "unet" / "config.json")
+        rows = 2 if guidance_scale > 1 and not unet.get("time_cond_proj_dim") else 1
+        latent = (height // self.vae_scale_factor, width // self.vae_scale_factor) if static else None
+        self.unet = _Part(self.folder, "unet", self.properties, rows if static else None, latent)
+        self.text_encoder = _Part(self.folder, "text_encoder", self.properties, 1 if static else None)
+        self.vae_decoder = _Part(self.folder, "vae_decoder", self.properties, 1 if static else None, latent)
         tokenizer = _read_json(self.folder / "tokenizer" / "tokenizer_config.json")
         self.tokenizer = SimpleNamespace(model_max_length=int(tokenizer.get("model_max_length", 77)))
 

@@ -468,8 +468,11 @@ def _load_optimum(variant: BuiltVariant, *, height: int, width: int, guidance_sc
     return pipe
 
 
-def _load_genai(variant: BuiltVariant, **_: Any) -> Any:
-    return GenAIPipeline(variant.path, precision=variant.precision)
+def _load_genai(variant: BuiltVariant, *, height: int, width: int, guidance_scale: float, **_: Any) -> Any:
+    """GenAI's pipeline reshaped static to the benchmark's image, as its users do for speed."""
+    return GenAIPipeline(
+        variant.path, precision=variant.precision, height=height, width=width, guidance_scale=guidance_scale
+    )
 
 
 _LOADERS: dict[str, Callable[..., Any]] = {

@@ -230,6 +230,7 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         pipe._sd_ovopt_metadata = meta
         pipe._sd_ovopt_precision = precision
         pipe._sd_ovopt_cache = resolve_cache_dir(cache_dir)
+        pipe._skip_cache_where_it_breaks(precision)
         if meta is not None:
             _check_unet_matches_record(pipe.unet.model, meta, path)
             pipe._sd_ovopt_loaded = {
@@ -277,6 +278,16 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
                 f"could not load the parts of {path} ({type(exc).__name__}: {exc}). A part folder "
                 "(tokenizer/, scheduler/, a config.json) is missing or damaged; export the pipeline again."
             ) from exc
+
+    def _skip_cache_where_it_breaks(self, precision: str) -> None:
+        """No compiled-model cache for a UNet with FakeQuantize ops compiled below f32: OpenVINO 2026.4's CPU
+        plugin compiles such a model differently when caching, and its cached blob gives NaN images."""
+        if "CACHE_DIR" not in self.ov_config or precision == "f32" or self.unet is None:
+            return
+        if any(op.get_type_name() == "FakeQuantize" for op in self.unet.model.get_ops()):
+            logger.info("8-bit UNet at %s precision: compiled without the compiled-model cache", precision)
+            del self.ov_config["CACHE_DIR"]
+            self._sd_ovopt_cache = None
 
     # -- shapes ------------------------------------------------------------------------------------
     def _apply_shape(self) -> None:

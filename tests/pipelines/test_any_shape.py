@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sd_ovopt import (
+    CorruptModelError,
     DeepCacheConfig,
     QuantizationConfig,
     SdOvOptPipeline,
@@ -140,6 +141,10 @@ def test_a_folder_traced_at_one_static_shape_refuses_other_shapes(tome_int8, tmp
     assert _image(pipe).shape == (32, 32, 3)
     with pytest.raises(ShapeMismatchError, match=r"one static shape.*Export it again"):
         pipe.reshape(batch_size=1, height=48, width=32)
+    record.update(height=64, width=64, latent_height=32, latent_width=32)  # a static record of another IR
+    (folder / "sd_ovopt.json").write_text(json.dumps(record))
+    with pytest.raises(CorruptModelError, match="does not belong to this IR"):
+        SdOvOptPipeline.from_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
