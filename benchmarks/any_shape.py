@@ -76,7 +76,7 @@ def time_unets(folders: dict, size: tuple[int, int], rounds: int) -> dict[str, f
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def load_probe(folder: Path, cache: Path) -> None:
+def load_probe(folder: Path, cache: Path, precision: str | None) -> None:
     """In this (fresh) process: load and compile ``folder``; print seconds and peak RSS."""
     import diffusers  # noqa: F401  - imported before the baseline, as by any user
     import openvino  # noqa: F401
@@ -87,14 +87,15 @@ def load_probe(folder: Path, cache: Path) -> None:
 
     reset_peak_rss()
     start = time.perf_counter()
-    SdOvOptPipeline.from_pretrained(folder, cache_dir=cache)
+    SdOvOptPipeline.from_pretrained(folder, cache_dir=cache, precision=precision)
     seconds = time.perf_counter() - start
     print(_MARKER + json.dumps({"seconds": seconds, "peak_bytes": peak_rss_bytes()}), flush=True)
 
 
-def load(folder: Path, cache: Path) -> dict[str, float]:
+def load(folder: Path, cache: Path, precision: str | None) -> dict[str, float]:
+    extra = [] if precision is None else ["--precision", precision]
     done = subprocess.run(
-        [sys.executable, __file__, "--load-probe", str(folder), "--cache", str(cache)],
+        [sys.executable, __file__, "--load-probe", str(folder), "--cache", str(cache), *extra],
         capture_output=True,
         text=True,
         check=True,
@@ -115,16 +116,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--load-probe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default=None, help="of the loads (default: sd_ovopt's own)")
+    parser.add_argument("--loads-only", action="store_true", help="skip the UNet timing")
     args = parser.parse_args()
     if args.load_probe is not None:
-        load_probe(args.load_probe, args.cache)
+        load_probe(args.load_probe, args.cache, args.precision)
         return
     from sd_ovopt._hardware import cpu_summary
 
     folders = build(args.work)
     print(f"CPU: {cpu_summary()}\n")
     print("| size | UNet call s: export at 512x512 | UNet call s: fresh export | ratio |\n|---|---|---|---|")
-    for size in SIZES[1:]:
+    for size in SIZES[1:] if not args.loads_only else ():
         medians = list(time_unets(folders, size, args.rounds).values())
         print(
             f"| {size[0]}x{size[1]} | {medians[0]:.3f} | {medians[1]:.3f} | {medians[0] / medians[1]:.3f} |"
@@ -132,7 +135,7 @@ def main() -> None:
     cache = args.work / "cache"
     if cache.exists():
         subprocess.run(["rm", "-rf", str(cache)], check=True)
-    first, second = load(folders[SIZES[0]], cache), load(folders[SIZES[0]], cache)
+    first, second = (load(folders[SIZES[0]], cache, args.precision) for _ in range(2))
     size = sum(f.stat().st_size for f in folders[SIZES[0]].rglob("*.bin"))
     blobs = sum(f.stat().st_size for f in cache.glob("*.blob"))
     print("\n| load of the 512x512 folder | s | peak RSS GiB |\n|---|---|---|")
