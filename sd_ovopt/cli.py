@@ -666,31 +666,14 @@ def _check_train_qat(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _run_train_qat(args: argparse.Namespace) -> int:
-    # heavy: loads with the command that runs
-    from sd_ovopt.quantization.config import QuantizationConfig
-    from sd_ovopt.recipes.qat import train_qat
+    from sd_ovopt.recipes.qat import train_qat  # heavy: loads with the command that runs
 
-    config, tome = _check_train_qat(args)
-    path = train_qat(
-        args.model,
-        args.train_data,
-        args.output,
-        config,
-        quantization=QuantizationConfig(mode=args.mode),
-        tome=tome,
-        resume_from_checkpoint=args.resume_from_checkpoint,
-        cpu=args.cpu,
-        show_progress=not args.no_progress,
-    )
-    if os.environ.get("RANK", "0") == "0":
-        print(path)
-    return 0
+    return _run_training(args, train_qat)
 
 
 def _run_distill(args: argparse.Namespace) -> int:
     # heavy: loads with the command that runs
     from sd_ovopt.distill.model import DistillConfig
-    from sd_ovopt.quantization.config import QuantizationConfig
     from sd_ovopt.recipes.distill import distill_student
 
     _check_finite(args, "--guidance-scale", "--huber-c")
@@ -700,18 +683,26 @@ def _run_distill(args: argparse.Namespace) -> int:
         loss_type=args.loss_type,
         huber_c=args.huber_c,
     )
+    return _run_training(args, distill_student, distillation=distillation)
+
+
+def _run_training(args: argparse.Namespace, train: Any, **settings: Any) -> int:
+    """A training command (``train-qat``, ``distill``): its checked flags to ``train``; the main process
+    prints the result folder."""
+    from sd_ovopt.quantization.config import QuantizationConfig  # heavy: with the command that runs
+
     config, tome = _check_train_qat(args)
-    path = distill_student(
+    path = train(
         args.model,
         args.train_data,
         args.output,
         config,
-        distillation=distillation,
         quantization=QuantizationConfig(mode=args.mode),
         tome=tome,
         resume_from_checkpoint=args.resume_from_checkpoint,
         cpu=args.cpu,
         show_progress=not args.no_progress,
+        **settings,
     )
     if os.environ.get("RANK", "0") == "0":
         print(path)
