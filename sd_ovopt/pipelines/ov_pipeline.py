@@ -280,14 +280,14 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             ) from exc
 
     def _skip_cache_where_it_breaks(self, precision: str) -> None:
-        """No compiled-model cache for a UNet with FakeQuantize ops compiled below f32: OpenVINO 2026.4's CPU
-        plugin compiles such a model differently when caching, and its cached blob gives NaN images."""
-        if "CACHE_DIR" not in self.ov_config or precision == "f32" or self.unet is None:
+        """The compiled-model cache only for models compiled at f32. OpenVINO 2026.4.1's CPU plugin gives NaN
+        images from some models cached below f32: an 8-bit UNet at bf16 on AVX512-BF16, a float pipeline
+        at bf16 on other CPUs. Uncached, they are finite."""
+        if "CACHE_DIR" not in self.ov_config or precision == "f32":
             return
-        if any(op.get_type_name() == "FakeQuantize" for op in self.unet.model.get_ops()):
-            logger.info("8-bit UNet at %s precision: compiled without the compiled-model cache", precision)
-            del self.ov_config["CACHE_DIR"]
-            self._sd_ovopt_cache = None
+        logger.info("compiling at %s precision: the compiled-model cache is used at f32 only", precision)
+        del self.ov_config["CACHE_DIR"]
+        self._sd_ovopt_cache = None
 
     # -- shapes ------------------------------------------------------------------------------------
     def _apply_shape(self) -> None:
