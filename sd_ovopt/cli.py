@@ -582,6 +582,13 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--loss-type", choices=("huber", "l2"), default="huber", help="default huber")
     p.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber constant (default 0.001)")
+    p.add_argument(
+        "--student",
+        choices=("int8", "float"),  # DistillConfig.student (its module loads with the command)
+        default="int8",
+        help="int8: quantized from the first step (default); float: a float student, also written as a "
+        "PyTorch pipeline to OUT/diffusers",
+    )
     p.set_defaults(func=_run_distill)
 
 
@@ -610,7 +617,7 @@ def _add_training(sub: argparse._SubParsersAction, command: str, help_text: str)
         "--gradient-checkpointing", action="store_true", help="refused: it corrupts NNCF QAT gradients"
     )
     p.add_argument(
-        "--mode", choices=("full", "hybrid"), default="full", help="quantization mode (default full)"
+        "--mode", choices=("full", "hybrid"), default=None, help="quantization mode (default full)"
     )
     p.add_argument(
         "--tome-ratio", type=float, default=None, help="apply ToMe to the student before quantizing"
@@ -677,27 +684,31 @@ def _run_distill(args: argparse.Namespace) -> int:
     from sd_ovopt.recipes.distill import distill_student
 
     _check_finite(args, "--guidance-scale", "--huber-c")
+    if args.student == "float" and args.mode is not None:
+        raise InvalidConfigError("--mode quantizes the student; leave it out with --student float.")
     distillation = DistillConfig(
         guidance_scale=args.guidance_scale,
         num_ddim_timesteps=args.num_ddim_timesteps,
         loss_type=args.loss_type,
         huber_c=args.huber_c,
+        student=args.student,
     )
-    return _run_training(args, distill_student, distillation=distillation)
+    return _run_training(args, distill_student, distillation=distillation, quantized=args.student == "int8")
 
 
-def _run_training(args: argparse.Namespace, train: Any, **settings: Any) -> int:
-    """A training command (``train-qat``, ``distill``): its checked flags to ``train``; the main process
-    prints the result folder."""
+def _run_training(args: argparse.Namespace, train: Any, *, quantized: bool = True, **settings: Any) -> int:
+    """A training command (``train-qat``, ``distill``): its checked flags to ``train`` (``quantized``: a
+    quantized student); the main process prints the result folder."""
     from sd_ovopt.quantization.config import QuantizationConfig  # heavy: with the command that runs
 
     config, tome = _check_train_qat(args)
+    quantization = QuantizationConfig(mode=args.mode or "full") if quantized else None
     path = train(
         args.model,
         args.train_data,
         args.output,
         config,
-        quantization=QuantizationConfig(mode=args.mode),
+        quantization=quantization,
         tome=tome,
         resume_from_checkpoint=args.resume_from_checkpoint,
         cpu=args.cpu,

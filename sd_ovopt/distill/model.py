@@ -29,7 +29,10 @@ from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.quantization.config import QATConfig
 from sd_ovopt.quantization.qat import QATLoss, QATModel
 
-__all__ = ["ConsistencyDistillationModel", "DistillConfig"]
+__all__ = ["STUDENT_KINDS", "ConsistencyDistillationModel", "DistillConfig"]
+
+#: What the student is: INT8 from the first step (the fused run), or float.
+STUDENT_KINDS = ("int8", "float")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class DistillConfig(JsonConfig):
             each distillation step jumps ``1000 // N`` timesteps.
         loss_type: ``"huber"`` (LCM's pseudo-Huber) or ``"l2"``.
         huber_c: The pseudo-Huber constant (> 0).
+        student: ``"int8"`` (fake-quantized by NNCF from the first step: distilled and quantized in one
+            loop) or ``"float"`` (a float student, exported in float; quantize it afterwards with the
+            recipe, e.g. to compare distil-then-quantize with the fused run).
         version: Layout version of this config.
 
     Example:
@@ -54,6 +60,7 @@ class DistillConfig(JsonConfig):
     num_ddim_timesteps: int = 50
     loss_type: str = "huber"
     huber_c: float = 0.001
+    student: str = "int8"
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -64,6 +71,7 @@ class DistillConfig(JsonConfig):
         check_int("DistillConfig.num_ddim_timesteps", self.num_ddim_timesteps, minimum=1, maximum=1000)
         check_choice("DistillConfig.loss_type", self.loss_type, LOSS_TYPES)
         check_float("DistillConfig.huber_c", self.huber_c, minimum=0, open_minimum=True)
+        check_choice("DistillConfig.student", self.student, STUDENT_KINDS)
         if self.version != 1:
             raise InvalidConfigError(
                 f"DistillConfig.version={self.version!r}; this sd_ovopt reads version 1."
@@ -71,7 +79,7 @@ class DistillConfig(JsonConfig):
 
 
 class ConsistencyDistillationModel(QATModel):
-    """A quantized student distilled to a few-step consistency model of its float teacher.
+    """A student (quantized, or float with ``DistillConfig(student="float")``) distilled to a few-step consistency model of its float teacher.
 
     ``forward(latents, encoder_hidden_states, noise, timesteps)`` takes what :class:`QATModel` takes: the
     timesteps (any of the 1000) choose each sample's solver step ``n = t * N // 1000``. The returned
@@ -82,7 +90,8 @@ class ConsistencyDistillationModel(QATModel):
     Args:
         pipeline: The float pipeline (or its folder); its UNet is the teacher, its text encoder encodes the
             empty prompt for guidance.
-        student: A UNet from :func:`sd_ovopt.quantize_unet` (INT8 from step 0; ToMe may be applied).
+        student: A UNet from :func:`sd_ovopt.quantize_unet` (INT8 from step 0; ToMe may be applied), or a
+            float copy of the teacher with ``DistillConfig(student="float")``.
         config: Training settings (the EMA decay is the target network's).
         distillation: What to distil (default ``DistillConfig()``).
         copy_teacher: Deep-copy the pipeline's UNet as teacher (default).
@@ -101,12 +110,13 @@ class ConsistencyDistillationModel(QATModel):
         *,
         copy_teacher: bool = True,
     ) -> None:
-        super().__init__(pipeline, student, config, copy_teacher=copy_teacher)
         distillation = DistillConfig() if distillation is None else distillation
         if not isinstance(distillation, DistillConfig):
             raise InvalidConfigError(
                 f"distillation must be a DistillConfig, got {type(distillation).__name__}."
             )
+        quantized = distillation.student == "int8"
+        super().__init__(pipeline, student, config, copy_teacher=copy_teacher, quantized_student=quantized)
         self.distillation = distillation
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.double()
         self.prediction_type = self.noise_scheduler.config.prediction_type

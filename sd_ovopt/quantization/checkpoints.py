@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``checkpoint-<step>`` with ``training_state.pt`` (student, optimizer and EMA
 state dicts, read back with ``weights_only=True``) and ``checkpoint.json`` (the step, the settings, and
-NNCF's description of where the quantizers sit, from which the student is rebuilt). Reading one checks
+NNCF's description of where the quantizers sit, from which the student is rebuilt; null for a float
+student). Reading one checks
 every field and tensor against the model first, so a checkpoint edited by hand, of another model or
 holding NaN is refused with :class:`~sd_ovopt.errors.CorruptModelError`. The folder is
 written under a temporary name and renamed into place, so a killed run leaves either a whole checkpoint
@@ -27,7 +28,7 @@ from sd_ovopt._fs import atomic_output_dir, read_json_object
 from sd_ovopt._nncf import import_nncf
 from sd_ovopt.errors import CorruptModelError, InvalidConfigError, ModelNotFoundError
 from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
-from sd_ovopt.quantization.ptq import QUANTIZATION_ATTR, get_quantization_config
+from sd_ovopt.quantization.ptq import QUANTIZATION_ATTR, get_quantization_config, is_quantized
 from sd_ovopt.quantization.qat import ema_state_mismatch, state_mismatch, trainable_parameters
 from sd_ovopt.tome.config import ToMeConfig
 from sd_ovopt.tome.patch import apply_tome
@@ -118,10 +119,10 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "step": (_is_count, "an integer >= 1"),
     "world_size": (_is_count, "an integer >= 1"),
     "ptq_error": (_is_error, "null or a finite number >= 0"),
-    "quantization": (lambda v: isinstance(v, dict), "a JSON object (a QuantizationConfig)"),
+    "quantization": (lambda v: v is None or isinstance(v, dict), "null (a float student) or a JSON object"),
     "tome": (lambda v: v is None or isinstance(v, dict), "null or a JSON object (a ToMeConfig)"),
     "qat_config": (lambda v: isinstance(v, dict), "a JSON object (a QATConfig)"),
-    "nncf_config": (lambda v: isinstance(v, dict), "a JSON object (NNCF's quantizer layout)"),
+    "nncf_config": (lambda v: v is None or isinstance(v, dict), "null (a float student) or a JSON object"),
 }
 
 
@@ -135,12 +136,19 @@ def read_checkpoint_info(path: Path) -> dict[str, Any]:
             raise CorruptModelError(f"{file} has no {name!r} field. {_FIX}")
         if not valid(info[name]):
             raise CorruptModelError(f"{file}: {name!r} is {info[name]!r}; it must be {rule}. {_FIX}")
+    if (info["quantization"] is None) != (info["nncf_config"] is None):
+        raise CorruptModelError(
+            f"{file}: 'quantization' and 'nncf_config' must both be null (a float student) or both be set. {_FIX}"
+        )
     numbered = _NAME.match(path.name)
     if numbered and int(numbered.group(1)) != info["step"]:
         raise CorruptModelError(f"{file}: 'step' is {info['step']}, but the folder is {path.name}. {_FIX}")
     known = {k: v for k, v in info["qat_config"].items() if k in QATConfig.__dataclass_fields__}
     for name, read in (
-        ("quantization", lambda: QuantizationConfig.from_dict(info["quantization"])),
+        (
+            "quantization",
+            lambda: info["quantization"] is None or QuantizationConfig.from_dict(info["quantization"]),
+        ),
         ("tome", lambda: info["tome"] is None or ToMeConfig.from_dict(info["tome"])),
         ("qat_config", lambda: QATConfig(**known)),
     ):
@@ -170,14 +178,16 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _rebuild_student(path: Path, info: dict[str, Any], float_unet: torch.nn.Module) -> Any:
-    """A copy of ``float_unet``, ToMe applied as recorded, NNCF's quantizers inserted where recorded."""
-
-    import_nncf()
-    import nncf.torch  # after import_nncf's set-up
-
+    """A copy of ``float_unet``, ToMe applied as recorded, NNCF's quantizers inserted where recorded (none
+    for a float student)."""
     student = copy.deepcopy(float_unet)
     if info["tome"] is not None:
         apply_tome(student, ToMeConfig.from_dict(info["tome"]))
+    if info["nncf_config"] is None:
+        return student
+    import_nncf()
+    import nncf.torch  # after import_nncf's set-up
+
     try:
         student = nncf.torch.load_from_config(student, info["nncf_config"])
     except Exception as exc:  # NNCF raises KeyError, RuntimeError, ... for a layout of another model
@@ -236,7 +246,10 @@ def load_checkpoint(path: Path, float_unet: torch.nn.Module) -> tuple[dict[str, 
 
 
 def checkpoint_info(student: Any, **fields: Any) -> dict[str, Any]:
-    """What ``checkpoint.json`` records besides the step: ``fields`` plus NNCF's quantizer layout."""
+    """What ``checkpoint.json`` records besides the step: ``fields`` plus NNCF's quantizer layout (``None``
+    for a float student)."""
+    if not is_quantized(student):
+        return {"format": 1, "quantization": None, "nncf_config": None, **fields}
     import nncf.torch  # loaded already (the student is quantized), after import_nncf's set-up
 
     return {

@@ -382,6 +382,8 @@ class QATModel(nn.Module):
         student: The UNet returned by :func:`sd_ovopt.quantize_unet` (ToMe may be applied before that).
         config: Loss weights, EMA and optimizer settings (default ``QATConfig()``).
         copy_teacher: Deep-copy the pipeline's UNet as teacher (default) rather than freeze it in place.
+        quantized_student: Require a quantized student (default). ``False`` takes a float UNet too (a
+            float distillation run with the same loop; it must not be the teacher itself).
 
     Example:
         >>> from sd_ovopt import QATModel, collect_calibration, quantize_unet
@@ -398,6 +400,7 @@ class QATModel(nn.Module):
         config: QATConfig | None = None,
         *,
         copy_teacher: bool = True,
+        quantized_student: bool = True,
     ) -> None:
         super().__init__()
         from diffusers import DDPMScheduler  # on use: `sd-ovopt --help` imports this package
@@ -407,7 +410,12 @@ class QATModel(nn.Module):
             raise InvalidConfigError(f"config must be a QATConfig, got {type(config).__name__}.")
         pipe = load_sd_pipeline(pipeline)
         student = find_unet(student, user="QATModel")
-        if not is_quantized(student):
+        if student is pipe.unet and not copy_teacher:
+            raise InvalidConfigError(
+                "the student is the pipeline's own UNet, which copy_teacher=False freezes as the teacher; "
+                "pass a copy of it (copy.deepcopy(pipe.unet))."
+            )
+        if quantized_student and not is_quantized(student):
             raise UnsupportedModelError(
                 "the student must be a UNet returned by sd_ovopt.quantize_unet (it trains the quantizers)."
             )

@@ -3,16 +3,23 @@
 The run is :func:`sd_ovopt.train_qat`'s (accelerate, the student fake-quantized by NNCF from step 0 and
 calibrated on the teacher's own sampling, EMA, atomic checkpoints, bit-identical resume, NaN stop) with the
 latent consistency distillation objective of :class:`sd_ovopt.distill.ConsistencyDistillationModel`. The
-result, ``OUT/ov``, is a guidance-free INT8 folder with the LCM scheduler for 1 to 4 steps.
+result, ``OUT/ov``, is a guidance-free INT8 folder with the LCM scheduler for 1 to 4 steps. With
+``DistillConfig(student="float")`` the same loop trains a float student: ``OUT/ov`` is then a float folder
+and ``OUT/diffusers`` the student as a PyTorch pipeline, for the recipe to quantize afterwards. The report
+is ``OUT/distill_report.json``.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import StableDiffusionPipeline
 
+from sd_ovopt._fs import atomic_output_dir
+from sd_ovopt._schedulers import pipeline_scheduler
 from sd_ovopt.distill.model import ConsistencyDistillationModel, DistillConfig
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.quantization.checkpoints import read_checkpoint_info
@@ -26,16 +33,24 @@ from sd_ovopt.recipes.qat import (
 )
 from sd_ovopt.tome.config import ToMeConfig
 
-__all__ = ["distill_student"]
+__all__ = ["FLOAT_DIR", "REPORT_FILE", "distill_student"]
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "distill_report.json"
+FLOAT_DIR = "diffusers"  # a float student as a PyTorch pipeline
 
 
 class _DistillRun(_QATRun):
     """A :func:`train_qat` run whose model is the consistency-distillation student, recorded and exported
     as such."""
 
+    report_file = REPORT_FILE
+
     def __init__(self, distillation: DistillConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.distillation = distillation
+        self.quantizes_student = distillation.student == "int8"
 
     def open_output(self, model: Any, output_dir: str | Path, resume_from: str | Path | None) -> None:
         """As for QAT; a checkpoint distilled with other settings (or by QAT) is refused before loading."""
@@ -59,18 +74,34 @@ class _DistillRun(_QATRun):
         return {"distillation": self.distillation.to_dict()}
 
     def export_student(self) -> None:
-        """The student (EMA weights) guidance-free, with the LCM scheduler, to ``OUT/ov``."""
+        """The student (EMA weights) guidance-free, with the LCM scheduler, to ``OUT/ov``; a float student
+        also as a PyTorch pipeline to ``OUT/diffusers``."""
         size = self.resolution
         export_student(
             self.qat,
             self.out / EXPORT_DIR,
             height=size,
             width=size,
+            compress_weights=self.quantizes_student,
             overwrite=True,
             show_progress=self.show_progress,
             classifier_free_guidance=False,
             scheduler="lcm",
         )
+        if not self.quantizes_student:
+            self.save_float_student()
+
+    def save_float_student(self) -> None:
+        """``OUT/diffusers``: the teacher's pipeline with the student's EMA weights and the LCM scheduler,
+        written whole or not at all (ToMe, a run-time patch, is not saved with it)."""
+        pipe, student = self.qat.pipeline, self.qat.student
+        unet = type(pipe.unet).from_config(pipe.unet.config)  # ToMe adds no weights: a plain UNet takes them
+        with self.qat.ema.applied_to(student):
+            unet.load_state_dict({name: t.detach().cpu() for name, t in student.state_dict().items()})
+        parts = {**pipe.components, "unet": unet, "scheduler": pipeline_scheduler("lcm", pipe)}
+        with atomic_output_dir(self.out / FLOAT_DIR, overwrite=True) as tmp:
+            StableDiffusionPipeline(**parts).save_pretrained(tmp)
+        logger.info("float student (PyTorch pipeline) written to %s", self.out / FLOAT_DIR)
 
 
 @_discard_run_without_checkpoint
@@ -102,15 +133,16 @@ def distill_student(
         output_dir: The run folder; must be new or empty unless resuming.
         config: Training, calibration, evaluation and export settings (default ``QATConfig()``).
         distillation: The teacher's guidance, the solver's steps and the loss (default ``DistillConfig()``).
-        quantization: Quantization settings (default ``QuantizationConfig()``).
+        quantization: Quantization settings (default ``QuantizationConfig()``; none for a float student).
         tome: Token merging applied to the student before quantization.
         resume_from_checkpoint: ``"latest"`` or a checkpoint folder.
         cpu: Train on the CPU even if an accelerator is present.
         show_progress: Show a progress bar with the loss.
 
     Returns:
-        ``OUT/ov``: a guidance-free INT8 folder with the LCM scheduler (without ``config.export``: the last
-        checkpoint). Call it with ``guidance_scale=1`` and 1 to 4 steps.
+        ``OUT/ov``: a guidance-free INT8 folder with the LCM scheduler (float with
+        ``DistillConfig(student="float")``, which also writes ``OUT/diffusers``; without ``config.export``:
+        the last checkpoint). Call it with ``guidance_scale=1`` and 1 to 4 steps.
 
     Example:
         >>> from sd_ovopt import QATConfig
@@ -122,5 +154,10 @@ def distill_student(
     _check_arguments(config, quantization, tome, resume_from_checkpoint)
     if not isinstance(distillation, DistillConfig):
         raise InvalidConfigError(f"distillation must be a DistillConfig, got {type(distillation).__name__}.")
+    if distillation.student == "float" and (quantization is not None or config.export_ptq):
+        raise InvalidConfigError(
+            'DistillConfig(student="float") trains a float student: leave quantization out and '
+            "export_ptq off (quantize the exported OUT/diffusers afterwards with sd_ovopt.optimize_pipeline)."
+        )
     run = _DistillRun(distillation, config, quantization, tome, cpu=cpu, show_progress=show_progress)
     return run(model, train_data, output_dir, resume_from_checkpoint)

@@ -15,6 +15,7 @@ The output folder::
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -212,8 +213,14 @@ def _check_resumable(path: Path, config: QATConfig, quantization: Any, tome: Any
             f"resume, {path} (step {info['step']}). Pass max_train_steps >= {info['step']}, or start a new "
             "run in a new output folder."
         )
+    saved_quantization = info["quantization"]
     recorded = (
-        ("quantization", quantization, QuantizationConfig.from_dict(info["quantization"]), "--mode"),
+        (
+            "quantization",
+            quantization,
+            saved_quantization and QuantizationConfig.from_dict(saved_quantization),
+            "--mode",
+        ),
         ("tome", tome, None if info["tome"] is None else ToMeConfig.from_dict(info["tome"]), "--tome-ratio"),
     )
     for name, given, saved, flag in recorded:
@@ -245,6 +252,8 @@ class _QATRun:
     eval_set: list[dict]  # fixed inputs scoring student vs teacher (main process only)
     encoders: dict[torch.nn.Module, torch.device]  # VAE and text encoder, with the device they came on
     info: dict[str, Any]  # what every checkpoint records besides the step
+    quantizes_student = True  # the student is fake-quantized (a subclass may train a float one)
+    report_file = REPORT_FILE
 
     def __init__(
         self,
@@ -315,9 +324,13 @@ class _QATRun:
 
     def quantize_student(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The recipe's INT8 UNet, calibrated on the first distinct captions (exported to ``ptq-ov`` with
-        ``export_ptq``); the pipeline's UNet stays the float, unmerged teacher. No state to load."""
+        ``export_ptq``); the pipeline's UNet stays the float, unmerged teacher. No state to load. Without
+        ``quantizes_student``: a float copy of the UNet (ToMe applied if asked)."""
         config, size = self.config, self.resolution
-        methods = [m for m in (self.tome, self.quantization or QuantizationConfig()) if m is not None]
+        quantization = (self.quantization or QuantizationConfig()) if self.quantizes_student else None
+        methods = [m for m in (self.tome, quantization) if m is not None]
+        if not methods:
+            return copy.deepcopy(self.pipe.unet), {}
         student = prepare_unet(
             self.pipe,
             methods,
@@ -537,7 +550,7 @@ class _QATRun:
             report = self.report(rank_difference)
             if self.config.export:
                 self.export_student()
-            with atomic_file(self.out / REPORT_FILE) as tmp:
+            with atomic_file(self.out / self.report_file) as tmp:
                 tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
             logger.info("QAT report: %s", report)
         accelerator.wait_for_everyone()

@@ -224,6 +224,7 @@ def test_models_and_samples_holding_nan_are_refused(pipe, qunet, data_dir, tmp_p
         ({"quantization": {"mode": "int4"}}, "'quantization' is not valid"),
         ({"qat_config": {"learning_rate": float("inf")}}, "'qat_config' is not valid"),
         ({"nncf_config": {}}, "'nncf_config' does not fit this UNet"),
+        ({"quantization": None}, "must both be null \\(a float student\\) or both be set"),
         ({"format": 2}, "'format' is 2"),
     ],
 )

@@ -13,15 +13,18 @@ import time
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from sd_ovopt import (
     DistillConfig,
     InvalidConfigError,
     QATConfig,
+    QuantizationConfig,
     SdOvOptPipeline,
     collect_calibration,
     distill_student,
+    optimize_pipeline,
     quantize_unet,
     read_metadata,
 )
@@ -125,8 +128,67 @@ def test_the_run_exports_a_guidance_free_int8_lcm_folder(whole_run):
         assert out.images[0].shape == (32, 32, 3) and np.isfinite(out.images[0]).all()
     info = json.loads((whole_run.parent / "checkpoints" / "checkpoint-4" / "checkpoint.json").read_text())
     assert info["distillation"] == DISTILLATION.to_dict()
-    report = json.loads((whole_run.parent / "qat_report.json").read_text())
+    report = json.loads((whole_run.parent / "distill_report.json").read_text())
     assert all(np.isfinite(report[k]) for k in ("ptq_error", "qat_error", "qat_ema_error"))
+
+
+@pytest.fixture(scope="module")
+def float_run(tiny_saved, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "float"
+    config = QATConfig(max_train_steps=4, **SETTINGS)
+    distillation = DistillConfig(num_ddim_timesteps=10, student="float")
+    return distill_student(tiny_saved, data_dir, out, config, distillation=distillation, show_progress=False)
+
+
+def test_a_float_student_exports_a_float_folder_and_a_pytorch_pipeline_with_its_ema_weights(float_run):
+    run = float_run.parent
+    meta = read_metadata(float_run)
+    assert meta.classifier_free_guidance is False and meta.config("int8") is None and not meta.methods
+    info = json.loads((run / "checkpoints" / "checkpoint-4" / "checkpoint.json").read_text())
+    assert info["quantization"] is None and info["nncf_config"] is None
+    assert info["distillation"]["student"] == "float"
+    state = torch.load(run / "checkpoints" / "checkpoint-4" / "training_state.pt", weights_only=True)
+    torch_pipe = StableDiffusionPipeline.from_pretrained(run / "diffusers")
+    assert type(torch_pipe.scheduler).__name__ == "LCMScheduler"
+    saved = torch_pipe.unet.state_dict()
+    ema = state["ema"]["shadow"]
+    assert ema and all(torch.equal(saved[name], ema[name]) for name in ema)
+    assert any(not torch.equal(ema[name], state["student"][name]) for name in ema)  # EMA, not raw weights
+    ov_pipe = SdOvOptPipeline.from_pretrained(float_run, precision="f32")
+    call = {"num_inference_steps": 2, "guidance_scale": 1.0, "output_type": "np"}
+    ours = ov_pipe("a red square", generator=torch.Generator().manual_seed(0), **call).images[0]
+    theirs = torch_pipe("a red square", generator=torch.Generator().manual_seed(0), **call).images[0]
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+    assert json.loads((run / "distill_report.json").read_text())["qat_ema_error"] >= 0
+
+
+def test_a_float_student_resumes_and_the_recipe_quantizes_it(float_run, tiny_saved, data_dir, tmp_path):
+    config = QATConfig(max_train_steps=6, **SETTINGS)
+    distillation = DistillConfig(num_ddim_timesteps=10, student="float")
+    distill_student(
+        tiny_saved, data_dir, float_run.parent, config, distillation=distillation,
+        resume_from_checkpoint="latest", show_progress=False,
+    )  # fmt: skip
+    assert (float_run.parent / "checkpoints" / "checkpoint-6").is_dir()
+    folder = optimize_pipeline(
+        float_run.parent / "diffusers", tmp_path / "ptq", methods=[QuantizationConfig()],
+        calibration_prompts=["a red square"], calibration_steps=2, guidance_scale=1.0, show_progress=False,
+    )  # fmt: skip
+    assert read_metadata(folder).config("int8") is not None
+    pipe = SdOvOptPipeline.from_pretrained(folder)
+    assert type(pipe.scheduler).__name__ == "LCMScheduler"
+    image = pipe("a red square", num_inference_steps=2, guidance_scale=1.0, output_type="np").images[0]
+    assert np.isfinite(image).all()
+
+
+@pytest.mark.parametrize(
+    "settings", [{"quantization": QuantizationConfig()}, {"config": QATConfig(export_ptq=True)}]
+)
+def test_a_float_student_refuses_quantization_settings(settings, tiny_saved, data_dir, tmp_path):
+    distillation = DistillConfig(student="float")
+    with pytest.raises(InvalidConfigError, match="float student"):
+        distill_student(tiny_saved, data_dir, tmp_path / "o", distillation=distillation, **settings)
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_checkpoint_of_other_settings_is_refused(whole_run, tiny_saved, data_dir):
@@ -145,6 +207,7 @@ def test_a_checkpoint_of_other_settings_is_refused(whole_run, tiny_saved, data_d
         {"num_ddim_timesteps": 0},
         {"loss_type": "l1"},
         {"huber_c": 0.0},
+        {"student": "int4"},
         {"version": 2},
     ],
 )
@@ -185,6 +248,7 @@ def test_a_killed_distillation_resumes_and_ends_where_an_uninterrupted_one_ends(
         (["--guidance-scale", "nan"], "--guidance-scale"),
         (["--num-ddim-timesteps", "0"], "num_ddim_timesteps"),
         (["--huber-c", "0"], "huber_c"),
+        (["--student", "float", "--mode", "hybrid"], "--mode"),
     ],
 )
 def test_the_cli_refuses_bad_distillation_settings_before_loading(flags, match, tmp_path, capsys):

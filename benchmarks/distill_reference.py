@@ -1,0 +1,208 @@
+"""Few-step students of the shipped reference model: the INT8 student distilled and quantized in one loop
+against a float student distilled the same way and then post-training-quantized by the recipe, both
+against their FP32 teacher, judged on the held-out prompts.
+
+    python benchmarks/distill_reference.py --work /tmp/distill-ref --steps 600
+
+Stages (a stage whose output exists is skipped, so a killed run resumes where it stopped):
+
+1. ``data``: 2000 training images of the shapes dataset (train prompts only; ``--data`` reuses a folder).
+2. ``int8``: ``distill_student`` with ``DistillConfig(student="int8")``: the student is fake-quantized
+   from step 0 (calibrated on 32 training captions along the teacher's sampling); ``int8/ov``.
+3. ``float``: the same loop, settings and data order with ``student="float"``; ``float/ov`` (float) and
+   ``float/diffusers`` (PyTorch).
+4. ``ptq``: ``optimize_pipeline(float/diffusers, methods=[QuantizationConfig()])`` calibrated on the same
+   32 captions along the student's own guidance-free 4-step LCM sampling; ``float-ptq``.
+5. ``fp32``: ``export_pipeline`` of the teacher, and a guidance-free export of it with the LCM scheduler
+   (what the students start from).
+6. ``eval``: every folder at ``precision="f32"`` generates the 144 held-out prompts with each ``--seeds``
+   value (prompt ``i`` of seed ``s`` draws its noise from ``noise_generator(s, i)``): the teacher at 20
+   DDIM steps with guidance 4, the undistilled teacher and each student at 1, 2 and 4 LCM steps without
+   guidance; the judge scores colour, shape and position. ``curve``: each run's mean loss per tenth of
+   its steps.
+
+Both runs train on one thread each by default (``--threads``), so the two can run side by side on two
+cores (``--only int8`` and ``--only float`` in two processes, then one process without ``--only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+STUDENT_STEPS = (1, 2, 4)
+CALIBRATION_PROMPTS = 32
+
+
+def _stage_data(data: Path) -> None:
+    from sd_ovopt.reference import write_dataset
+
+    write_dataset(data, 2000, seed=1, split="train")
+
+
+def _stage_train(work: Path, data: Path, kind: str, args: argparse.Namespace) -> None:
+    from sd_ovopt import DistillConfig, QATConfig, distill_student
+
+    config = QATConfig(
+        learning_rate=args.lr,
+        max_train_steps=args.steps,
+        train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        checkpointing_steps=max(args.steps // 12, 1),
+        checkpoints_total_limit=2,
+        ema_decay=args.ema_decay,
+        calibration_prompts=CALIBRATION_PROMPTS,
+        calibration_steps=args.teacher_steps,
+        eval_samples=32,
+    )
+    distillation = DistillConfig(
+        guidance_scale=args.guidance_scale, num_ddim_timesteps=args.num_ddim_timesteps, student=kind
+    )
+    t0 = time.perf_counter()
+    distill_student(
+        args.model, data, work / kind, config, distillation=distillation,
+        resume_from_checkpoint="latest", cpu=True, show_progress=False,
+    )  # fmt: skip
+    (work / kind / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+
+
+def _stage_ptq(work: Path, data: Path) -> None:
+    from sd_ovopt import QuantizationConfig, optimize_pipeline
+
+    lines = (data / "metadata.jsonl").read_text().splitlines()
+    captions = list(dict.fromkeys(json.loads(line)["text"] for line in lines if line.strip()))
+    captions = captions[:CALIBRATION_PROMPTS]  # the captions the fused run calibrates on
+    optimize_pipeline(
+        work / "float" / "diffusers", work / "float-ptq", methods=[QuantizationConfig()],
+        calibration_prompts=captions, calibration_steps=4, guidance_scale=1.0, show_progress=False,
+    )  # fmt: skip
+
+
+def _scores(pipe: object, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> dict:
+    from sd_ovopt.reference import generate_images, score_images
+
+    by_seed = {
+        seed: score_images(
+            generate_images(pipe, prompts, seed=seed, num_inference_steps=steps, guidance_scale=guidance),
+            prompts,
+        )
+        for seed in seeds
+    }
+    keys = ("accuracy", "colour_accuracy", "shape_accuracy", "position_accuracy")
+    row = {k: round(sum(getattr(s, k) for s in by_seed.values()) / len(by_seed), 4) for k in keys}
+    row["accuracy_by_seed"] = {str(seed): score.accuracy for seed, score in by_seed.items()}
+    return row
+
+
+def _stage_eval(work: Path, seeds: list[int]) -> dict:
+    from sd_ovopt import SdOvOptPipeline
+    from sd_ovopt.reference import held_out_prompts
+
+    prompts = [s.prompt for s in held_out_prompts()]
+    runs = {
+        "fp32-teacher": (work / "fp32", [(20, 4.0)]),
+        "fp32-teacher-lcm": (work / "fp32-lcm", [(n, 1.0) for n in STUDENT_STEPS]),
+        "int8-fused": (work / "int8" / "ov", [(n, 1.0) for n in STUDENT_STEPS]),
+        "float-student": (work / "float" / "ov", [(n, 1.0) for n in STUDENT_STEPS]),
+        "float-then-ptq": (work / "float-ptq", [(n, 1.0) for n in STUDENT_STEPS]),
+    }
+    rows = {}
+    for name, (folder, calls) in runs.items():
+        pipe = SdOvOptPipeline.from_pretrained(folder, precision="f32")
+        pipe.set_progress_bar_config(disable=True)
+        for steps, guidance in calls:
+            rows[f"{name} {steps} steps"] = _scores(pipe, prompts, seeds, steps, guidance)
+    return rows
+
+
+def _curve(run: Path, parts: int = 10) -> list[float]:
+    """Mean loss per tenth of the run's steps, from its training log."""
+    losses = [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    size = max(len(losses) // parts, 1)
+    return [
+        round(sum(losses[i : i + size]) / len(losses[i : i + size]), 6) for i in range(0, len(losses), size)
+    ]
+
+
+def _print_table(rows: dict, seeds: list[int]) -> None:
+    names = " / ".join(map(str, seeds))
+    print(f"\n| variant | prompt accuracy (seed {names}) | colour | shape | position |")
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        by_seed = " / ".join(f"{100 * a:.1f}" for a in row["accuracy_by_seed"].values())
+        print(
+            f"| {name} | {100 * row['accuracy']:.1f} % ({by_seed}) | {100 * row['colour_accuracy']:.1f} % | "
+            f"{100 * row['shape_accuracy']:.1f} % | {100 * row['position_accuracy']:.1f} % |"
+        )
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument(
+        "--model", default=None, help="diffusers folder (default: the shipped reference model)"
+    )
+    parser.add_argument("--data", type=Path, default=None, help="training images (default WORK/data)")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps of each run")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--ema-decay", type=float, default=0.95, help="the target network's decay")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="the teacher's guidance")
+    parser.add_argument("--num-ddim-timesteps", type=int, default=50)
+    parser.add_argument("--teacher-steps", type=int, default=20, help="steps of the calibration sampling")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    parser.add_argument("--only", choices=("int8", "float"), default=None, help="train one run, then stop")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.model is None:
+        from sd_ovopt.reference import reference_model_dir
+
+        args.model = str(reference_model_dir())
+    work, data = args.work, args.data or args.work / "data"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (data / "metadata.jsonl").is_file():
+        _stage_data(data)
+    for kind in (args.only,) if args.only else ("int8", "float"):
+        if not (work / kind / "ov" / "sd_ovopt.json").is_file():
+            _stage_train(work, data, kind, args)
+    if args.only:
+        return
+    if not (work / "float-ptq" / "sd_ovopt.json").is_file():
+        _stage_ptq(work, data)
+    from sd_ovopt import export_pipeline
+
+    if not (work / "fp32" / "sd_ovopt.json").is_file():
+        export_pipeline(args.model, work / "fp32", show_progress=False)
+    if not (work / "fp32-lcm" / "sd_ovopt.json").is_file():
+        export_pipeline(
+            args.model,
+            work / "fp32-lcm",
+            classifier_free_guidance=False,
+            scheduler="lcm",
+            show_progress=False,
+        )
+    rows = _stage_eval(work, args.seeds)
+    curves = {kind: _curve(work / kind) for kind in ("int8", "float")}
+    seconds = {kind: float((work / kind / "train_seconds.txt").read_text()) for kind in ("int8", "float")}
+    result = {
+        "settings": vars(args) | {"work": str(work)},
+        "rows": rows,
+        "curves": curves,
+        "seconds": seconds,
+    }
+    (work / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps({"curves": curves, "seconds": seconds}, indent=1))
+    _print_table(rows, args.seeds)
+
+
+if __name__ == "__main__":
+    main()
