@@ -20,9 +20,10 @@ import json
 def main() -> None:
     import torch
 
-    from sd_ovopt import QuantizationConfig, ToMeConfig, collect_calibration, quantize_pipeline_unet
+    from sd_ovopt import QuantizationConfig, ToMeConfig, collect_calibration
     from sd_ovopt._hardware import cpu_summary
     from sd_ovopt._loading import load_sd_pipeline
+    from sd_ovopt.recipes import prepare_unet
     from sd_ovopt.reference import held_out_prompts, reference_model_dir, train_prompts
     from sd_ovopt.tome import apply_tome
 
@@ -51,12 +52,10 @@ def main() -> None:
 
     float_trajectory = collect_calibration(pipe, prompts * passes, max_samples=args.samples, **record)
     students = {
-        "merged UNet's own sampling (recipe)": quantize_pipeline_unet(
-            pipe, tome=tome, quantization=quantization, calibration_prompts=prompts, **record
+        "merged UNet's own sampling (recipe)": prepare_unet(
+            pipe, [tome, quantization], calibration_prompts=prompts, **record
         ),
-        "float UNet's sampling": quantize_pipeline_unet(
-            pipe, tome=tome, quantization=quantization, calibration=float_trajectory
-        ),
+        "float UNet's sampling": prepare_unet(pipe, [tome, quantization], calibration=float_trajectory),
     }
     merged_float = apply_tome(copy.deepcopy(pipe.unet), tome)  # ToMe alone, no INT8
     rows = {}

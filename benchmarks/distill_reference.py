@@ -12,7 +12,8 @@ Stages (a stage whose output exists is skipped, so a killed run resumes where it
 3. ``float``: the same loop, settings and data order with ``student="float"``; ``float/ov`` (float) and
    ``float/diffusers`` (PyTorch).
 4. ``ptq``: ``optimize_pipeline(float/diffusers, methods=[QuantizationConfig()])`` calibrated on the same
-   32 captions along the student's own guidance-free 4-step LCM sampling; ``float-ptq``.
+   32 captions along the student's own guidance-free 4-step LCM sampling; ``float-ptq``. The same with
+   step caching (interval 2: full, shallow, full, shallow at 4 steps) before INT8: ``float-ptq-cached``.
 5. ``fp32``: ``export_pipeline`` of the teacher, and a guidance-free export of it with the LCM scheduler
    (what the students start from).
 6. ``eval``: every folder at ``precision="f32"`` generates the 144 held-out prompts with each ``--seeds``
@@ -56,6 +57,7 @@ def _stage_train(work: Path, data: Path, kind: str, args: argparse.Namespace) ->
         calibration_prompts=CALIBRATION_PROMPTS,
         calibration_steps=args.teacher_steps,
         eval_samples=32,
+        seed=args.train_seed,
     )
     distillation = DistillConfig(
         guidance_scale=args.guidance_scale, num_ddim_timesteps=args.num_ddim_timesteps, student=kind
@@ -68,14 +70,15 @@ def _stage_train(work: Path, data: Path, kind: str, args: argparse.Namespace) ->
     (work / kind / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
 
 
-def _stage_ptq(work: Path, data: Path) -> None:
+def _stage_ptq(work: Path, data: Path, name: str, methods: list) -> None:
+    """The recipe's INT8 of the float student (``methods`` before it), calibrated along its 4-step sampling."""
     from sd_ovopt import QuantizationConfig, optimize_pipeline
 
     lines = (data / "metadata.jsonl").read_text().splitlines()
     captions = list(dict.fromkeys(json.loads(line)["text"] for line in lines if line.strip()))
     captions = captions[:CALIBRATION_PROMPTS]  # the captions the fused run calibrates on
     optimize_pipeline(
-        work / "float" / "diffusers", work / "float-ptq", methods=[QuantizationConfig()],
+        work / "float" / "diffusers", work / name, methods=[*methods, QuantizationConfig()],
         calibration_prompts=captions, calibration_steps=4, guidance_scale=1.0, show_progress=False,
     )  # fmt: skip
 
@@ -107,6 +110,7 @@ def _stage_eval(work: Path, seeds: list[int]) -> dict:
         "int8-fused": (work / "int8" / "ov", [(n, 1.0) for n in STUDENT_STEPS]),
         "float-student": (work / "float" / "ov", [(n, 1.0) for n in STUDENT_STEPS]),
         "float-then-ptq": (work / "float-ptq", [(n, 1.0) for n in STUDENT_STEPS]),
+        "float-then-ptq + step caching": (work / "float-ptq-cached", [(2, 1.0), (4, 1.0)]),
     }
     rows = {}
     for name, (folder, calls) in runs.items():
@@ -152,7 +156,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=4.0, help="the teacher's guidance")
     parser.add_argument("--num-ddim-timesteps", type=int, default=50)
     parser.add_argument("--teacher-steps", type=int, default=20, help="steps of the calibration sampling")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="noise seeds of the scores")
+    parser.add_argument("--train-seed", type=int, default=0, help="QATConfig.seed: data order and noise")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     parser.add_argument("--only", choices=("int8", "float"), default=None, help="train one run, then stop")
     return parser.parse_args()
@@ -176,8 +181,11 @@ def main() -> None:
             _stage_train(work, data, kind, args)
     if args.only:
         return
-    if not (work / "float-ptq" / "sd_ovopt.json").is_file():
-        _stage_ptq(work, data)
+    from sd_ovopt import DeepCacheConfig
+
+    for name, methods in (("float-ptq", []), ("float-ptq-cached", [DeepCacheConfig(interval=2)])):
+        if not (work / name / "sd_ovopt.json").is_file():
+            _stage_ptq(work, data, name, methods)
     from sd_ovopt import export_pipeline
 
     if not (work / "fp32" / "sd_ovopt.json").is_file():

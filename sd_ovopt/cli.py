@@ -760,11 +760,29 @@ def _demo_prompts(held_out: list[Any]) -> list[str]:
     return prompts
 
 
+def _judge_and_save(images: list[Any], prompts: list[str], out: Path, name: str) -> int:
+    """Print the judge's verdict on each image, save the images and their grid as ``out/name*``; the hits."""
+    from sd_ovopt.reference import judge_image, make_grid  # heavy: loads with the command that runs
+
+    hits = 0
+    for i, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
+        seen = judge_image(image)
+        ok = seen.matches(prompt)
+        hits += ok
+        image.save(out / f"{name}-{i:02d}.png")
+        print(
+            f"{'ok  ' if ok else 'MISS'} {prompt!r} -> the judge sees: a {seen.colour} {seen.shape} "
+            f"on a {seen.background} background, {seen.position}"
+        )
+    make_grid(images, columns=min(len(images), 4), scale=4).save(out / f"{name}_grid.png")
+    return hits
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     # heavy: loads with the command that runs
     from sd_ovopt.export.pipeline import export_pipeline
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
-    from sd_ovopt.reference import generate_images, held_out_prompts, judge_image, make_grid, parse_prompt
+    from sd_ovopt.reference import few_step_model_dir, generate_images, held_out_prompts, parse_prompt
     from sd_ovopt.reference.model import reference_model_dir
 
     prompts = args.prompt or _demo_prompts(held_out_prompts())
@@ -778,24 +796,24 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     diffusers_logging.disable_progress_bar()  # loading bars: noise in a demo
     transformers_logging.disable_progress_bar()
+    # 1. The reference model, exported to OpenVINO, at the many-step call it was trained for
     model_dir = export_pipeline(reference_model_dir(), out / "shapes-ov", overwrite=True, show_progress=False)
     print(f"exported the shipped reference model to {model_dir}")
     pipe = SdOvOptPipeline.from_pretrained(model_dir, precision="f32")
     pipe.set_progress_bar_config(disable=True)
     images = generate_images(pipe, prompts, seed=args.seed, num_inference_steps=args.steps)
-    hits = 0
-    for i, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
-        seen = judge_image(image)
-        ok = seen.matches(prompt)
-        hits += ok
-        image.save(out / f"demo-{i:02d}.png")
-        print(
-            f"{'ok  ' if ok else 'MISS'} {prompt!r} -> the judge sees: a {seen.colour} {seen.shape} "
-            f"on a {seen.background} background, {seen.position}"
-        )
-    grid = out / "demo_grid.png"
-    make_grid(images, columns=min(len(images), 4), scale=4).save(grid)
-    print(f"{hits}/{len(prompts)} images show the colour and shape asked for; grid saved: {grid}")
+    hits = _judge_and_save(images, prompts, out, "demo")
+    # 2. Its shipped few-step INT8 student: 4 steps, no guidance (one UNet row per image)
+    print(f"\nthe shipped few-step INT8 student of the reference model ({few_step_model_dir().name}), 4 steps:")
+    student = SdOvOptPipeline.from_pretrained(few_step_model_dir(), precision="f32")
+    student.set_progress_bar_config(disable=True)
+    fast = generate_images(student, prompts, seed=args.seed, num_inference_steps=4, guidance_scale=1.0)
+    fast_hits = _judge_and_save(fast, prompts, out, "demo_few_step")
+    print(
+        f"\n{hits}/{len(prompts)} images show the colour and shape asked for ({args.steps} steps; grid saved: "
+        f"{out / 'demo_grid.png'})\n{fast_hits}/{len(prompts)} with the few-step INT8 student (4 steps; grid "
+        f"saved: {out / 'demo_few_step_grid.png'})"
+    )
     return 0
 
 

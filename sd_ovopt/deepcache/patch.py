@@ -210,7 +210,7 @@ def _find_unet(target: Any) -> nn.Module:
         target,
         user="DeepCache",
         hint=" (An OpenVINO pipeline's UNet is compiled: export with "
-        "export_pipeline(..., deepcache=DeepCacheConfig(...)) instead.)",
+        "export_pipeline(..., methods=[DeepCacheConfig(...)]) instead.)",
     )
 
 

@@ -375,7 +375,8 @@ class QATModel(nn.Module):
 
     ``forward(latents, encoder_hidden_states, noise, timesteps)`` noises the latents with the pipeline's
     schedule, runs the student, and returns a :class:`QATLoss`. Train the student's parameters
-    (:meth:`parameter_groups`), call :meth:`update_ema` after each optimizer step, then :meth:`export`.
+    (:meth:`parameter_groups`), call :meth:`update_ema` after each optimizer step, then
+    :func:`sd_ovopt.recipes.qat.export_student`.
 
     Args:
         pipeline: The float Stable Diffusion pipeline (or its folder); its UNet is the teacher.

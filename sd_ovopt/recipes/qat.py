@@ -616,7 +616,7 @@ def train_qat(
 ) -> Path:
     """Quantize a Stable Diffusion UNet, fine-tune it with distillation from the float UNet, export it.
 
-    Post-training quantization (the recipe's :func:`sd_ovopt.quantize_pipeline_unet`, calibrated on
+    Post-training quantization (the recipe's :func:`sd_ovopt.recipes.prepare_unet`, calibrated on
     pipeline runs over the first captions) starts the student; :class:`sd_ovopt.QATModel` supplies the loss
     and the EMA; the end is an OpenVINO pipeline folder ``OUT/ov`` with the EMA weights. Run it as is, or
     under ``accelerate launch`` for several processes (each process draws its own images; DDP averages the

@@ -10,7 +10,7 @@ Example:
 
 from sd_ovopt.reference.evaluate import PromptScore, generate_images, make_grid, score_images
 from sd_ovopt.reference.judge import Judgement, judge_image, prompt_accuracy, score_image
-from sd_ovopt.reference.model import reference_model_dir, reference_pipeline
+from sd_ovopt.reference.model import few_step_model_dir, reference_model_dir, reference_pipeline
 from sd_ovopt.reference.shapes import (
     ShapeSpec,
     held_out_prompts,
@@ -25,6 +25,7 @@ __all__ = [
     "Judgement",
     "PromptScore",
     "ShapeSpec",
+    "few_step_model_dir",
     "generate_images",
     "held_out_prompts",
     "judge_image",

@@ -17,6 +17,7 @@ __all__ = [
     "REFERENCE_UNET_CONFIG",
     "REFERENCE_VAE_CONFIG",
     "TEXT_LENGTH",
+    "few_step_model_dir",
     "reference_model_dir",
     "reference_pipeline",
 ]
@@ -63,15 +64,34 @@ REFERENCE_TEXT_ENCODER_CONFIG: dict[str, Any] = {
 }
 
 
+def _shipped(folder: str, marker: str, what: str, remake: str) -> Path:
+    """The shipped folder ``data/folder`` (it holds ``marker``); ModelNotFoundError naming how to remake it."""
+    path = Path(str(resources.files("sd_ovopt.reference") / "data" / folder))
+    if not (path / marker).is_file():
+        raise ModelNotFoundError(f"{what} is missing from {path}; reinstall sd_ovopt, or {remake}")
+    return path
+
+
 def reference_model_dir() -> Path:
     """The folder of the trained reference pipeline shipped with sd_ovopt (diffusers layout)."""
-    path = Path(str(resources.files("sd_ovopt.reference") / "data" / "shapes-sd"))
-    if not (path / "model_index.json").is_file():
-        raise ModelNotFoundError(
-            f"the reference model is missing from {path}; reinstall sd_ovopt, or retrain it with "
-            "`python -m sd_ovopt.reference.train --output <dir>` (see docs/reference_model.md)"
-        )
-    return path
+    return _shipped(
+        "shapes-sd",
+        "model_index.json",
+        "the reference model",
+        "retrain it with `python -m sd_ovopt.reference.train --output <dir>` (see docs/reference_model.md)",
+    )
+
+
+def few_step_model_dir() -> Path:
+    """The folder of the reference model's few-step student shipped with sd_ovopt: an INT8 OpenVINO folder,
+    guidance-free, with the LCM scheduler (1 to 4 steps), distilled and quantized in one loop by
+    :func:`sd_ovopt.distill_student` (``benchmarks/distill_reference.py`` makes it)."""
+    return _shipped(
+        "shapes-lcm-int8",
+        "sd_ovopt.json",
+        "the reference model's few-step student",
+        "make it with `python benchmarks/distill_reference.py --work <dir>` (its int8/ov folder).",
+    )
 
 
 def reference_pipeline() -> StableDiffusionPipeline:

@@ -151,7 +151,7 @@ def _find_unet(target: Any) -> nn.Module:
         target,
         user="ToMe",
         hint=" (An OpenVINO pipeline's UNet is compiled: apply ToMe before export, "
-        "with export_pipeline(..., tome=ToMeConfig(...)).)",
+        "with export_pipeline(..., methods=[ToMeConfig(...)]).)",
     )
 
 
