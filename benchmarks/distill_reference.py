@@ -3,6 +3,7 @@ against a float student distilled the same way and then post-training-quantized 
 against their FP32 teacher, judged on the held-out prompts.
 
     python benchmarks/distill_reference.py --work /tmp/distill-ref --steps 600
+    python benchmarks/distill_reference.py --work /tmp/distill-ref --combine /tmp/distill-ref /tmp/ref-seed1
 
 Stages (a stage whose output exists is skipped, so a killed run resumes where it stopped):
 
@@ -142,6 +143,23 @@ def _print_table(rows: dict, seeds: list[int]) -> None:
         )
 
 
+def _combine(works: list[Path]) -> None:
+    """One table over several runs' ``result.json`` (e.g. one per ``--train-seed``): each row's accuracy
+    per run (mean over the noise seeds), their mean, and the largest noise-seed spread of a run."""
+    results = [json.loads((work / "result.json").read_text()) for work in works]
+    seeds = " / ".join(str(r["settings"].get("train_seed", 0)) for r in results)
+    print(f"\n| variant | accuracy per training run ({seeds}) | mean | noise-seed spread (largest) |")
+    print("|---|---|---|---|")
+    for name in results[0]["rows"]:
+        rows = [r["rows"][name] for r in results]
+        spread = max(
+            max(row["accuracy_by_seed"].values()) - min(row["accuracy_by_seed"].values()) for row in rows
+        )
+        mean = sum(row["accuracy"] for row in rows) / len(rows)
+        runs = " / ".join(f"{100 * row['accuracy']:.1f}" for row in rows)
+        print(f"| {name} | {runs} | {100 * mean:.1f} % | {100 * spread:.1f} |")
+
+
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -160,11 +178,21 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--train-seed", type=int, default=0, help="QATConfig.seed: data order and noise")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     parser.add_argument("--only", choices=("int8", "float"), default=None, help="train one run, then stop")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print one table of these finished --work folders",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
     args = _arguments()
+    if args.combine:
+        _combine(args.combine)
+        return
     import torch
 
     torch.set_num_threads(args.threads)

@@ -804,7 +804,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     images = generate_images(pipe, prompts, seed=args.seed, num_inference_steps=args.steps)
     hits = _judge_and_save(images, prompts, out, "demo")
     # 2. Its shipped few-step INT8 student: 4 steps, no guidance (one UNet row per image)
-    print(f"\nthe shipped few-step INT8 student of the reference model ({few_step_model_dir().name}), 4 steps:")
+    print(
+        f"\nthe shipped few-step INT8 student of the reference model ({few_step_model_dir().name}), 4 steps:"
+    )
     student = SdOvOptPipeline.from_pretrained(few_step_model_dir(), precision="f32")
     student.set_progress_bar_config(disable=True)
     fast = generate_images(student, prompts, seed=args.seed, num_inference_steps=4, guidance_scale=1.0)
