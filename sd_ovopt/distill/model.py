@@ -79,7 +79,8 @@ class DistillConfig(JsonConfig):
 
 
 class ConsistencyDistillationModel(QATModel):
-    """A student (quantized, or float with ``DistillConfig(student="float")``) distilled to a few-step consistency model of its float teacher.
+    """A student distilled to a few-step consistency model of its float teacher: fake-quantized from its
+    first step, or float with ``DistillConfig(student="float")``.
 
     ``forward(latents, encoder_hidden_states, noise, timesteps)`` takes what :class:`QATModel` takes: the
     timesteps (any of the 1000) choose each sample's solver step ``n = t * N // 1000``. The returned
