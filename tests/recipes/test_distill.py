@@ -171,7 +171,7 @@ def test_a_float_student_resumes_and_the_recipe_quantizes_it(float_run, tiny_sav
     )  # fmt: skip
     assert (float_run.parent / "checkpoints" / "checkpoint-6").is_dir()
     folder = optimize_pipeline(
-        float_run.parent / "diffusers", tmp_path / "ptq", methods=[QuantizationConfig()],
+        float_run.parent / "diffusers", tmp_path / "ptq", methods=[QuantizationConfig(subset_size=4)],
         calibration_prompts=["a red square"], calibration_steps=2, guidance_scale=1.0, show_progress=False,
     )  # fmt: skip
     assert read_metadata(folder).config("int8") is not None
