@@ -115,7 +115,11 @@ def _run(*args):
 def whole_run(tiny_saved, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("distill") / "whole"
     config = QATConfig(max_train_steps=4, **SETTINGS)
-    return distill_student(tiny_saved, data_dir, out, config, distillation=DISTILLATION, show_progress=False)
+    quantization = QuantizationConfig(subset_size=8)  # calibration samples: 8 of the default 200 suffice here
+    return distill_student(
+        tiny_saved, data_dir, out, config, distillation=DISTILLATION, quantization=quantization,
+        show_progress=False,
+    )  # fmt: skip
 
 
 def test_the_run_exports_a_guidance_free_int8_lcm_folder(whole_run):
