@@ -22,7 +22,13 @@ import torch
 from optimum.intel import OVStableDiffusionPipeline
 from optimum.intel.openvino.modeling_diffusion import OVPipelinePart
 
-from sd_ovopt._compile_cache import cache_properties, max_cache_bytes, resolve_cache_dir, trim_cache
+from sd_ovopt._compile_cache import (
+    CacheSetting,
+    cache_properties,
+    max_cache_bytes,
+    resolve_cache_dir,
+    trim_cache,
+)
 from sd_ovopt._fs import read_json_object
 from sd_ovopt._loading import check_image_size, check_requested_size, guidance_embedding_dim, read_model_index
 from sd_ovopt._precision import PRECISIONS, check_device_config, openvino_message, precision_config
@@ -140,6 +146,17 @@ def quiet_safety_checker_warning() -> Iterator[None]:
         sd_logger.setLevel(level)
 
 
+def _cache_at_f32_only(cache_dir: CacheSetting, config: dict[str, Any], precision: str) -> CacheSetting:
+    """The cache setting to compile with: ``cache_dir`` at f32; off below it, a ``CACHE_DIR`` in ``config``
+    dropped too. OpenVINO 2026.4.1's CPU plugin gives NaN images from some models cached below f32 (an 8-bit
+    UNet at bf16 on AVX512-BF16, a float pipeline at bf16 on other CPUs); uncached, they are finite."""
+    if precision == "f32":
+        return cache_dir
+    if config.pop("CACHE_DIR", None) is not None or resolve_cache_dir(cache_dir) is not None:
+        logger.info("compiling at %s precision: the compiled-model cache is used at f32 only", precision)
+    return False
+
+
 class SdOvOptPipeline(OVStableDiffusionPipeline):
     """OpenVINO Stable Diffusion pipeline with static shapes, pinned precision and typed errors.
 
@@ -220,9 +237,10 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
             if v is not None
         ]
         config, precision = precision_config(precision, ov_config, device)
-        config = cache_properties(cache_dir, config)
         if resolve_cache_dir(cache_dir) is not None:
             max_cache_bytes()  # a bad $SD_OVOPT_CACHE_MAX_GB is refused before anything loads
+        cache_dir = _cache_at_f32_only(cache_dir, config, precision)
+        config = cache_properties(cache_dir, config)
         path = Path(model_dir).expanduser()
         _check_folder(path)
         meta = read_metadata(path)
@@ -230,7 +248,6 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
         pipe._sd_ovopt_metadata = meta
         pipe._sd_ovopt_precision = precision
         pipe._sd_ovopt_cache = resolve_cache_dir(cache_dir)
-        pipe._skip_cache_where_it_breaks(precision)
         if meta is not None:
             _check_unet_matches_record(pipe.unet.model, meta, path)
             pipe._sd_ovopt_loaded = {
@@ -278,16 +295,6 @@ class SdOvOptPipeline(OVStableDiffusionPipeline):
                 f"could not load the parts of {path} ({type(exc).__name__}: {exc}). A part folder "
                 "(tokenizer/, scheduler/, a config.json) is missing or damaged; export the pipeline again."
             ) from exc
-
-    def _skip_cache_where_it_breaks(self, precision: str) -> None:
-        """The compiled-model cache only for models compiled at f32. OpenVINO 2026.4.1's CPU plugin gives NaN
-        images from some models cached below f32: an 8-bit UNet at bf16 on AVX512-BF16, a float pipeline
-        at bf16 on other CPUs. Uncached, they are finite."""
-        if "CACHE_DIR" not in self.ov_config or precision == "f32":
-            return
-        logger.info("compiling at %s precision: the compiled-model cache is used at f32 only", precision)
-        del self.ov_config["CACHE_DIR"]
-        self._sd_ovopt_cache = None
 
     # -- shapes ------------------------------------------------------------------------------------
     def _apply_shape(self) -> None:

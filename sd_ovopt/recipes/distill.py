@@ -50,7 +50,11 @@ class _DistillRun(_QATRun):
     def __init__(self, distillation: DistillConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.distillation = distillation
-        self.quantizes_student = distillation.student == "int8"
+
+    @property
+    def quantizes_student(self) -> bool:  # type: ignore[override]
+        """Whether the student is fake-quantized: ``DistillConfig.student`` decides."""
+        return self.distillation.student == "int8"
 
     def open_output(self, model: Any, output_dir: str | Path, resume_from: str | Path | None) -> None:
         """As for QAT; a checkpoint distilled with other settings (or by QAT) is refused before loading."""

@@ -213,12 +213,12 @@ def _check_resumable(path: Path, config: QATConfig, quantization: Any, tome: Any
             f"resume, {path} (step {info['step']}). Pass max_train_steps >= {info['step']}, or start a new "
             "run in a new output folder."
         )
-    saved_quantization = info["quantization"]
+    saved = info["quantization"]  # None: a float student
     recorded = (
         (
             "quantization",
             quantization,
-            saved_quantization and QuantizationConfig.from_dict(saved_quantization),
+            None if saved is None else QuantizationConfig.from_dict(saved),
             "--mode",
         ),
         ("tome", tome, None if info["tome"] is None else ToMeConfig.from_dict(info["tome"]), "--tome-ratio"),
