@@ -589,6 +589,14 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
         help="int8: quantized from the first step (default); float: a float student, also written as a "
         "PyTorch pipeline to OUT/diffusers",
     )
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="0: train the whole UNet (default); r: a LoRA student, rank-r adapters on LCM-LoRA's layers "
+        "(LCM-LoRA: 64), fused before the INT8 export",
+    )
+    p.add_argument("--lora-alpha", type=float, default=None, help="the adapters' alpha (default: the rank)")
     p.set_defaults(func=_run_distill)
 
 
@@ -683,7 +691,7 @@ def _run_distill(args: argparse.Namespace) -> int:
     from sd_ovopt.distill.model import DistillConfig
     from sd_ovopt.recipes.distill import distill_student
 
-    _check_finite(args, "--guidance-scale", "--huber-c")
+    _check_finite(args, "--guidance-scale", "--huber-c", "--lora-alpha")
     if args.student == "float" and args.mode is not None:
         raise InvalidConfigError("--mode quantizes the student; leave it out with --student float.")
     distillation = DistillConfig(
@@ -692,6 +700,8 @@ def _run_distill(args: argparse.Namespace) -> int:
         loss_type=args.loss_type,
         huber_c=args.huber_c,
         student=args.student,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
     )
     return _run_training(args, distill_student, distillation=distillation, quantized=args.student == "int8")
 

@@ -49,6 +49,11 @@ class DistillConfig(JsonConfig):
         student: ``"int8"`` (fake-quantized by NNCF from the first step: distilled and quantized in one
             loop) or ``"float"`` (a float student, exported in float; quantize it afterwards with the
             recipe, e.g. to compare distil-then-quantize with the fused run).
+        lora_rank: 0 (default) trains the whole UNet; ``r >= 1`` trains a LoRA student instead: rank-``r``
+            adapters on LCM-LoRA's layers, the UNet's own weights frozen (LCM-LoRA's way; it needs the
+            memory of two UNets, not of six). An INT8 LoRA student's weight quantizers round the fused
+            ``W + BA``, and the export fuses the adapters before writing the INT8 UNet.
+        lora_alpha: The adapters' alpha (their update is scaled by ``alpha / r``); default ``r``.
         version: Layout version of this config.
 
     Example:
@@ -61,6 +66,8 @@ class DistillConfig(JsonConfig):
     loss_type: str = "huber"
     huber_c: float = 0.001
     student: str = "int8"
+    lora_rank: int = 0
+    lora_alpha: float | None = None
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -72,6 +79,14 @@ class DistillConfig(JsonConfig):
         check_choice("DistillConfig.loss_type", self.loss_type, LOSS_TYPES)
         check_float("DistillConfig.huber_c", self.huber_c, minimum=0, open_minimum=True)
         check_choice("DistillConfig.student", self.student, STUDENT_KINDS)
+        check_int("DistillConfig.lora_rank", self.lora_rank, minimum=0)
+        if self.lora_alpha is not None:
+            check_float("DistillConfig.lora_alpha", self.lora_alpha, minimum=0, open_minimum=True)
+            if not self.lora_rank:
+                raise InvalidConfigError(
+                    "DistillConfig.lora_alpha is set but lora_rank is 0 (a full-UNet student, no adapters); "
+                    "set lora_rank too, e.g. 64 as LCM-LoRA, or leave lora_alpha out."
+                )
         if self.version != 1:
             raise InvalidConfigError(
                 f"DistillConfig.version={self.version!r}; this sd_ovopt reads version 1."

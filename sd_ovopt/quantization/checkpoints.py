@@ -222,17 +222,24 @@ def _optimizer_mismatch(saved: dict[str, Any], student: torch.nn.Module) -> str 
     return None
 
 
-def load_checkpoint(path: Path, float_unet: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def load_checkpoint(
+    path: Path,
+    float_unet: torch.nn.Module,
+    adapt: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Read a checkpoint; return its info, its state dicts, and the student rebuilt with its weights.
 
     The student is rebuilt from a copy of ``float_unet`` (ToMe applied as recorded, then NNCF's quantizers
-    inserted where the checkpoint says), so resuming needs no calibration. Every field of the info and
+    inserted where the checkpoint says, then ``adapt``, e.g. a LoRA student's adapters, applied to it),
+    so resuming needs no calibration. Every field of the info and
     every tensor of the state is checked first (names and shapes against the rebuilt student, finite
     values): a checkpoint of another model, edited by hand or holding NaN raises CorruptModelError.
     """
     info = read_checkpoint_info(path)
     state = _read_state(path)
     student = _rebuild_student(path, info, float_unet)
+    if adapt is not None:
+        student = adapt(student)
     problem = (
         state_mismatch(state["student"], student.state_dict(), "the student state")
         or ema_state_mismatch(state["ema"], student)

@@ -217,7 +217,8 @@ def _check_samples(samples: Any) -> None:
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.named_parameters() if not is_quantizer_parameter(n)}
+    """The trained weights: trainable parameters outside the quantizers (a LoRA student's adapters only)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and not is_quantizer_parameter(n)}
 
 
 def state_mismatch(saved: Any, expected: dict[str, torch.Tensor], what: str) -> str | None:
@@ -268,8 +269,8 @@ def _ema_state_mismatch(state: Any, shadow: dict[str, torch.Tensor]) -> str | No
 class WeightEMA:
     """Exponential moving average of a model's weights, quantizer parameters excluded, kept on CPU.
 
-    Each :meth:`update` does ``shadow = d * shadow + (1 - d) * weight`` for every parameter whose name
-    is outside ``__nncf_hooks``, in float32 on ``device``. ``d`` is ``decay``, or with ``warmup``
+    Each :meth:`update` does ``shadow = d * shadow + (1 - d) * weight`` for every trainable parameter
+    whose name is outside ``__nncf_hooks`` (frozen weights do not change, so they need no average), in float32 on ``device``. ``d`` is ``decay``, or with ``warmup``
     ``min(decay, (1 + n) / (10 + n))`` where ``n`` is the number of updates done before this one: it
     rises from 0.1 towards ``decay`` and never falls back. Quantizer ranges are not averaged: an average
     of ranges is not the range of the averaged weights, so they keep their trained values.

@@ -11,6 +11,7 @@ is ``OUT/distill_report.json``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from diffusers import StableDiffusionPipeline
 
 from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._schedulers import pipeline_scheduler
+from sd_ovopt.distill.lora_student import add_lora_student, fuse_lora_student, has_lora_student
 from sd_ovopt.distill.model import ConsistencyDistillationModel, DistillConfig
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.quantization.checkpoints import read_checkpoint_info
@@ -62,12 +64,17 @@ class _DistillRun(_QATRun):
         if self.resume is None:
             return
         saved = read_checkpoint_info(self.resume).get("distillation")
-        if saved != self.distillation.to_dict():
+        if _as_distill_config(saved) != self.distillation:
             raise InvalidConfigError(
                 f"the checkpoint {self.resume} was trained with distillation settings {saved}, this call asks "
                 f"for {self.distillation.to_dict()}. Resume with the same DistillConfig, or start a new run in "
                 "a new output folder."
             )
+
+    def adapt_student(self, student: torch.nn.Module) -> torch.nn.Module:
+        """A LoRA student's adapters (``DistillConfig.lora_rank``), on the quantized or float UNet."""
+        d = self.distillation
+        return add_lora_student(student, d.lora_rank, d.lora_alpha) if d.lora_rank else student
 
     def make_model(self, student: torch.nn.Module, *, copy_teacher: bool) -> ConsistencyDistillationModel:
         return ConsistencyDistillationModel(
@@ -79,11 +86,17 @@ class _DistillRun(_QATRun):
 
     def export_student(self) -> None:
         """The student (EMA weights) guidance-free, with the LCM scheduler, to ``OUT/ov``; a float student
-        also as a PyTorch pipeline to ``OUT/diffusers``."""
-        size = self.resolution
+        also as a PyTorch pipeline to ``OUT/diffusers``. A LoRA student takes its EMA weights for good and
+        is fused first (the run is over), so the export quantizes ``W + BA``."""
+        size, student, use_ema = self.resolution, self.qat.student, True
+        if has_lora_student(student):
+            self.qat.ema.copy_to(student)
+            fuse_lora_student(student)
+            use_ema = False
         export_student(
             self.qat,
             self.out / EXPORT_DIR,
+            use_ema=use_ema,
             height=size,
             width=size,
             compress_weights=self.quantizes_student,
@@ -93,19 +106,28 @@ class _DistillRun(_QATRun):
             scheduler="lcm",
         )
         if not self.quantizes_student:
-            self.save_float_student()
+            self.save_float_student(use_ema=use_ema)
 
-    def save_float_student(self) -> None:
+    def save_float_student(self, *, use_ema: bool) -> None:
         """``OUT/diffusers``: the teacher's pipeline with the student's EMA weights and the LCM scheduler,
         written whole or not at all (ToMe, a run-time patch, is not saved with it)."""
         pipe, student = self.qat.pipeline, self.qat.student
         unet = type(pipe.unet).from_config(pipe.unet.config)  # ToMe adds no weights: a plain UNet takes them
-        with self.qat.ema.applied_to(student):
+        with self.qat.ema.applied_to(student) if use_ema else contextlib.nullcontext():
             unet.load_state_dict({name: t.detach().cpu() for name, t in student.state_dict().items()})
         parts = {**pipe.components, "unet": unet, "scheduler": pipeline_scheduler("lcm", pipe)}
         with atomic_output_dir(self.out / FLOAT_DIR, overwrite=True) as tmp:
             StableDiffusionPipeline(**parts).save_pretrained(tmp)
         logger.info("float student (PyTorch pipeline) written to %s", self.out / FLOAT_DIR)
+
+
+def _as_distill_config(saved: Any) -> DistillConfig | None:
+    """The checkpoint's distillation settings (fields it predates take their defaults); ``None`` if they
+    are not a valid DistillConfig."""
+    try:
+        return DistillConfig.from_dict(saved) if isinstance(saved, dict) else None
+    except (InvalidConfigError, TypeError):
+        return None
 
 
 @_discard_run_without_checkpoint

@@ -283,7 +283,11 @@ class _QATRun:
         # 2. Load the float pipeline (the teacher) and the training data
         self.prepare_data(model, train_data)
         # 3. The student: the recipe's INT8 UNet (post-training quantization), or the checkpoint's
-        student, state = self.quantize_student() if self.resume is None else self.resume_student()
+        if self.resume is None:
+            student, state = self.quantize_student()
+            student = self.adapt_student(student)
+        else:
+            student, state = self.resume_student()
         # 4. Teacher and student in one QATModel; model and optimizer through accelerate
         self.prepare_training(student, state, copy_teacher=not isinstance(model, StableDiffusionPipeline))
         # 5. Training loop: accumulate micro-batches, optimizer step, EMA, log, checkpoint
@@ -355,12 +359,16 @@ class _QATRun:
 
     def resume_student(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The checkpoint's student (rebuilt without calibration), its ToMe, step and PTQ error; its state."""
-        saved, state, student = load_checkpoint(self.resume, self.pipe.unet)
+        saved, state, student = load_checkpoint(self.resume, self.pipe.unet, self.adapt_student)
         _warn_config_changes(saved, self.config, self.accelerator.num_processes)
         self.tome = None if saved["tome"] is None else ToMeConfig.from_dict(saved["tome"])
         self.start, self.ptq_error = saved["step"], saved["ptq_error"]
         logger.info("resuming from %s (step %d)", self.resume, self.start)
         return student, state
+
+    def adapt_student(self, student: torch.nn.Module) -> torch.nn.Module:
+        """What the student gets after quantization, also when rebuilt from a checkpoint (here: nothing)."""
+        return student
 
     def prepare_training(
         self, student: torch.nn.Module, state: dict[str, Any], *, copy_teacher: bool

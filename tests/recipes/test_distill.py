@@ -45,13 +45,14 @@ SETTINGS = {
     "eval_samples": 2,
 }
 DISTILLATION = DistillConfig(num_ddim_timesteps=10)
-#: One run in its own process: model, data, output, steps, export (1/0), resume ("-": none).
+#: One run in its own process: model, data, output, steps, export (1/0), resume ("-": none), LoRA rank.
 RUN = """
 import sys
 from sd_ovopt import DistillConfig, QATConfig, distill_student
-model, data, out, steps, export, resume = sys.argv[1:7]
+model, data, out, steps, export, resume, lora_rank = sys.argv[1:8]
 config = QATConfig(max_train_steps=int(steps), export=export == "1", **{settings})
-distill_student(model, data, out, config, distillation=DistillConfig(num_ddim_timesteps=10),
+distillation = DistillConfig(num_ddim_timesteps=10, lora_rank=int(lora_rank))
+distill_student(model, data, out, config, distillation=distillation,
                 resume_from_checkpoint=None if resume == "-" else resume, show_progress=False)
 """.replace("{settings}", repr(SETTINGS))
 
@@ -185,6 +186,45 @@ def test_a_float_student_resumes_and_the_recipe_quantizes_it(float_run, tiny_sav
     assert np.isfinite(image).all()
 
 
+@pytest.fixture(scope="module")
+def lora_run(tiny_saved, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "lora"
+    config = QATConfig(max_train_steps=4, **SETTINGS)
+    distillation = DistillConfig(num_ddim_timesteps=10, lora_rank=4)
+    return distill_student(
+        tiny_saved, data_dir, out, config, distillation=distillation,
+        quantization=QuantizationConfig(subset_size=8), show_progress=False,
+    )  # fmt: skip
+
+
+def test_a_lora_student_trains_its_adapters_only_and_exports_them_fused_into_the_int8_unet(
+    lora_run, tiny_saved, data_dir
+):
+    run = lora_run.parent
+    state = torch.load(run / "checkpoints" / "checkpoint-4" / "training_state.pt", weights_only=True)
+    ema = state["ema"]["shadow"]
+    assert ema and all(name.endswith(("lora_A", "lora_B")) for name in ema)
+    ups = [name for name in ema if name.endswith("lora_B")]
+    assert all(torch.count_nonzero(state["student"][name]) for name in ups)  # trained from zero
+    info = json.loads((run / "checkpoints" / "checkpoint-4" / "checkpoint.json").read_text())
+    assert info["distillation"]["lora_rank"] == 4 and info["nncf_config"] is not None
+    meta = read_metadata(lora_run)
+    assert meta.classifier_free_guidance is False and meta.config("int8") is not None
+    pipe = SdOvOptPipeline.from_pretrained(lora_run)
+    image = pipe("a red square", num_inference_steps=2, guidance_scale=1.0, output_type="np").images[0]
+    assert np.isfinite(image).all()
+    config = QATConfig(max_train_steps=6, **SETTINGS)
+    distill_student(
+        tiny_saved, data_dir, run, config, distillation=DistillConfig(num_ddim_timesteps=10, lora_rank=4),
+        resume_from_checkpoint="latest", show_progress=False,
+    )  # fmt: skip
+    assert (run / "checkpoints" / "checkpoint-6").is_dir()
+    with pytest.raises(InvalidConfigError, match="distillation settings"):  # a full student cannot resume it
+        distill_student(
+            tiny_saved, data_dir, run, config, distillation=DISTILLATION, resume_from_checkpoint="latest"
+        )
+
+
 @pytest.mark.parametrize(
     "settings", [{"quantization": QuantizationConfig()}, {"config": QATConfig(export_ptq=True)}]
 )
@@ -221,11 +261,12 @@ def test_config_validation(kwargs):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
 def test_a_killed_distillation_resumes_and_ends_where_an_uninterrupted_one_ends(
-    tiny_saved, data_dir, tmp_path
+    tiny_saved, data_dir, tmp_path, lora_rank
 ):
-    whole = _run(tiny_saved, data_dir, tmp_path / "whole", 4, 0, "-")
-    killed = _run(tiny_saved, data_dir, tmp_path / "killed", 4, 0, "-")
+    whole = _run(tiny_saved, data_dir, tmp_path / "whole", 4, 0, "-", lora_rank)
+    killed = _run(tiny_saved, data_dir, tmp_path / "killed", 4, 0, "-", lora_rank)
     first = tmp_path / "killed" / "checkpoints" / "checkpoint-2"
     deadline = time.monotonic() + 600
     while not first.is_dir() and killed.poll() is None and time.monotonic() < deadline:
@@ -233,7 +274,7 @@ def test_a_killed_distillation_resumes_and_ends_where_an_uninterrupted_one_ends(
     os.kill(killed.pid, signal.SIGKILL)
     killed.communicate()
     assert not (tmp_path / "killed" / "checkpoints" / "checkpoint-4").exists()
-    resumed = _run(tiny_saved, data_dir, tmp_path / "killed", 4, 0, "latest")
+    resumed = _run(tiny_saved, data_dir, tmp_path / "killed", 4, 0, "latest", lora_rank)
     for process in (resumed, whole):
         _, err = process.communicate(timeout=900)
         assert process.returncode == 0, err[-4000:]
@@ -253,6 +294,9 @@ def test_a_killed_distillation_resumes_and_ends_where_an_uninterrupted_one_ends(
         (["--num-ddim-timesteps", "0"], "num_ddim_timesteps"),
         (["--huber-c", "0"], "huber_c"),
         (["--student", "float", "--mode", "hybrid"], "--mode"),
+        (["--lora-alpha", "nan"], "--lora-alpha"),
+        (["--lora-alpha", "8"], "lora_rank is 0"),
+        (["--lora-rank", "-2"], "lora_rank"),
     ],
 )
 def test_the_cli_refuses_bad_distillation_settings_before_loading(flags, match, tmp_path, capsys):
