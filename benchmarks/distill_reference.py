@@ -11,20 +11,23 @@ Stages (a stage whose output exists is skipped, so a killed run resumes where it
 2. ``int8``: ``distill_student`` with ``DistillConfig(student="int8")``: the student is fake-quantized
    from step 0 (calibrated on 32 training captions along the teacher's sampling); ``int8/ov``.
 3. ``float``: the same loop, settings and data order with ``student="float"``; ``float/ov`` (float) and
-   ``float/diffusers`` (PyTorch).
+   ``float/diffusers`` (PyTorch). ``lora-int8`` (only with ``--kinds``): the fused run with a LoRA
+   student instead (``DistillConfig(lora_rank=--lora-rank)``, learning rate ``--lora-lr``); ``lora-int8/ov``.
 4. ``ptq``: ``optimize_pipeline(float/diffusers, methods=[QuantizationConfig()])`` calibrated on the same
    32 captions along the student's own guidance-free 4-step LCM sampling; ``float-ptq``. The same with
    step caching (interval 2: full, shallow, full, shallow at 4 steps) before INT8: ``float-ptq-cached``.
+   Only when the ``float`` run is among ``--kinds``.
 5. ``fp32``: ``export_pipeline`` of the teacher, and a guidance-free export of it with the LCM scheduler
    (what the students start from).
 6. ``eval``: every folder at ``precision="f32"`` generates the 144 held-out prompts with each ``--seeds``
    value (prompt ``i`` of seed ``s`` draws its noise from ``noise_generator(s, i)``): the teacher at 20
    DDIM steps with guidance 4, the undistilled teacher and each student at 1, 2 and 4 LCM steps without
-   guidance; the judge scores colour, shape and position. ``curve``: each run's mean loss per tenth of
-   its steps.
+   guidance; the judge scores colour, shape and position (the students of ``--kinds`` only). ``curve``:
+   each run's mean loss per tenth of its steps.
 
 Both runs train on one thread each by default (``--threads``), so the two can run side by side on two
 cores (``--only int8`` and ``--only float`` in two processes, then one process without ``--only``).
+The LoRA student against the full one: ``--kinds int8 lora-int8`` (``--only`` each, then together).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import time
 from pathlib import Path
 
 STUDENT_STEPS = (1, 2, 4)
+KINDS = ("int8", "float", "lora-int8")
 CALIBRATION_PROMPTS = 32
 
 
@@ -48,7 +52,7 @@ def _stage_train(work: Path, data: Path, kind: str, args: argparse.Namespace) ->
     from sd_ovopt import DistillConfig, QATConfig, distill_student
 
     config = QATConfig(
-        learning_rate=args.lr,
+        learning_rate=args.lora_lr if kind == "lora-int8" else args.lr,
         max_train_steps=args.steps,
         train_batch_size=args.batch_size,
         gradient_accumulation_steps=1,
@@ -60,8 +64,12 @@ def _stage_train(work: Path, data: Path, kind: str, args: argparse.Namespace) ->
         eval_samples=32,
         seed=args.train_seed,
     )
+    lora = kind == "lora-int8"
     distillation = DistillConfig(
-        guidance_scale=args.guidance_scale, num_ddim_timesteps=args.num_ddim_timesteps, student=kind
+        guidance_scale=args.guidance_scale,
+        num_ddim_timesteps=args.num_ddim_timesteps,
+        student="float" if kind == "float" else "int8",
+        lora_rank=args.lora_rank if lora else 0,
     )
     t0 = time.perf_counter()
     distill_student(
@@ -100,18 +108,26 @@ def _scores(pipe: object, prompts: list[str], seeds: list[int], steps: int, guid
     return row
 
 
-def _stage_eval(work: Path, seeds: list[int]) -> dict:
+def _stage_eval(work: Path, seeds: list[int], kinds: list[str]) -> dict:
     from sd_ovopt import SdOvOptPipeline
     from sd_ovopt.reference import held_out_prompts
 
     prompts = [s.prompt for s in held_out_prompts()]
+    few = [(n, 1.0) for n in STUDENT_STEPS]
     runs = {
         "fp32-teacher": (work / "fp32", [(20, 4.0)]),
-        "fp32-teacher-lcm": (work / "fp32-lcm", [(n, 1.0) for n in STUDENT_STEPS]),
-        "int8-fused": (work / "int8" / "ov", [(n, 1.0) for n in STUDENT_STEPS]),
-        "float-student": (work / "float" / "ov", [(n, 1.0) for n in STUDENT_STEPS]),
-        "float-then-ptq": (work / "float-ptq", [(n, 1.0) for n in STUDENT_STEPS]),
+        "fp32-teacher-lcm": (work / "fp32-lcm", few),
+        "int8-fused": (work / "int8" / "ov", few),
+        "int8-fused-lora": (work / "lora-int8" / "ov", few),
+        "float-student": (work / "float" / "ov", few),
+        "float-then-ptq": (work / "float-ptq", few),
         "float-then-ptq + step caching": (work / "float-ptq-cached", [(2, 1.0), (4, 1.0)]),
+    }
+    of_kind = {"int8-fused": "int8", "int8-fused-lora": "lora-int8"}
+    runs = {
+        name: run
+        for name, run in runs.items()
+        if of_kind.get(name, "float" if "float" in name else "teacher") in [*kinds, "teacher"]
     }
     rows = {}
     for name, (folder, calls) in runs.items():
@@ -177,7 +193,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="noise seeds of the scores")
     parser.add_argument("--train-seed", type=int, default=0, help="QATConfig.seed: data order and noise")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
-    parser.add_argument("--only", choices=("int8", "float"), default=None, help="train one run, then stop")
+    parser.add_argument("--only", choices=KINDS, default=None, help="train one run, then stop")
+    parser.add_argument(
+        "--kinds", choices=KINDS, nargs="+", default=["int8", "float"], help="the students to train and score"
+    )
+    parser.add_argument("--lora-rank", type=int, default=16, help="rank of the lora-int8 student")
+    parser.add_argument("--lora-lr", type=float, default=1e-4, help="learning rate of the lora-int8 student")
     parser.add_argument(
         "--combine",
         type=Path,
@@ -204,7 +225,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if not (data / "metadata.jsonl").is_file():
         _stage_data(data)
-    for kind in (args.only,) if args.only else ("int8", "float"):
+    for kind in (args.only,) if args.only else args.kinds:
         if not (work / kind / "ov" / "sd_ovopt.json").is_file():
             _stage_train(work, data, kind, args)
     if args.only:
@@ -212,7 +233,7 @@ def main() -> None:
     from sd_ovopt import DeepCacheConfig
 
     for name, methods in (("float-ptq", []), ("float-ptq-cached", [DeepCacheConfig(interval=2)])):
-        if not (work / name / "sd_ovopt.json").is_file():
+        if "float" in args.kinds and not (work / name / "sd_ovopt.json").is_file():
             _stage_ptq(work, data, name, methods)
     from sd_ovopt import export_pipeline
 
@@ -226,9 +247,9 @@ def main() -> None:
             scheduler="lcm",
             show_progress=False,
         )
-    rows = _stage_eval(work, args.seeds)
-    curves = {kind: _curve(work / kind) for kind in ("int8", "float")}
-    seconds = {kind: float((work / kind / "train_seconds.txt").read_text()) for kind in ("int8", "float")}
+    rows = _stage_eval(work, args.seeds, args.kinds)
+    curves = {kind: _curve(work / kind) for kind in args.kinds}
+    seconds = {kind: float((work / kind / "train_seconds.txt").read_text()) for kind in args.kinds}
     result = {
         "settings": vars(args) | {"work": str(work)},
         "rows": rows,
