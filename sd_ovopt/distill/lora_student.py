@@ -126,6 +126,12 @@ def add_lora_student(unet: nn.Module, rank: int, alpha: float | None = None) -> 
             f"the UNet has no layer named like {list(LORA_STUDENT_TARGETS)}: it is not a diffusers "
             "UNet2DConditionModel; distil a full-UNet student instead (lora_rank=0)."
         )
+    taken = [name for name, module in targets.items() if parametrize.is_parametrized(module)]
+    if taken:
+        raise UnsupportedModelError(
+            f"{taken[0]!r} (and {len(taken) - 1} more) is parametrized already (torch.nn.utils.parametrize); "
+            "remove its parametrization before adding a LoRA student."
+        )
     _check_quantizers_see_the_op_input(unet, targets)
     for name, param in unet.named_parameters():
         if param.is_floating_point():  # NNCF keeps some integer settings as parameters
@@ -151,7 +157,11 @@ def fuse_lora_student(unet: nn.Module) -> nn.Module:
         adapter = module.parametrizations.weight[0]
         if not isinstance(adapter, LoRAWeight):
             continue
-        fused = module.parametrizations.weight.original + adapter.delta()
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-        module.weight.copy_(fused)
+        original = module.parametrizations.weight.original
+        fused = nn.Parameter(original + adapter.delta(), requires_grad=original.requires_grad)
+        # Not parametrize.remove_parametrizations: it deletes the property from the parametrized class,
+        # which a deep copy of the student shares, and would break the copy.
+        module.__class__ = parametrize.type_before_parametrizations(module)
+        del module.parametrizations
+        module.weight = fused
     return unet

@@ -145,3 +145,17 @@ def test_a_weight_quantizer_on_the_parameter_itself_is_refused(qunet):
 def test_distill_config_checks_the_lora_settings(kwargs, match):
     with pytest.raises(InvalidConfigError, match=match):
         DistillConfig(**kwargs)
+
+
+def test_a_student_with_tome_takes_adapters_and_a_fused_copy_leaves_it_working(pipe):
+    from sd_ovopt import ToMeConfig
+    from sd_ovopt.tome.patch import apply_tome
+
+    unet = apply_tome(copy.deepcopy(pipe.unet), ToMeConfig(ratio=0.5))
+    calibration = collect_calibration(pipe, ["a red square"], num_inference_steps=2, show_progress=False)
+    student = add_lora_student(quantize_unet(unet, calibration, QuantizationConfig(subset_size=4)), rank=4)
+    _randomize_adapters(student)
+    assert sum(isinstance(m, LoRAWeight) for m in student.modules()) > 0
+    fused = _out(fuse_lora_student(copy.deepcopy(student)))  # the copy shares torch's parametrized class
+    torch.testing.assert_close(fused, _out(student), rtol=0, atol=0)
+    assert has_lora_student(student)
