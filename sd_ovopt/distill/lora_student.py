@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from sd_ovopt._loading import find_unet
 from sd_ovopt._validation import check_float, check_int
 from sd_ovopt.errors import AlreadyAppliedError, UnsupportedModelError
+from sd_ovopt.quantization.qat import is_quantizer_parameter
 
 __all__ = ["LORA_STUDENT_TARGETS", "add_lora_student", "fuse_lora_student", "has_lora_student"]
 
@@ -112,8 +113,6 @@ def add_lora_student(unet: nn.Module, rank: int, alpha: float | None = None) -> 
         >>> sum(p.numel() for p in unet.parameters() if p.requires_grad) > 0
         True
     """
-    from sd_ovopt.quantization.qat import is_quantizer_parameter
-
     unet = find_unet(unet, user="add_lora_student")
     rank = check_int("the LoRA student's rank", rank, minimum=1)
     if alpha is not None:
