@@ -644,9 +644,29 @@ def _add_training(sub: argparse._SubParsersAction, command: str, help_text: str)
         "--export-ptq", action="store_true", help="also export the PTQ starting point to OUT/ptq-ov"
     )
     p.add_argument("--no-export", action="store_true", help="skip OUT/ov (resume the finished run to export)")
-    p.add_argument("--cpu", action="store_true", help="train on CPU processes even if a GPU is present")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: the GPU if there is one, else the CPU (default); cpu: CPU processes even with a GPU; "
+        "cuda: the GPU, refused at once where CUDA is not available",
+    )
+    p.add_argument("--cpu", action="store_true", help="the same as --device cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """``--device cuda`` only where CUDA is available (not a silent CPU run); not with ``--cpu``."""
+    import torch  # with the training command: --help stays quick
+
+    if args.device == "cuda" and args.cpu:
+        raise InvalidConfigError("--device cuda and --cpu contradict each other; pass one of them.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InvalidConfigError(
+            "--device cuda: this machine has no CUDA device that torch can use (torch.cuda.is_available() "
+            "is False); run on a GPU machine with a CUDA build of torch, or pass --device cpu."
+        )
 
 
 def _check_train_qat(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -658,6 +678,7 @@ def _check_train_qat(args: argparse.Namespace) -> tuple[Any, Any]:
     from sd_ovopt.tome import ToMeConfig
 
     _check_finite(args, *(flag for flag, kind in _QAT_FLAGS if kind is float), "--tome-ratio")
+    _check_device(args)
     if args.seed is not None:
         _check_seed("--seed", args.seed, maximum=MAX_SEED)  # accelerate's set_seed also seeds numpy
     _check_side("--resolution", args.resolution)
@@ -721,7 +742,7 @@ def _run_training(args: argparse.Namespace, train: Any, *, quantized: bool = Tru
         quantization=quantization,
         tome=tome,
         resume_from_checkpoint=args.resume_from_checkpoint,
-        cpu=args.cpu,
+        cpu=args.cpu or args.device == "cpu",
         show_progress=not args.no_progress,
         **settings,
     )

@@ -316,3 +316,30 @@ def test_the_cli_refuses_bad_distillation_settings_before_loading(flags, match, 
     )
     assert code == 2 and match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["distill", "train-qat"])
+def test_device_cuda_is_refused_at_once_without_cuda_and_passed_on_with_it(
+    command, tiny_saved, tmp_path, capsys, monkeypatch
+):
+    from sd_ovopt.cli import main
+
+    args = [
+        command,
+        "--model",
+        str(tiny_saved),
+        "--train-data",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*args, "--device", "cuda"]) == 2
+    assert "--device cuda: this machine has no CUDA device" in capsys.readouterr().err
+    assert main([*args, "--device", "cuda", "--cpu"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert main([*args, "--device", "cuda"]) == 2  # past the device check: the empty data folder is next
+    err = capsys.readouterr().err
+    assert "--device" not in err and "metadata.jsonl" in err
+    assert not (tmp_path / "o").exists()
