@@ -26,7 +26,13 @@ from sd_ovopt._validation import check_float, check_int
 from sd_ovopt.errors import AlreadyAppliedError, UnsupportedModelError
 from sd_ovopt.quantization.qat import is_quantizer_parameter
 
-__all__ = ["LORA_STUDENT_TARGETS", "add_lora_student", "fuse_lora_student", "has_lora_student"]
+__all__ = [
+    "LORA_STUDENT_TARGETS",
+    "add_lora_student",
+    "base_weight_signature",
+    "fuse_lora_student",
+    "has_lora_student",
+]
 
 #: The layers LCM-LoRA trains (diffusers' LCM-LoRA distillation script): attention, feed-forward,
 #: the transformer's projections, the ResNet convolutions and time projections, down- and up-samplers.
@@ -97,6 +103,24 @@ def has_lora_student(unet: nn.Module) -> bool:
     return any(isinstance(m, LoRAWeight) for m in unet.modules())
 
 
+@torch.no_grad()
+def base_weight_signature(unet: nn.Module) -> float | None:
+    """The sum of squares (float64) of the adapted layers' frozen base weights; ``None`` without adapters.
+
+    A checkpoint leaves those weights out (they are the float UNet's), so a resume compares this number
+    to tell that the adapters meet the base weights they were trained on.
+    """
+    bases = [m.parametrizations.weight.original for m in unet.modules() if _adapter(m) is not None]
+    return float(sum(w.double().square().sum() for w in bases)) if bases else None
+
+
+def _adapter(module: nn.Module) -> LoRAWeight | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    adapter = module.parametrizations.weight[0]
+    return adapter if isinstance(adapter, LoRAWeight) else None
+
+
 def add_lora_student(unet: nn.Module, rank: int, alpha: float | None = None) -> nn.Module:
     """Put a rank-``rank`` adapter on every layer of :data:`LORA_STUDENT_TARGETS` of ``unet`` (float or
     quantized by :func:`sd_ovopt.quantize_unet`), freeze everything else but the quantizers; return it.
@@ -151,10 +175,8 @@ def fuse_lora_student(unet: nn.Module) -> nn.Module:
     """
     unet = find_unet(unet, user="fuse_lora_student")
     for module in list(unet.modules()):
-        if not parametrize.is_parametrized(module, "weight"):
-            continue
-        adapter = module.parametrizations.weight[0]
-        if not isinstance(adapter, LoRAWeight):
+        adapter = _adapter(module)
+        if adapter is None:
             continue
         original = module.parametrizations.weight.original
         fused = nn.Parameter(original + adapter.delta(), requires_grad=original.requires_grad)

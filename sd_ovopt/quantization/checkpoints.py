@@ -1,7 +1,7 @@
 """QAT checkpoints: written atomically, found by step, and reloaded without calibrating again.
 
 A checkpoint is a folder ``checkpoint-<step>`` with ``training_state.pt`` (student, optimizer and EMA
-state dicts, read back with ``weights_only=True``) and ``checkpoint.json`` (the step, the settings, and
+state dicts, read back with ``weights_only=True``; a LoRA student's frozen base weights are left out) and ``checkpoint.json`` (the step, the settings, and
 NNCF's description of where the quantizers sit, from which the student is rebuilt; null for a float
 student). Reading one checks every field and tensor against the model first, so a checkpoint edited by
 hand, of another model or holding NaN is refused with :class:`~sd_ovopt.errors.CorruptModelError`. The
@@ -40,6 +40,7 @@ __all__ = [
     "read_checkpoint_info",
     "remove_partial_checkpoints",
     "save_checkpoint",
+    "saved_student_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,20 @@ def find_checkpoint(output_dir: str | Path, which: str | Path = "latest") -> Pat
     return found[-1][1] if found else None
 
 
+def saved_student_state(student: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the student: its state dict without frozen parametrized originals (a
+    LoRA student's base weights: the float UNet's own, rebuilt from it on resume, 3.4 GB for SD-1.5)."""
+    frozen = {n for n, p in student.named_parameters() if not p.requires_grad and ".parametrizations." in n}
+    return {name: t for name, t in student.state_dict().items() if name not in frozen}
+
+
 def save_checkpoint(
     folder: Path, step: int, qat: Any, optimizer: Any, info: dict[str, Any], *, keep: int | None = None
 ) -> Path:
     """Write ``folder/checkpoint-<step>`` atomically; then keep only the newest ``keep`` checkpoints."""
     final = folder / f"checkpoint-{step}"
     state = {
-        "student": qat.student.state_dict(),
+        "student": saved_student_state(qat.student),
         "optimizer": optimizer.state_dict(),
         "ema": qat.ema.state_dict(),
     }
@@ -241,13 +249,13 @@ def load_checkpoint(
     if adapt is not None:
         student = adapt(student)
     problem = (
-        state_mismatch(state["student"], student.state_dict(), "the student state")
+        state_mismatch(state["student"], saved_student_state(student), "the student state")
         or ema_state_mismatch(state["ema"], student)
         or _optimizer_mismatch(state["optimizer"], student)
     )
     if problem:
         raise CorruptModelError(f"{path / STATE_FILE}: {problem}. {_FIX}")
-    student.load_state_dict(state["student"])
+    student.load_state_dict(state["student"], strict=False)  # the frozen originals are the float UNet's
     return info, state, student
 
 

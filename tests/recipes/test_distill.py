@@ -17,6 +17,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from sd_ovopt import (
+    CorruptModelError,
     DistillConfig,
     InvalidConfigError,
     QATConfig,
@@ -206,8 +207,10 @@ def test_a_lora_student_trains_its_adapters_only_and_exports_them_fused_into_the
     assert ema and all(name.endswith(("lora_A", "lora_B")) for name in ema)
     ups = [name for name in ema if name.endswith("lora_B")]
     assert all(torch.count_nonzero(state["student"][name]) for name in ups)  # trained from zero
+    assert not [name for name in state["student"] if "original" in name]  # the base weights are the model's
     info = json.loads((run / "checkpoints" / "checkpoint-4" / "checkpoint.json").read_text())
     assert info["distillation"]["lora_rank"] == 4 and info["nncf_config"] is not None
+    assert info["lora_base_signature"] > 0
     meta = read_metadata(lora_run)
     assert meta.classifier_free_guidance is False and meta.config("int8") is not None
     pipe = SdOvOptPipeline.from_pretrained(lora_run)
@@ -219,6 +222,14 @@ def test_a_lora_student_trains_its_adapters_only_and_exports_them_fused_into_the
         resume_from_checkpoint="latest", show_progress=False,
     )  # fmt: skip
     assert (run / "checkpoints" / "checkpoint-6").is_dir()
+    other = tiny_pipeline(seed=1)  # the same layers, other weights: the adapters would meet another base
+    other.save_pretrained(run.parent / "other-model")
+    config = QATConfig(max_train_steps=8, **SETTINGS)
+    with pytest.raises(CorruptModelError, match="other base weights"):
+        distill_student(
+            run.parent / "other-model", data_dir, run, config,
+            distillation=DistillConfig(num_ddim_timesteps=10, lora_rank=4), resume_from_checkpoint="latest",
+        )  # fmt: skip
     with pytest.raises(InvalidConfigError, match="distillation settings"):  # a full student cannot resume it
         distill_student(
             tiny_saved, data_dir, run, config, distillation=DISTILLATION, resume_from_checkpoint="latest"
