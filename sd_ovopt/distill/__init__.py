@@ -25,7 +25,6 @@ from sd_ovopt.distill.consistency import (
 from sd_ovopt.distill.lora_student import (
     LORA_STUDENT_TARGETS,
     add_lora_student,
-    base_weight_signature,
     fuse_lora_student,
     has_lora_student,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "ConsistencyDistillationModel",
     "DistillConfig",
     "add_lora_student",
-    "base_weight_signature",
     "consistency_loss",
     "consistency_output",
     "consistency_target",

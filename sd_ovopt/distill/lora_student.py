@@ -29,7 +29,6 @@ from sd_ovopt.quantization.qat import is_quantizer_parameter
 __all__ = [
     "LORA_STUDENT_TARGETS",
     "add_lora_student",
-    "base_weight_signature",
     "fuse_lora_student",
     "has_lora_student",
 ]
@@ -101,17 +100,6 @@ def _targets(unet: nn.Module) -> dict[str, nn.Module]:
 def has_lora_student(unet: nn.Module) -> bool:
     """Whether ``unet`` carries the adapters of :func:`add_lora_student`."""
     return any(isinstance(m, LoRAWeight) for m in unet.modules())
-
-
-@torch.no_grad()
-def base_weight_signature(unet: nn.Module) -> float | None:
-    """The sum of squares (float64) of the adapted layers' frozen base weights; ``None`` without adapters.
-
-    A checkpoint leaves those weights out (they are the float UNet's), so a resume compares this number
-    to tell that the adapters meet the base weights they were trained on.
-    """
-    bases = [m.parametrizations.weight.original for m in unet.modules() if _adapter(m) is not None]
-    return float(sum(w.double().square().sum() for w in bases)) if bases else None
 
 
 def _adapter(module: nn.Module) -> LoRAWeight | None:

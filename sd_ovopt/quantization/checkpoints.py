@@ -1,9 +1,10 @@
 """QAT checkpoints: written atomically, found by step, and reloaded without calibrating again.
 
 A checkpoint is a folder ``checkpoint-<step>`` with ``training_state.pt`` (student, optimizer and EMA
-state dicts, read back with ``weights_only=True``; a LoRA student's frozen base weights are left out) and ``checkpoint.json`` (the step, the settings, and
-NNCF's description of where the quantizers sit, from which the student is rebuilt; null for a float
-student). Reading one checks every field and tensor against the model first, so a checkpoint edited by
+state dicts, read back with ``weights_only=True``; a LoRA student's frozen base weights are left out and
+come from the model on resume) and ``checkpoint.json`` (the step, the settings, NNCF's description of
+where the quantizers sit, from which the student is rebuilt (null for a float student), and a signature
+of the weights left out, which a resume checks). Reading one checks every field and tensor against the model first, so a checkpoint edited by
 hand, of another model or holding NaN is refused with :class:`~sd_ovopt.errors.CorruptModelError`. The
 folder is written under a temporary name and renamed into place, so a killed run leaves either a whole
 checkpoint or none; the temporary folders it leaves behind are removed when the next run starts.
@@ -70,11 +71,34 @@ def find_checkpoint(output_dir: str | Path, which: str | Path = "latest") -> Pat
     return found[-1][1] if found else None
 
 
+def _left_out(student: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The frozen parametrized originals (a LoRA student's base weights): the float UNet's own, rebuilt
+    from it on resume, so a checkpoint leaves them out (3.4 GB for SD-1.5)."""
+    return {n: p for n, p in student.named_parameters() if not p.requires_grad and ".parametrizations." in n}
+
+
 def saved_student_state(student: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What a checkpoint keeps of the student: its state dict without frozen parametrized originals (a
-    LoRA student's base weights: the float UNet's own, rebuilt from it on resume, 3.4 GB for SD-1.5)."""
-    frozen = {n for n, p in student.named_parameters() if not p.requires_grad and ".parametrizations." in n}
-    return {name: t for name, t in student.state_dict().items() if name not in frozen}
+    """What a checkpoint keeps of the student: its state dict without the frozen parametrized originals."""
+    left_out = _left_out(student)
+    return {name: t for name, t in student.state_dict().items() if name not in left_out}
+
+
+@torch.no_grad()
+def _left_out_signature(student: torch.nn.Module) -> float | None:
+    """The sum of squares (float64) of what the checkpoint leaves out; ``None`` if nothing is."""
+    left_out = _left_out(student)
+    return float(sum(w.double().square().sum() for w in left_out.values())) if left_out else None
+
+
+def _left_out_mismatch(info: dict[str, Any], student: torch.nn.Module) -> str | None:
+    """Why the left-out weights of the rebuilt student are not the ones the run trained on; ``None`` if
+    they are (or nothing was left out)."""
+    if info.get("frozen_weights_signature") == _left_out_signature(student):
+        return None
+    return (
+        "the student's frozen base weights, which a checkpoint leaves out and takes from the model, differ "
+        "from the ones it was trained on: its LoRA adapters were trained on other base weights"
+    )
 
 
 def save_checkpoint(
@@ -239,9 +263,10 @@ def load_checkpoint(
 
     The student is rebuilt from a copy of ``float_unet`` (ToMe applied as recorded, then NNCF's quantizers
     inserted where the checkpoint says, then ``adapt``, e.g. a LoRA student's adapters, applied to it),
-    so resuming needs no calibration. Every field of the info and
-    every tensor of the state is checked first (names and shapes against the rebuilt student, finite
-    values): a checkpoint of another model, edited by hand or holding NaN raises CorruptModelError.
+    so resuming needs no calibration. Every field of the info and every tensor of the state is checked
+    first (names and shapes against the rebuilt student, finite values, the signature of the frozen
+    weights it left out): a checkpoint of another model, edited by hand or holding NaN raises
+    CorruptModelError.
     """
     info = read_checkpoint_info(path)
     state = _read_state(path)
@@ -252,6 +277,7 @@ def load_checkpoint(
         state_mismatch(state["student"], saved_student_state(student), "the student state")
         or ema_state_mismatch(state["ema"], student)
         or _optimizer_mismatch(state["optimizer"], student)
+        or _left_out_mismatch(info, student)
     )
     if problem:
         raise CorruptModelError(f"{path / STATE_FILE}: {problem}. {_FIX}")
@@ -260,15 +286,18 @@ def load_checkpoint(
 
 
 def checkpoint_info(student: Any, **fields: Any) -> dict[str, Any]:
-    """What ``checkpoint.json`` records besides the step: ``fields`` plus NNCF's quantizer layout (``None``
-    for a float student)."""
+    """What ``checkpoint.json`` records besides the step: ``fields``, NNCF's quantizer layout (``None``
+    for a float student) and the signature of the frozen weights the checkpoint leaves out (``None``
+    unless the student has some)."""
+    signature = {"frozen_weights_signature": _left_out_signature(student)}
     if not is_quantized(student):
-        return {"format": 1, "quantization": None, "nncf_config": None, **fields}
+        return {"format": 1, "quantization": None, "nncf_config": None, **signature, **fields}
     import nncf.torch  # loaded already (the student is quantized), after import_nncf's set-up
 
     return {
         "format": 1,
         "quantization": get_quantization_config(student).to_dict(),
         "nncf_config": nncf.torch.get_config(student),
+        **signature,
         **fields,
     }

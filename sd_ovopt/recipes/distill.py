@@ -21,14 +21,9 @@ from diffusers import StableDiffusionPipeline
 
 from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._schedulers import pipeline_scheduler
-from sd_ovopt.distill.lora_student import (
-    add_lora_student,
-    base_weight_signature,
-    fuse_lora_student,
-    has_lora_student,
-)
+from sd_ovopt.distill.lora_student import add_lora_student, fuse_lora_student, has_lora_student
 from sd_ovopt.distill.model import ConsistencyDistillationModel, DistillConfig
-from sd_ovopt.errors import CorruptModelError, InvalidConfigError
+from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.quantization.checkpoints import read_checkpoint_info
 from sd_ovopt.quantization.config import QATConfig, QuantizationConfig
 from sd_ovopt.recipes.qat import (
@@ -86,24 +81,8 @@ class _DistillRun(_QATRun):
             self.pipe, student, self.config, self.distillation, copy_teacher=copy_teacher
         )
 
-    def resume_student(self) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """As for QAT; a LoRA student's adapters must meet the base weights they were trained on (the
-        checkpoint leaves those out: they come from the model given now)."""
-        student, state = super().resume_student()
-        saved = read_checkpoint_info(self.resume).get("lora_base_signature")
-        if saved != base_weight_signature(student):
-            raise CorruptModelError(
-                f"the LoRA adapters of {self.resume} were trained on other base weights than the model given "
-                "now has (the checkpoint leaves the base weights out); resume with the model the run started "
-                "from, or start a new run in a new output folder."
-            )
-        return student, state
-
     def extra_info(self) -> dict[str, Any]:
-        return {
-            "distillation": self.distillation.to_dict(),
-            "lora_base_signature": base_weight_signature(self.qat.student),
-        }
+        return {"distillation": self.distillation.to_dict()}
 
     def export_student(self) -> None:
         """The student (EMA weights) guidance-free, with the LCM scheduler, to ``OUT/ov``; a float student

@@ -210,7 +210,7 @@ def test_a_lora_student_trains_its_adapters_only_and_exports_them_fused_into_the
     assert not [name for name in state["student"] if "original" in name]  # the base weights are the model's
     info = json.loads((run / "checkpoints" / "checkpoint-4" / "checkpoint.json").read_text())
     assert info["distillation"]["lora_rank"] == 4 and info["nncf_config"] is not None
-    assert info["lora_base_signature"] > 0
+    assert info["frozen_weights_signature"] > 0
     meta = read_metadata(lora_run)
     assert meta.classifier_free_guidance is False and meta.config("int8") is not None
     pipe = SdOvOptPipeline.from_pretrained(lora_run)
