@@ -3,11 +3,12 @@
 A checkpoint is a folder ``checkpoint-<step>`` with ``training_state.pt`` (student, optimizer and EMA
 state dicts, read back with ``weights_only=True``; a LoRA student's frozen base weights are left out and
 come from the model on resume) and ``checkpoint.json`` (the step, the settings, NNCF's description of
-where the quantizers sit, from which the student is rebuilt (null for a float student), and a signature
-of the weights left out, which a resume checks). Reading one checks every field and tensor against the model first, so a checkpoint edited by
-hand, of another model or holding NaN is refused with :class:`~sd_ovopt.errors.CorruptModelError`. The
-folder is written under a temporary name and renamed into place, so a killed run leaves either a whole
-checkpoint or none; the temporary folders it leaves behind are removed when the next run starts.
+where the quantizers sit, from which the student is rebuilt, null for a float student, and a signature
+of the weights left out, which a resume checks). Reading one checks every field and tensor against the
+model first, so a checkpoint edited by hand, of another model or holding NaN is refused with
+:class:`~sd_ovopt.errors.CorruptModelError`. The folder is written under a temporary name and renamed
+into place, so a killed run leaves either a whole checkpoint or none; the temporary folders it leaves
+behind are removed when the next run starts.
 """
 
 from __future__ import annotations

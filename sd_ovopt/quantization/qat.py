@@ -271,8 +271,9 @@ class WeightEMA:
 
     Each :meth:`update` does ``shadow = d * shadow + (1 - d) * weight`` for every trainable parameter
     whose name is outside ``__nncf_hooks`` (frozen weights do not change, so they need no average), in
-    float32 on ``device``. ``d`` is ``decay``, or with ``warmup`` ``min(decay, (1 + n) / (10 + n))`` where ``n`` is the number of updates done before this one: it
-    rises from 0.1 towards ``decay`` and never falls back. Quantizer ranges are not averaged: an average
+    float32 on ``device``. ``d`` is ``decay``, or with ``warmup`` ``min(decay, (1 + n) / (10 + n))``
+    where ``n`` is the number of updates done before this one: it rises from 0.1 towards ``decay`` and
+    never falls back. Quantizer ranges are not averaged: an average
     of ranges is not the range of the averaged weights, so they keep their trained values.
 
     Args:
