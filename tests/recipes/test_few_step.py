@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import openvino as ov
 import pytest
 import torch
 from diffusers import LCMScheduler, TCDScheduler
@@ -116,13 +117,41 @@ def test_tcd_scheduler_matches_diffusers_in_f32(tmp_path):
         assert np.abs(_image(ours, steps) - _image(pipe, steps)).max() < 1e-4
 
 
-def test_openvino_genai_runs_the_few_step_folder_as_sd_ovopt_does(few_step):
-    """LoRA fused, LCM scheduler, tiny decoder listed as GenAI reads it: the same image within 2 levels."""
-    openvino_genai = pytest.importorskip("openvino_genai")
-    ours = _image(SdOvOptPipeline.from_pretrained(few_step.int8, precision="f32"), 4)
-    genai = openvino_genai.Text2ImagePipeline(str(few_step.int8), "CPU", INFERENCE_PRECISION_HINT="f32")
+def _genai_levels(openvino_genai, folder):
+    genai = openvino_genai.Text2ImagePipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32")
     out = genai.generate(
         PROMPT, num_inference_steps=4, guidance_scale=1.0, width=SIZE, height=SIZE,
         generator=openvino_genai.TorchGenerator(0),
     )  # fmt: skip
-    assert np.abs(out.data[0].astype(np.int16) - np.round(ours * 255).astype(np.int16)).max() <= 2
+    ours = _image(SdOvOptPipeline.from_pretrained(folder, precision="f32"), 4)
+    return np.abs(out.data[0].astype(np.int16) - np.round(ours * 255).astype(np.int16))
+
+
+def test_openvino_genai_runs_the_float_few_step_folder_as_sd_ovopt_does(few_step):
+    """LoRA fused, LCM scheduler, tiny decoder listed as GenAI reads it: the same image within 2 levels."""
+    openvino_genai = pytest.importorskip("openvino_genai")
+    levels = _genai_levels(openvino_genai, few_step.float)
+    assert levels.max() <= 2 and levels.mean() < 1
+
+
+def test_openvino_genai_runs_the_tome_int8_few_step_folder_as_sd_ovopt_does(few_step):
+    """GenAI's UNet computes what ours does on the same inputs, and the images agree on average.
+
+    The images' largest difference is not bounded: GenAI's sampler and ours differ in the last float bits,
+    and an INT8 UNet turns such a difference into another rounding of some activation (moving our own
+    image's initial latents by 1e-7 of their size moves it by up to 16 levels here)."""
+    openvino_genai = pytest.importorskip("openvino_genai")
+    pipe = SdOvOptPipeline.from_pretrained(few_step.int8, precision="f32")
+    shapes = {port.get_any_name(): tuple(port.get_shape()) for port in pipe.unet.request.inputs}
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal(shapes["sample"]).astype(np.float32)
+    hidden = rng.standard_normal(shapes["encoder_hidden_states"]).astype(np.float32)
+    timestep = np.array([499], dtype=np.int64)
+    unet = openvino_genai.UNet2DConditionModel(str(few_step.int8 / "unet"))
+    unet.reshape(1, SIZE, SIZE, 77)
+    unet.compile("CPU", INFERENCE_PRECISION_HINT="f32")
+    unet.set_hidden_states("encoder_hidden_states", ov.Tensor(hidden))
+    theirs = np.array(unet.infer(ov.Tensor(sample), ov.Tensor(timestep)).data)
+    ours = np.asarray(pipe.unet(sample=sample, timestep=timestep, encoder_hidden_states=hidden)[0])
+    np.testing.assert_allclose(theirs.reshape(ours.shape), ours, rtol=0, atol=1e-5)
+    assert _genai_levels(openvino_genai, few_step.int8).mean() < 2
