@@ -622,6 +622,13 @@ def _add_training(sub: argparse._SubParsersAction, command: str, help_text: str)
         p.add_argument(flag, type=kind, default=None)
     p.add_argument("--no-ema-warmup", action="store_true", help="constant EMA decay from the first step")
     p.add_argument(
+        "--ema-device",
+        choices=("cpu", "accelerator"),  # QATConfig's EMA_DEVICES (its module loads with the command)
+        default=None,
+        help="where the EMA weights live: cpu (default) or accelerator (the GPU: faster steps, one more "
+        "copy of the trained weights in its memory)",
+    )
+    p.add_argument(
         "--gradient-checkpointing", action="store_true", help="refused: it corrupts NNCF QAT gradients"
     )
     p.add_argument(

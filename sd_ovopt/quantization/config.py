@@ -11,6 +11,7 @@ from sd_ovopt.errors import InvalidConfigError
 
 __all__ = [
     "DEFAULT_IGNORED_PATTERNS",
+    "EMA_DEVICES",
     "GRADIENT_CHECKPOINTING_REFUSAL",
     "MAX_SEED",
     "QATConfig",
@@ -25,6 +26,8 @@ DEFAULT_IGNORED_PATTERNS: tuple[str, ...] = (r"^time_embedding/.*", r"^conv_in/.
 
 _PRESETS = ("mixed", "performance")
 _MODES = ("full", "hybrid")
+#: Where :class:`QATConfig` keeps the EMA weights.
+EMA_DEVICES = ("cpu", "accelerator")
 
 #: The most a seed may be: accelerate's ``set_seed`` also seeds NumPy, which takes seeds below 2**32.
 MAX_SEED = 2**32 - 1
@@ -156,6 +159,10 @@ class QATConfig(JsonConfig):
         distillation_loss_weight: Weight of the loss against the float teacher's prediction.
         ema_decay: EMA decay, ``0 <= ema_decay < 1``.
         ema_warmup: Ramp the decay up as ``(1 + n) / (10 + n)`` until it reaches ``ema_decay``.
+        ema_device: Where the EMA weights live: ``"cpu"`` (default: the accelerator's memory holds only what
+            training needs) or ``"accelerator"`` (the training device: on a GPU the update and, in
+            distillation, the target network's weight swap stay on the GPU, at the cost of one more copy of
+            the trained weights and, while the target network runs, a second).
         resolution: Training image size in pixels (square, a multiple of 8 up to 4096; default: the UNet's
             native size).
         checkpointing_steps: Save a checkpoint every this many optimizer steps (and at the end).
@@ -187,6 +194,7 @@ class QATConfig(JsonConfig):
     distillation_loss_weight: float = 1.0
     ema_decay: float = 0.9999
     ema_warmup: bool = True
+    ema_device: str = "cpu"
     resolution: int | None = None
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
@@ -272,6 +280,10 @@ class QATConfig(JsonConfig):
                 "Set at least one of them > 0 (default 1.0 each)."
             )
         _set(self, "ema_decay", check_ema_decay("QATConfig.ema_decay", self.ema_decay))
+        if self.ema_device not in EMA_DEVICES:
+            raise InvalidConfigError(
+                f"QATConfig.ema_device={self.ema_device!r}; use one of {EMA_DEVICES} (default 'cpu')."
+            )
 
 
 def check_ema_decay(name: str, value: object) -> float:

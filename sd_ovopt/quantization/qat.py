@@ -267,7 +267,7 @@ def _ema_state_mismatch(state: Any, shadow: dict[str, torch.Tensor]) -> str | No
 
 
 class WeightEMA:
-    """Exponential moving average of a model's weights, quantizer parameters excluded, kept on CPU.
+    """Exponential moving average of a model's weights, quantizer parameters excluded, kept on ``device``.
 
     Each :meth:`update` does ``shadow = d * shadow + (1 - d) * weight`` for every trainable parameter
     whose name is outside ``__nncf_hooks`` (frozen weights do not change, so they need no average), in
@@ -280,7 +280,8 @@ class WeightEMA:
         model: The (quantized) model whose weights to track.
         decay: Target decay, ``0 <= decay < 1``.
         warmup: Ramp the decay up as above.
-        device: Where the shadow weights live (CPU by default, to spare accelerator memory).
+        device: Where the shadow weights live (CPU by default, to spare accelerator memory); :meth:`to`
+            moves them.
 
     Example:
         >>> import torch
@@ -305,6 +306,12 @@ class WeightEMA:
         self.shadow = {
             n: p.detach().to(self.device, torch.float32, copy=True) for n, p in _weights(model).items()
         }
+
+    def to(self, device: str | torch.device) -> WeightEMA:
+        """Keep the shadow weights (and :meth:`applied_to`'s backup) on ``device`` from now on."""
+        self.device = torch.device(device)
+        self.shadow = {n: t.to(self.device) for n, t in self.shadow.items()}
+        return self
 
     def current_decay(self) -> float:
         """The decay the next :meth:`update` will use."""
@@ -342,8 +349,9 @@ class WeightEMA:
 
     @contextlib.contextmanager
     def applied_to(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Within the block the model has the averaged weights; its own are restored afterwards."""
-        backup = {n: w.detach().to("cpu", copy=True) for n, w in self._match(model).items()}
+        """Within the block the model has the averaged weights; its own are restored afterwards (kept meanwhile
+        on the EMA's device)."""
+        backup = {n: w.detach().to(self.device, copy=True) for n, w in self._match(model).items()}
         self.copy_to(model)
         try:
             yield model
@@ -357,7 +365,7 @@ class WeightEMA:
             "decay": self.decay,
             "warmup": self.warmup,
             "num_updates": self.num_updates,
-            "shadow": dict(self.shadow),
+            "shadow": {n: t.to("cpu") for n, t in self.shadow.items()},  # no copy where they are on CPU
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

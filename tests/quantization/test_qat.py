@@ -212,6 +212,35 @@ def test_ema_applied_to_restores_the_weights(qunet):
     assert all(torch.equal(p, before[n]) for n, p in student.named_parameters())
 
 
+def _ema_moves_with_its_backup(student, device):
+    ema = WeightEMA(student, 0.5, warmup=False).to(device)
+    assert ema.device == torch.device(device) and {t.device for t in ema.shadow.values()} == {ema.device}
+    with torch.no_grad():
+        for shadow in ema.shadow.values():
+            shadow.add_(1.0)
+    before = {n: p.clone() for n, p in student.named_parameters()}
+    with ema.applied_to(student):
+        params = dict(student.named_parameters())
+        assert all(torch.equal(params[n], ema.shadow[n].to(params[n].device)) for n in ema.shadow)
+    assert all(torch.equal(p, before[n]) for n, p in student.named_parameters())
+    ema.update(student)
+    saved = ema.state_dict()  # checkpoints hold CPU tensors wherever the EMA lives
+    assert all(t.device.type == "cpu" for t in saved["shadow"].values())
+    restored = WeightEMA(student, 0.5).to(device)
+    restored.load_state_dict(saved)
+    assert all(torch.equal(restored.shadow[n].cpu(), t) for n, t in saved["shadow"].items())
+    assert {t.device for t in restored.shadow.values()} == {torch.device(device)}
+
+
+def test_the_ema_can_live_on_the_training_device(qunet):
+    _ema_moves_with_its_backup(copy.deepcopy(qunet), "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_ema_can_live_on_a_gpu_beside_the_student(qunet):
+    _ema_moves_with_its_backup(copy.deepcopy(qunet).cuda(), "cuda")
+
+
 # ------------------------------------------------------------------------------------- loss and teacher
 
 

@@ -145,6 +145,7 @@ def edit_state(run, edit):
         ({"resolution": 33}, "resolution=33; it must be a multiple of 8"),
         ({"resolution": 2**20}, "resolution=1048576; it must be >= 8 and <= 4096"),
         ({"version": True}, "version=True"),
+        ({"ema_device": "cuda"}, r"ema_device='cuda'; use one of \('cpu', 'accelerator'\)"),
     ],
 )
 def test_non_finite_and_out_of_range_settings_are_refused(kwargs, message):

@@ -187,10 +187,14 @@ def test_a_float_student_resumes_and_the_recipe_quantizes_it(float_run, tiny_sav
     assert np.isfinite(image).all()
 
 
+# The LoRA run keeps its EMA on the training device (the CPU here, a GPU in real runs).
+LORA_SETTINGS = {**SETTINGS, "ema_device": "accelerator"}
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_saved, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("distill") / "lora"
-    config = QATConfig(max_train_steps=4, **SETTINGS)
+    config = QATConfig(max_train_steps=4, **LORA_SETTINGS)
     distillation = DistillConfig(num_ddim_timesteps=10, lora_rank=4)
     return distill_student(
         tiny_saved, data_dir, out, config, distillation=distillation,
@@ -210,13 +214,13 @@ def test_a_lora_student_trains_its_adapters_only_and_exports_them_fused_into_the
     assert not [name for name in state["student"] if "original" in name]  # the base weights are the model's
     info = json.loads((run / "checkpoints" / "checkpoint-4" / "checkpoint.json").read_text())
     assert info["distillation"]["lora_rank"] == 4 and info["nncf_config"] is not None
-    assert info["frozen_weights_signature"] > 0
+    assert info["frozen_weights_signature"] > 0 and info["qat_config"]["ema_device"] == "accelerator"
     meta = read_metadata(lora_run)
     assert meta.classifier_free_guidance is False and meta.config("int8") is not None
     pipe = SdOvOptPipeline.from_pretrained(lora_run)
     image = pipe("a red square", num_inference_steps=2, guidance_scale=1.0, output_type="np").images[0]
     assert np.isfinite(image).all()
-    config = QATConfig(max_train_steps=6, **SETTINGS)
+    config = QATConfig(max_train_steps=6, **LORA_SETTINGS)
     distill_student(
         tiny_saved, data_dir, run, config, distillation=DistillConfig(num_ddim_timesteps=10, lora_rank=4),
         resume_from_checkpoint="latest", show_progress=False,
@@ -224,7 +228,7 @@ def test_a_lora_student_trains_its_adapters_only_and_exports_them_fused_into_the
     assert (run / "checkpoints" / "checkpoint-6").is_dir()
     other = tiny_pipeline(seed=1)  # the same layers, other weights: the adapters would meet another base
     other.save_pretrained(run.parent / "other-model")
-    config = QATConfig(max_train_steps=8, **SETTINGS)
+    config = QATConfig(max_train_steps=8, **LORA_SETTINGS)
     with pytest.raises(CorruptModelError, match="other base weights"):
         distill_student(
             run.parent / "other-model", data_dir, run, config,
