@@ -135,7 +135,8 @@ def test_openvino_genai_runs_the_float_few_step_folder_as_sd_ovopt_does(few_step
 
 
 def test_openvino_genai_runs_the_tome_int8_few_step_folder_as_sd_ovopt_does(few_step):
-    """GenAI's UNet computes what ours does on the same inputs, and the images agree on average.
+    """GenAI's UNet computes what ours does on the same inputs, and the images agree on average (within 3
+    levels).
 
     The images' largest difference is not bounded: GenAI's sampler and ours differ in the last float bits,
     and an INT8 UNet turns such a difference into another rounding of some activation (moving our own
@@ -154,4 +155,4 @@ def test_openvino_genai_runs_the_tome_int8_few_step_folder_as_sd_ovopt_does(few_
     theirs = np.array(unet.infer(ov.Tensor(sample), ov.Tensor(timestep)).data)
     ours = np.asarray(pipe.unet(sample=sample, timestep=timestep, encoder_hidden_states=hidden)[0])
     np.testing.assert_allclose(theirs.reshape(ours.shape), ours, rtol=0, atol=1e-5)
-    assert _genai_levels(openvino_genai, few_step.int8).mean() < 2
+    assert _genai_levels(openvino_genai, few_step.int8).mean() < 3
