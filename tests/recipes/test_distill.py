@@ -358,3 +358,27 @@ def test_device_cuda_is_refused_at_once_without_cuda_and_passed_on_with_it(
     err = capsys.readouterr().err
     assert "--device" not in err and "metadata.jsonl" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("flags", "where"), [([], "cpu"), (["--ema-device", "accelerator"], "accelerator")])
+def test_the_cli_passes_the_ema_device_on(flags, where, tiny_saved, data_dir, tmp_path, monkeypatch):
+    import sd_ovopt.recipes.distill
+    from sd_ovopt.cli import main
+
+    seen = {}
+    monkeypatch.setattr(
+        sd_ovopt.recipes.distill,
+        "distill_student",
+        lambda *args, **kwargs: seen.setdefault("config", args[3]),
+    )
+    args = [
+        "distill",
+        "--model",
+        str(tiny_saved),
+        "--train-data",
+        str(data_dir),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, *flags]) == 0
+    assert seen["config"].ema_device == where
