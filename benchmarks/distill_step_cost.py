@@ -77,8 +77,7 @@ def measure(kind: str, steps: int, rank: int, device: str = "cpu", ema_device: s
     config = QATConfig(ema_decay=0.95, learning_rate=1e-6, ema_device=ema_device)
     distillation = DistillConfig(guidance_scale=8.0, student="int8" if kind.endswith("int8") else "float")
     model = ConsistencyDistillationModel(pipe, student, config, distillation, copy_teacher=False).to(device)
-    if ema_device == "accelerator":
-        model.ema.to(device)  # as distill_student does with QATConfig(ema_device="accelerator")
+    model.place_ema(device)  # as distill_student does
     optimizer = torch.optim.AdamW(model.parameter_groups(), lr=config.learning_rate)
     trained = sum(p.numel() for group in model.parameter_groups() for p in group["params"])
     built_peak = _gib_peak()

@@ -474,6 +474,12 @@ class QATModel(nn.Module):
         """Fold the student's weights into the EMA (after each optimizer step); return the decay used."""
         return self.ema.update(self.student)
 
+    def place_ema(self, device: str | torch.device) -> None:
+        """Move the EMA to the training ``device`` if ``QATConfig.ema_device`` asks for it; else leave it on
+        the CPU."""
+        if self.config.ema_device == "accelerator":
+            self.ema.to(device)
+
     @torch.no_grad()
     def teacher_error(self, samples: list[dict[str, torch.Tensor]], *, use_ema: bool = False) -> float:
         """Mean relative L2 error of the student's prediction against the teacher's on fixed inputs.

@@ -384,8 +384,7 @@ class _QATRun:
             module.to(accelerator.device).requires_grad_(False)
         optimizer = torch.optim.AdamW(qat.parameter_groups(), lr=config.learning_rate)
         self.model, self.optimizer = accelerator.prepare(qat, optimizer)
-        if config.ema_device == "accelerator":
-            qat.ema.to(accelerator.device)
+        qat.place_ema(accelerator.device)
         if state:
             self.load_state(state)
         self.info = checkpoint_info(
