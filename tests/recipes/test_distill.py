@@ -333,21 +333,17 @@ def test_the_cli_refuses_bad_distillation_settings_before_loading(flags, match, 
     assert not (tmp_path / "o").exists()
 
 
+def _training_argv(command, model, data, output):
+    return [command, "--model", str(model), "--train-data", str(data), "--output", str(output)]
+
+
 @pytest.mark.parametrize("command", ["distill", "train-qat"])
 def test_device_cuda_is_refused_at_once_without_cuda_and_passed_on_with_it(
     command, tiny_saved, tmp_path, capsys, monkeypatch
 ):
     from sd_ovopt.cli import main
 
-    args = [
-        command,
-        "--model",
-        str(tiny_saved),
-        "--train-data",
-        str(tmp_path),
-        "--output",
-        str(tmp_path / "o"),
-    ]
+    args = _training_argv(command, tiny_saved, tmp_path, tmp_path / "o")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main([*args, "--device", "cuda"]) == 2
     assert "--device cuda: this machine has no CUDA device" in capsys.readouterr().err
@@ -371,14 +367,6 @@ def test_the_cli_passes_the_ema_device_on(flags, where, tiny_saved, data_dir, tm
         "distill_student",
         lambda *args, **kwargs: seen.setdefault("config", args[3]),
     )
-    args = [
-        "distill",
-        "--model",
-        str(tiny_saved),
-        "--train-data",
-        str(data_dir),
-        "--output",
-        str(tmp_path / "o"),
-    ]
+    args = _training_argv("distill", tiny_saved, data_dir, tmp_path / "o")
     assert main([*args, *flags]) == 0
     assert seen["config"].ema_device == where

@@ -117,20 +117,22 @@ def test_tcd_scheduler_matches_diffusers_in_f32(tmp_path):
         assert np.abs(_image(ours, steps) - _image(pipe, steps)).max() < 1e-4
 
 
-def _genai_levels(openvino_genai, folder):
+def _genai_levels(openvino_genai, folder, pipe):
+    """Per-pixel differences between GenAI's 4-step image of ``folder`` and ``pipe``'s (that folder, f32)."""
     genai = openvino_genai.Text2ImagePipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32")
     out = genai.generate(
         PROMPT, num_inference_steps=4, guidance_scale=1.0, width=SIZE, height=SIZE,
         generator=openvino_genai.TorchGenerator(0),
     )  # fmt: skip
-    ours = _image(SdOvOptPipeline.from_pretrained(folder, precision="f32"), 4)
+    ours = _image(pipe, 4)
     return np.abs(out.data[0].astype(np.int16) - np.round(ours * 255).astype(np.int16))
 
 
 def test_openvino_genai_runs_the_float_few_step_folder_as_sd_ovopt_does(few_step):
     """LoRA fused, LCM scheduler, tiny decoder listed as GenAI reads it: the same image within 2 levels."""
     openvino_genai = pytest.importorskip("openvino_genai")
-    levels = _genai_levels(openvino_genai, few_step.float)
+    pipe = SdOvOptPipeline.from_pretrained(few_step.float, precision="f32")
+    levels = _genai_levels(openvino_genai, few_step.float, pipe)
     assert levels.max() <= 2 and levels.mean() < 1
 
 
@@ -155,4 +157,4 @@ def test_openvino_genai_runs_the_tome_int8_few_step_folder_as_sd_ovopt_does(few_
     theirs = np.array(unet.infer(ov.Tensor(sample), ov.Tensor(timestep)).data)
     ours = np.asarray(pipe.unet(sample=sample, timestep=timestep, encoder_hidden_states=hidden)[0])
     np.testing.assert_allclose(theirs.reshape(ours.shape), ours, rtol=0, atol=1e-5)
-    assert _genai_levels(openvino_genai, few_step.int8).mean() < 3
+    assert _genai_levels(openvino_genai, few_step.int8, pipe).mean() < 3
