@@ -64,6 +64,7 @@ _LAZY = {
     "remove_deepcache": "sd_ovopt.deepcache.patch",
     "remove_tome": "sd_ovopt.tome.patch",
     "replace_vae": "sd_ovopt.export.vae",
+    "replace_vae_int8": "sd_ovopt.recipes.tiny_decoder",
     "run_benchmark": "sd_ovopt.evaluation.benchmark",
     "SCHEDULERS": "sd_ovopt._schedulers",
     "load_tiny_vae": "sd_ovopt.vae.tiny",
@@ -119,6 +120,7 @@ __all__ = [
     "remove_deepcache",
     "remove_tome",
     "replace_vae",
+    "replace_vae_int8",
     "run_benchmark",
     "train_qat",
 ]
@@ -149,6 +151,7 @@ if TYPE_CHECKING:
     from sd_ovopt.recipes.distill import distill_student
     from sd_ovopt.recipes.optimize import DEFAULT_CALIBRATION_PROMPTS, optimize_pipeline, prepare_unet
     from sd_ovopt.recipes.qat import train_qat
+    from sd_ovopt.recipes.tiny_decoder import replace_vae_int8
     from sd_ovopt.tome.config import ToMeConfig
     from sd_ovopt.tome.patch import apply_tome, get_tome_config, is_tome_applied, remove_tome
     from sd_ovopt.vae.tiny import load_tiny_vae

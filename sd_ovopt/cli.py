@@ -323,6 +323,12 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
         "--no-compress-weights", action="store_true", help="keep text encoder and VAE weights in float"
     )
     _add_part_args(p)
+    p.add_argument(
+        "--vae-int8",
+        action="store_true",
+        help="also quantize the tiny autoencoder's decoder (--vae-tiny) to INT8, calibrated on the folder's "
+        "own latents: it halves the decoder on CPUs with VNNI or AMX",
+    )
     _add_method_args(p, "quantize")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_quantize)
@@ -349,6 +355,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         vae=args.vae_tiny,
+        vae_int8=args.vae_int8,
         scheduler=args.scheduler,
         compress_weights=not args.no_compress_weights,
         overwrite=args.overwrite,

@@ -79,7 +79,9 @@ def test_quantize_passes_guidance_tiny_vae_and_scheduler_to_the_recipe(tiny_save
     args = ["quantize", str(tiny_saved), str(tmp_path / "q"), "--guidance-scale", "1", "--scheduler", "tcd"]
     assert main([*args, "--vae-tiny", str(tmp_path / "taesd")]) == 0
     assert seen["guidance_scale"] == 1.0 and seen["scheduler"] == "tcd"
-    assert seen["vae"] == str(tmp_path / "taesd")
+    assert seen["vae"] == str(tmp_path / "taesd") and seen["vae_int8"] is False
+    assert main([*args, "--vae-tiny", str(tmp_path / "taesd"), "--vae-int8"]) == 0
+    assert seen["vae_int8"] is True
 
 
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):

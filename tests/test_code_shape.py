@@ -97,7 +97,7 @@ def test_no_function_forwards_its_locals():
 #: functions included). Methods are below the export, which names none of them.
 LAYERS = (
     ("errors", "_lazy", "_hardware", "_nncf", "_config", "_validation", "_fs", "_compile_cache", "_precision",
-     "_loading", "_convert", "_seeding", "_schedulers", "testing"),
+     "_loading", "_convert", "_seeding", "_schedulers", "_prompts", "testing"),
     ("methods",),
     ("tome", "deepcache", "quantization", "lora", "vae"),
     ("export",),

@@ -40,7 +40,7 @@ from sd_ovopt.export.vae import replace_vae
 from sd_ovopt.methods import methods_in_order
 from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline, quiet_safety_checker_warning
 from sd_ovopt.quantization import QuantizationConfig
-from sd_ovopt.recipes import optimize_pipeline
+from sd_ovopt.recipes import optimize_pipeline, replace_vae_int8
 from sd_ovopt.tome import ToMeConfig
 
 __all__ = [
@@ -304,9 +304,12 @@ class _Builder:
         quantizes = any(method.quantizes for method, _ in methods_in_order(methods))
         return self._CALIBRATION if quantizes else self._SHAPE
 
-    def with_tiny_vae(self, name: str, base: str, methods: Sequence[Any] = ()) -> tuple[Path, float, bool]:
+    def with_tiny_vae(
+        self, name: str, base: str, methods: Sequence[Any] = (), *, decoder_int8: bool = False
+    ) -> tuple[Path, float, bool]:
         """The recipe's folder ``base`` (built first) with the settings' tiny autoencoder in place of its
-        VAE (:func:`sd_ovopt.replace_vae`): only the VAE is converted again, the UNet is the same."""
+        VAE (:func:`sd_ovopt.replace_vae`): only the VAE is converted again, the UNet is the same. With
+        ``decoder_int8`` its decoder is INT8, calibrated on the folder's own latents at the run's steps."""
         s = self.settings
         if s.tiny_vae is None:
             raise InvalidConfigError(
@@ -316,9 +319,20 @@ class _Builder:
         source, _, _ = self.recipe(base, methods)
 
         def build(path: Path) -> None:
-            replace_vae(source, s.tiny_vae, path, overwrite=True, show_progress=self.progress)
+            if decoder_int8:
+                replace_vae_int8(
+                    source,
+                    s.tiny_vae,
+                    path,
+                    calibration_steps=s.calibration_steps,
+                    overwrite=True,
+                    show_progress=self.progress,
+                )
+            else:
+                replace_vae(source, s.tiny_vae, path, overwrite=True, show_progress=self.progress)
 
-        return self.folder(name, (*self._keys(methods), "tiny_vae"), build, methods=methods)
+        keys = (*self._keys(methods), "tiny_vae", *(("calibration_steps",) if decoder_int8 else ()))
+        return self.folder(name, keys, build, methods=methods)
 
     def ov_f32(self) -> tuple[Path, float, bool]:
         return self.recipe("ov-f32")
@@ -660,14 +674,22 @@ for _spec in (
 # in place of the full VAE, and PyTorch FP32 as the many-step workflow runs it (PNDM, guidance 7.5), timed
 # at the run's steps; its 50-step call is extrapolated from its parts (``pipeline_50_steps_s``).
 def _tiny_vae_spec(
-    name: str, label: str, base: str, methods: Callable[[_Builder], list[Any]], **precision: Any
+    name: str,
+    label: str,
+    base: str,
+    methods: Callable[[_Builder], list[Any]],
+    *,
+    decoder_int8: bool = False,
+    **precision: Any,
 ) -> VariantSpec:
-    """The recipe's folder ``base`` (built with ``methods(builder)``) with the tiny autoencoder swapped in."""
+    """The recipe's folder ``base`` (built with ``methods(builder)``) with the tiny autoencoder swapped in
+    (its decoder in INT8 with ``decoder_int8``)."""
+    folder = f"{base}-taesd{'-int8' if decoder_int8 else ''}"
     return VariantSpec(
         name,
         label,
         "sd_ovopt",
-        lambda b: b.with_tiny_vae(f"{base}-taesd", base, methods(b)),
+        lambda b: b.with_tiny_vae(folder, base, methods(b), decoder_int8=decoder_int8),
         default=False,
         **precision,
     )
@@ -692,6 +714,13 @@ for _spec in (
         "OpenVINO ToMe + INT8 (PTQ) + tiny decoder (TAESD)",
         "ov-tome-int8",
         lambda b: b.int8_methods(tome=True),
+    ),
+    _tiny_vae_spec(
+        "ov-tome-int8-taesd-int8",
+        "OpenVINO ToMe + INT8 (PTQ) + tiny decoder (TAESD) in INT8",
+        "ov-tome-int8",
+        lambda b: b.int8_methods(tome=True),
+        decoder_int8=True,
     ),
     VariantSpec(
         "pytorch-fp32-cfg",

@@ -63,6 +63,8 @@ class ExportMetadata:
         weight_compression: ``"int8"`` when the text encoder and VAE weights are stored as int8, else ``None``.
         vae: The autoencoder's class: ``"AutoencoderKL"`` (Stable Diffusion's own) or ``"AutoencoderTiny"``
             (TAESD's architecture).
+        vae_decoder_int8: Whether the tiny autoencoder's decoder runs in INT8 (activations and weights,
+            calibrated on the pipeline's own latents).
         any_shape: Whether the IRs take any batch and any multiple-of-8 image size (the shape fields are
             then the default a pipeline compiles at); ``False`` for folders traced at one static shape.
         methods: What each method baked in (its typed record), by method name, in the order applied.
@@ -81,6 +83,7 @@ class ExportMetadata:
     weights_dtype: str = "f32"
     weight_compression: str | None = None
     vae: str = "AutoencoderKL"
+    vae_decoder_int8: bool = False
     any_shape: bool = False
     methods: dict[str, MethodRecord] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
@@ -233,6 +236,9 @@ def _check_fields(meta: ExportMetadata, source: str) -> None:
         raise _bad(source, "any_shape", meta.any_shape, "it must be true or false")
     if meta.vae not in VAE_CLASSES:
         raise _bad(source, "vae", meta.vae, f"it must be one of {list(VAE_CLASSES)}")
+    int8_vae = meta.vae_decoder_int8
+    if not isinstance(int8_vae, bool) or (int8_vae and meta.vae != "AutoencoderTiny"):
+        raise _bad(source, "vae_decoder_int8", int8_vae, "it must be false, or true with vae AutoencoderTiny")
     if not (isinstance(meta.versions, dict) and all(isinstance(v, str) for v in meta.versions.values())):
         raise _bad(source, "versions", meta.versions, "it must map library names to version strings")
 

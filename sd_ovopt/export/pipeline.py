@@ -36,6 +36,7 @@ from sd_ovopt.errors import AlreadyAppliedError, InvalidConfigError, ShapeMismat
 from sd_ovopt.export.metadata import ExportMetadata
 from sd_ovopt.methods import ExportShape, Method, MethodRecord, methods_in_order, registered_methods
 from sd_ovopt.vae import pipeline_vae, read_vae
+from sd_ovopt.vae.int8 import quantize_tiny_decoder
 
 if TYPE_CHECKING:
     import torch
@@ -387,16 +388,20 @@ def _other_parts(pipe: Any, meta: ExportMetadata) -> _Parts:
     }
 
 
-def vae_parts(vae: Any, meta: ExportMetadata) -> _Parts:
+def vae_parts(vae: Any, meta: ExportMetadata, decoder_latents: Sequence[Any] | None = None) -> _Parts:
     """The VAE decoder and encoder at the record's shape, or of any size when it says so (weights int8
-    when it asks for compression)."""
+    when it asks for compression); the decoder in INT8, calibrated on ``decoder_latents``, when given."""
     latent = {"latent_height": meta.latent_height, "latent_width": meta.latent_width}
     image = {"height": meta.height, "width": meta.width}
+
+    def decoder() -> Any:
+        model = convert_vae_decoder(vae, **latent, any_shape=meta.any_shape)
+        return (
+            _stored(model, meta) if decoder_latents is None else quantize_tiny_decoder(model, decoder_latents)
+        )
+
     return {
-        "vae_decoder": (
-            lambda: _stored(convert_vae_decoder(vae, **latent, any_shape=meta.any_shape), meta),
-            dict(vae.config),
-        ),
+        "vae_decoder": (decoder, dict(vae.config)),
         "vae_encoder": (
             lambda: _stored(convert_vae_encoder(vae, **image, any_shape=meta.any_shape), meta),
             dict(vae.config),

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sd_ovopt._fs import atomic_output_dir, read_json_object
+import numpy as np
+
+from sd_ovopt._fs import atomic_output_dir, check_output_dir, read_json_object
 from sd_ovopt._loading import read_model_index
-from sd_ovopt.errors import NotAPipelineError
+from sd_ovopt.errors import InvalidConfigError, NotAPipelineError, UnsupportedModelError
 from sd_ovopt.export.metadata import METADATA_FILE, ExportMetadata, read_metadata
 from sd_ovopt.export.pipeline import _convert_and_save, list_vae_as_genai_reads_it, vae_parts
 from sd_ovopt.vae import check_vae, read_vae
@@ -27,6 +30,7 @@ def replace_vae(
     vae: Any,
     output_dir: str | Path,
     *,
+    decoder_latents: Sequence[Any] | None = None,
     overwrite: bool = False,
     show_progress: bool = False,
 ) -> Path:
@@ -41,6 +45,10 @@ def replace_vae(
         vae: An ``AutoencoderTiny`` (TAESD) or ``AutoencoderKL``, or the local folder of a tiny autoencoder;
             it must match the folder's latents (channels and size factor).
         output_dir: Where to write (not ``folder`` itself; an existing non-empty folder needs ``overwrite``).
+        decoder_latents: Latents (arrays of shape ``(n, channels, h, w)``, as the decoder takes them) to
+            quantize the tiny autoencoder's decoder to INT8 on (activations and weights; it halves the
+            decoder on CPUs with VNNI or AMX). :func:`sd_ovopt.replace_vae_int8` collects them from the
+            folder's own sampling. ``None`` keeps the decoder in float.
         overwrite: Replace an existing output folder.
         show_progress: Show a progress bar over the two parts.
 
@@ -61,17 +69,38 @@ def replace_vae(
     vae = check_vae(
         read_vae(vae), latent_channels=unet.get("in_channels", 4), factor=meta.height // meta.latent_height
     )
+    check_output_dir(output_dir, overwrite=overwrite, source=source)
+    latents = None if decoder_latents is None else _checked_latents(decoder_latents, vae)
     # 2. The copy: every other file linked, the VAE parts converted, the record naming the new class
     with atomic_output_dir(output_dir, overwrite=overwrite, source=source) as tmp:
         _link_tree(source, tmp, skip=_VAE_PARTS)
         _convert_and_save(
-            vae_parts(vae, meta), tmp, weights_dtype=meta.weights_dtype, show_progress=show_progress
+            vae_parts(vae, meta, latents), tmp, weights_dtype=meta.weights_dtype, show_progress=show_progress
         )
         list_vae_as_genai_reads_it(tmp)
-        ExportMetadata(**{**meta.to_fields(), "vae": type(vae).__name__}).save(tmp)
+        record = {"vae": type(vae).__name__, "vae_decoder_int8": latents is not None}
+        ExportMetadata(**{**meta.to_fields(), **record}).save(tmp)
     final = Path(output_dir).expanduser().resolve()
     logger.info("wrote %s with a %s", final, type(vae).__name__)
     return final
+
+
+def _checked_latents(latents: Sequence[Any], vae: Any) -> list[np.ndarray]:
+    """``latents`` as float32 arrays, once the VAE is a tiny one and each has its latent channels."""
+    if type(vae).__name__ != "AutoencoderTiny":
+        raise UnsupportedModelError(
+            f"decoder_latents quantize a tiny autoencoder's decoder, and this VAE is a {type(vae).__name__}, "
+            "whose INT8 images lose too much. Pass an AutoencoderTiny (TAESD), or no decoder_latents."
+        )
+    arrays = [np.asarray(x, dtype=np.float32) for x in latents]
+    channels = vae.config.latent_channels
+    if not arrays or any(x.ndim != 4 or x.shape[1] != channels for x in arrays):
+        shapes = [x.shape for x in arrays][:3]
+        raise InvalidConfigError(
+            f"decoder_latents must be a non-empty list of (n, {channels}, h, w) arrays, got shapes {shapes}; "
+            "collect them with sd_ovopt.vae.collect_decoder_latents (or use sd_ovopt.replace_vae_int8)."
+        )
+    return arrays
 
 
 def _link_tree(source: Path, target: Path, *, skip: tuple[str, ...]) -> None:

@@ -16,44 +16,29 @@ ship:
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._loading import check_requested_size, check_steps, load_for_output, pipeline_with
+from sd_ovopt._prompts import DEFAULT_CALIBRATION_PROMPTS
 from sd_ovopt._schedulers import check_scheduler_name, pipeline_scheduler
 from sd_ovopt._validation import check_float
+from sd_ovopt.errors import InvalidConfigError, UnsupportedModelError
 from sd_ovopt.export.pipeline import export_pipeline
 from sd_ovopt.methods import RecipeSettings, methods_in_order
+from sd_ovopt.recipes.tiny_decoder import replace_vae_int8
 from sd_ovopt.vae import pipeline_vae, read_vae
+from sd_ovopt.vae.int8 import DECODER_CALIBRATION_PROMPTS
 
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
 __all__ = ["DEFAULT_CALIBRATION_PROMPTS", "optimize_pipeline", "prepare_unet"]
-
-#: Prompts calibration uses when none are given: varied subjects, styles and compositions, so that
-#: activation ranges cover what users ask for (none of them is a benchmark prompt).
-DEFAULT_CALIBRATION_PROMPTS: tuple[str, ...] = (
-    "a photo of a cat sitting on a sofa",
-    "a mountain lake at sunset, highly detailed",
-    "a bowl of fruit on a wooden table, still life painting",
-    "a city street at night in the rain, neon lights",
-    "a portrait of an old fisherman, oil painting",
-    "an astronaut riding a horse on mars",
-    "a red sports car on a coastal road",
-    "a cozy living room with a fireplace, interior design",
-    "a watercolor painting of a forest in autumn",
-    "a futuristic city skyline, digital art",
-    "a close-up photo of a dew drop on a leaf",
-    "a green square on a white background",
-    "a dog running on a beach, golden hour",
-    "a medieval castle on a hill, fantasy illustration",
-    "a plate of sushi, food photography",
-    "a black and white photo of a busy train station",
-)
 
 
 def prepare_unet(
@@ -148,6 +133,7 @@ def optimize_pipeline(
     height: int | None = None,
     width: int | None = None,
     vae: Any = None,
+    vae_int8: bool = False,
     scheduler: Any = None,
     compress_weights: bool = True,
     overwrite: bool = False,
@@ -170,6 +156,10 @@ def optimize_pipeline(
         width: Image width baked into the folder.
         vae: An autoencoder to export instead of the pipeline's: an ``AutoencoderTiny`` (TAESD) or the local
             folder of one (see :func:`sd_ovopt.export_pipeline`). Checked before calibration starts.
+        vae_int8: Quantize the tiny autoencoder's decoder to INT8 as well (:func:`sd_ovopt.replace_vae_int8`:
+            calibrated on the exported folder's own final latents, at
+            ``calibration_steps`` and this guidance, on the first 8 calibration prompts). Needs an
+            ``AutoencoderTiny``.
         scheduler: The scheduler to calibrate along and write: a diffusers scheduler or a name of
             :data:`sd_ovopt.SCHEDULERS` (``"lcm"`` for LCM-LoRA, ``"tcd"`` for TCD and Hyper-SD LoRAs).
         compress_weights: Store the text encoder and VAE weights as int8 too when the UNet is quantized.
@@ -194,12 +184,18 @@ def optimize_pipeline(
         height=height,
         width=width,
         vae=vae,
+        vae_int8=vae_int8,
         scheduler=scheduler,
         compress_weights=compress_weights,
         overwrite=overwrite,
         show_progress=show_progress,
     )
     return recipe.run()
+
+
+def _first(prompts: Sequence[str] | None, count: int) -> list[str] | None:
+    """The first ``count`` of ``prompts`` (``None``, the default set, stays ``None``)."""
+    return None if prompts is None else list(prompts)[:count]
 
 
 @dataclass(frozen=True)
@@ -216,6 +212,7 @@ class _Recipe:
     height: int | None
     width: int | None
     vae: Any
+    vae_int8: bool
     scheduler: Any
     compress_weights: bool
     overwrite: bool
@@ -229,6 +226,12 @@ class _Recipe:
         pipe = pipeline_with(
             pipe, vae=pipeline_vae(vae, pipe), scheduler=pipeline_scheduler(self.scheduler, pipe)
         )
+        if self.vae_int8 and type(pipe.vae).__name__ != "AutoencoderTiny":
+            raise UnsupportedModelError(
+                f"vae_int8 quantizes a tiny autoencoder's decoder, and this pipeline's VAE is a "
+                f"{type(pipe.vae).__name__}, whose INT8 images lose too much. Pass vae= an AutoencoderTiny "
+                "(CLI: --vae-tiny DIR), or leave vae_int8 off."
+            )
         # 2. The UNet to export: each method prepared on it in rank order (INT8 calibrated on its sampling)
         unet = prepare_unet(
             pipe,
@@ -241,11 +244,32 @@ class _Recipe:
             width=self.width,
             show_progress=self.show_progress,
         )
-        quantized = any(method.quantizes for method, _ in methods_in_order(self.methods))
         # 3. The OpenVINO folder at the calibrated shape, with every requested method recorded
+        if not self.vae_int8:
+            return self.export(pipe, unet, self.output_dir, overwrite=self.overwrite)
+        # 4. With the tiny decoder in INT8: calibrated on that folder's own latents, written in one move
+        with atomic_output_dir(self.output_dir, overwrite=self.overwrite) as tmp:
+            float_vae = self.export(pipe, unet, tmp / "float-decoder", overwrite=False)
+            int8_vae = replace_vae_int8(
+                float_vae,
+                pipe.vae,
+                tmp / "int8-decoder",
+                calibration_prompts=_first(self.calibration_prompts, DECODER_CALIBRATION_PROMPTS),
+                calibration_steps=self.calibration_steps,
+                guidance_scale=self.guidance_scale,
+            )
+            shutil.rmtree(float_vae)  # the int8 copy holds its own links to the files it shares
+            for path in int8_vae.iterdir():
+                path.rename(tmp / path.name)
+            int8_vae.rmdir()
+        return Path(self.output_dir).expanduser().resolve()
+
+    def export(self, pipe: Any, unet: Any, output_dir: str | Path, *, overwrite: bool) -> Path:
+        """``export_pipeline`` of ``pipe`` with ``unet`` at the recipe's shape and guidance."""
+        quantized = any(method.quantizes for method, _ in methods_in_order(self.methods))
         return export_pipeline(
             pipe,
-            self.output_dir,
+            output_dir,
             unet=unet,
             methods=self.methods,
             compress_weights=self.compress_weights and quantized,
@@ -253,7 +277,7 @@ class _Recipe:
             width=self.width,
             # > 1: two rows per image, unless the UNet takes its guidance as an input (LCM)
             classifier_free_guidance=None if self.guidance_scale > 1 else False,
-            overwrite=self.overwrite,
+            overwrite=overwrite,
             show_progress=self.show_progress,
         )
 
@@ -264,3 +288,5 @@ class _Recipe:
         check_steps(self.calibration_steps, "calibration_steps")
         check_requested_size(self.height, self.width)
         check_scheduler_name(self.scheduler)
+        if not isinstance(self.vae_int8, bool):
+            raise InvalidConfigError(f"vae_int8={self.vae_int8!r}; pass True or False.")

@@ -33,13 +33,14 @@ PROMPT = "a red circle"
 CALIBRATION_PROMPTS = ["a red circle", "a blue square on a green background"]
 
 
-def _few_step_folder(out, lora, methods, scheduler="lcm"):
+def _few_step_folder(out, lora, methods, scheduler="lcm", **recipe):
     return optimize_pipeline(
         tiny_pipeline(),
         out,
         methods=[LoRAConfig(lora), *methods],
         scheduler=scheduler,
         vae=tiny_taesd(),
+        **recipe,
         guidance_scale=1.0,
         calibration_prompts=CALIBRATION_PROMPTS,
         calibration_steps=4,
@@ -55,6 +56,7 @@ def few_step(tmp_path_factory):
     root = tmp_path_factory.mktemp("few-step")
     lora = write_example_lora(root / "lcm-lora.safetensors", tiny_pipeline().unet, rank=8)
     return SimpleNamespace(
+        lora=lora,
         float=_few_step_folder(root / "float", lora, []),
         int8=_few_step_folder(root / "tome-int8", lora, [ToMeConfig(ratio=0.4), QuantizationConfig()]),
     )
@@ -158,3 +160,31 @@ def test_openvino_genai_runs_the_tome_int8_few_step_folder_as_sd_ovopt_does(few_
     ours = np.asarray(pipe.unet(sample=sample, timestep=timestep, encoder_hidden_states=hidden)[0])
     np.testing.assert_allclose(theirs.reshape(ours.shape), ours, rtol=0, atol=1e-5)
     assert _genai_levels(openvino_genai, few_step.int8, pipe).mean() < 3
+
+
+def test_the_recipe_quantizes_the_tiny_decoder_too_in_one_folder(few_step, tmp_path):
+    methods = [ToMeConfig(ratio=0.4), QuantizationConfig()]
+    out = _few_step_folder(tmp_path / "all-int8", few_step.lora, methods, vae_int8=True)
+    meta = read_metadata(out)
+    assert (
+        meta.vae_decoder_int8
+        and meta.vae == "AutoencoderTiny"
+        and list(meta.methods) == ["lora", "tome", "int8"]
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in few_step.int8.iterdir())
+    assert not list(tmp_path.glob(".*partial*"))
+    decoder = ov.Core().read_model(out / "vae_decoder" / "openvino_model.xml")
+    assert any(op.get_type_name() == "FakeQuantize" for op in decoder.get_ops())
+    # the same UNet (same calibration), the decoder in INT8: close to the float decoder's image
+    unet_files = [(folder / "unet" / "openvino_model.bin").read_bytes() for folder in (out, few_step.int8)]
+    assert unet_files[0] == unet_files[1]
+    images = [_image(SdOvOptPipeline.from_pretrained(f, precision="f32"), 4) for f in (out, few_step.int8)]
+    assert 0 < np.abs(images[0] - images[1]).mean() < 0.02
+
+
+def test_vae_int8_without_a_tiny_autoencoder_is_refused_before_calibration(tmp_path):
+    from sd_ovopt import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="tiny autoencoder's decoder"):
+        optimize_pipeline(tiny_pipeline(), tmp_path / "out", methods=[QuantizationConfig()], vae_int8=True)
+    assert not (tmp_path / "out").exists()

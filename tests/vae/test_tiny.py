@@ -212,3 +212,70 @@ def test_replace_vae_refuses_a_folder_without_a_record_and_a_vae_that_does_not_f
     with pytest.raises(UnsupportedModelError, match="16 latent channels"):
         replace_vae(exported_tiny, wide, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _fake_quantize_count(folder):
+    import openvino as ov
+
+    model = ov.Core().read_model(folder / "vae_decoder" / "openvino_model.xml")
+    return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+def test_replace_vae_quantizes_the_tiny_decoder_on_the_folders_own_latents(
+    exported_tiny, taesd_folder, tmp_path
+):
+    from sd_ovopt import replace_vae, replace_vae_int8
+
+    float_out = replace_vae(exported_tiny, taesd_folder, tmp_path / "f32")
+    int8_out = replace_vae_int8(
+        exported_tiny,
+        taesd_folder,
+        tmp_path / "int8",
+        calibration_prompts=["a red circle", "a blue square"],
+        calibration_steps=2,
+    )
+    assert read_metadata(int8_out).vae_decoder_int8 is True
+    assert read_metadata(float_out).vae_decoder_int8 is False
+    assert _fake_quantize_count(int8_out) > 0 and _fake_quantize_count(float_out) == 0
+    images = []
+    for folder in (float_out, int8_out):
+        pipe = SdOvOptPipeline.from_pretrained(folder, precision="f32")
+        generator = torch.Generator().manual_seed(0)
+        images.append(pipe(PROMPT, num_inference_steps=2, generator=generator, output_type="np").images[0])
+    difference = np.abs(images[0] - images[1])
+    assert 0 < difference.mean() < 0.02, difference.mean()
+
+
+def test_decoder_int8_refuses_the_full_vae_and_a_record_claiming_it(exported_tiny, tmp_path):
+    from sd_ovopt import CorruptModelError, InvalidConfigError, replace_vae, replace_vae_int8
+    from sd_ovopt.export import ExportMetadata
+
+    with pytest.raises(UnsupportedModelError, match="tiny autoencoder's decoder"):
+        replace_vae_int8(exported_tiny, tiny_pipeline().vae, tmp_path / "out")
+    latent = np.zeros((1, 4, SIZE // 2, SIZE // 2), np.float32)
+    with pytest.raises(UnsupportedModelError, match="tiny autoencoder's decoder"):
+        replace_vae(exported_tiny, tiny_pipeline().vae, tmp_path / "out", decoder_latents=[latent])
+    with pytest.raises(InvalidConfigError, match=r"\(n, 4, h, w\) arrays"):
+        replace_vae(exported_tiny, tiny_taesd(), tmp_path / "out", decoder_latents=[latent[:, :3]])
+    assert not (tmp_path / "out").exists()
+    data = json.loads((exported_tiny / "sd_ovopt.json").read_text())
+    for value in (True, 1):
+        with pytest.raises(CorruptModelError, match="vae_decoder_int8"):
+            ExportMetadata.from_dict({**data, "vae_decoder_int8": value})
+
+
+def test_the_decoder_latents_are_the_pipelines_final_latents():
+    from sd_ovopt.vae.int8 import collect_decoder_latents
+
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    latents = collect_decoder_latents(pipe, ["a red circle", "a blue square"], num_inference_steps=2, guidance_scale=1.0)  # fmt: skip
+    assert [x.shape for x in latents] == [(1, 4, SIZE // 2, SIZE // 2)] * 2
+    expected = pipe(
+        "a blue square",
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(1),
+        output_type="latent",
+    ).images
+    assert np.allclose(latents[1], expected.numpy() / pipe.vae.config.scaling_factor)
