@@ -10,7 +10,7 @@ Example:
 
 from sd_ovopt.reference.evaluate import PromptScore, generate_images, make_grid, score_images
 from sd_ovopt.reference.judge import Judgement, judge_image, prompt_accuracy, score_image
-from sd_ovopt.reference.model import few_step_model_dir, reference_model_dir, reference_pipeline
+from sd_ovopt.reference.model import few_step_model_dir, reference_model_dir, reference_pipeline, tiny_vae_dir
 from sd_ovopt.reference.shapes import (
     ShapeSpec,
     held_out_prompts,
@@ -38,6 +38,7 @@ __all__ = [
     "sample_specs",
     "score_image",
     "score_images",
+    "tiny_vae_dir",
     "train_prompts",
     "write_dataset",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "few_step_model_dir",
     "reference_model_dir",
     "reference_pipeline",
+    "tiny_vae_dir",
 ]
 
 # Every word of the prompt grammar is one token: prompts are at most 13 tokens with BOS/EOS, so a
@@ -91,6 +92,18 @@ def few_step_model_dir() -> Path:
         "sd_ovopt.json",
         "the reference model's few-step student",
         "make it with `python benchmarks/distill_reference.py --work <dir>` (its int8/ov folder).",
+    )
+
+
+def tiny_vae_dir() -> Path:
+    """The folder of the reference model's tiny autoencoder shipped with sd_ovopt: TAESD's architecture
+    (``AutoencoderTiny``, one sampling stage for the 2x latents), distilled from the reference VAE by
+    ``python -m sd_ovopt.reference.tiny_vae``; pass it as ``vae=`` or ``--vae-tiny``."""
+    return _shipped(
+        "shapes-taesd",
+        "config.json",
+        "the reference model's tiny autoencoder",
+        "make it with `python -m sd_ovopt.reference.tiny_vae --output <dir> --work <dir>`.",
     )
 
 
