@@ -71,7 +71,13 @@ def replace_vae_int8(
     pipe = SdOvOptPipeline.from_pretrained(source)
     pipe.set_progress_bar_config(disable=True)
     prompts = DEFAULT_CALIBRATION_PROMPTS[:DECODER_CALIBRATION_PROMPTS] if calibration_prompts is None else calibration_prompts  # fmt: skip
-    latents = collect_decoder_latents(pipe, list(prompts), num_inference_steps=steps, guidance_scale=guidance)
+    latents = collect_decoder_latents(
+        pipe,
+        list(prompts),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        scaling_factor=tiny.config.scaling_factor,  # the new decoder's, not the folder's VAE's
+    )
     del pipe
     # 3. The copy, its decoder quantized on them
     return replace_vae(

@@ -31,16 +31,21 @@ def collect_decoder_latents(
     *,
     num_inference_steps: int,
     guidance_scale: float,
+    scaling_factor: float | None = None,
     seed: int = 0,
 ) -> list[np.ndarray]:
-    """The decoder's input for each prompt: the pipeline's final latents, divided by the VAE's scaling factor.
+    """A decoder's input for each prompt: the pipeline's final latents divided by ``scaling_factor``.
 
     ``pipeline`` is a diffusers pipeline or an :class:`sd_ovopt.SdOvOptPipeline` (its own sampling: what
     the deployed decoder will see); prompt ``i`` draws its noise from ``noise_generator(seed, i)``.
+    ``scaling_factor`` is that of the autoencoder whose decoder the latents are for (TAESD's is 1.0);
+    by default the pipeline's own VAE's.
     """
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise InvalidConfigError("prompts must be a non-empty list of strings.")
-    scale = float(_vae_config(pipeline).get("scaling_factor", 1.0))
+    if scaling_factor is None:
+        scaling_factor = _vae_config(pipeline).get("scaling_factor", 1.0)
+    scale = float(scaling_factor)
     latents = []
     for i, prompt in enumerate(prompts):
         out = pipeline(

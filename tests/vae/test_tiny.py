@@ -279,3 +279,7 @@ def test_the_decoder_latents_are_the_pipelines_final_latents():
         output_type="latent",
     ).images
     assert np.allclose(latents[1], expected.numpy() / pipe.vae.config.scaling_factor)
+    # for another autoencoder's decoder (TAESD's scaling factor is 1.0): the UNet's latents as they are
+    for_tiny = collect_decoder_latents(pipe, ["a red circle"], num_inference_steps=2, guidance_scale=1.0, scaling_factor=1.0)  # fmt: skip
+    scale = pipe.vae.config.scaling_factor
+    assert scale != 1.0 and np.allclose(for_tiny[0], latents[0] * scale, rtol=1e-5, atol=1e-6)
