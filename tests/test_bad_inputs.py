@@ -237,6 +237,20 @@ def reference_vae_resume(ctx: Ctx) -> None:
         shutil.rmtree(work)
 
 
+def reference_tiny_vae_resume(ctx: Ctx) -> None:
+    from sd_ovopt.reference.tiny_vae import train_tiny_vae
+
+    work = ctx.root / "work"
+    work.mkdir()
+    evil_checkpoint(work / "tiny_vae.pt", ctx.root / "PAYLOAD-RAN")
+    try:
+        train_tiny_vae(ctx.root / "tiny-vae", work, steps=2, batch_size=2, num_images=2)
+    finally:
+        assert not (ctx.root / "PAYLOAD-RAN").exists(), "the checkpoint's code ran"
+        assert not (ctx.root / "tiny-vae").exists()
+        shutil.rmtree(work)
+
+
 def qat_checkpoint_resume(ctx: Ctx) -> None:
     from sd_ovopt.quantization.checkpoints import INFO_FILE, STATE_FILE, load_checkpoint
 
@@ -385,6 +399,7 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     # --- prevents code execution, data loss, silent garbage --------------------------------------------
     ("reference-train-unet.pt-payload", "broken", "code", reference_unet_resume, InvalidConfigError, "never run"),
     ("reference-train-vae.pt-payload", "broken", "code", reference_vae_resume, InvalidConfigError, "never run"),
+    ("reference-tiny-vae.pt-payload", "broken", "code", reference_tiny_vae_resume, InvalidConfigError, "never run"),
     ("qat-checkpoint-payload", "broken", "code", qat_checkpoint_resume, CorruptModelError, "never run"),
     ("export-to-empty-path", "broken", "outputs", lambda c: export_pipeline(c.pipe, "", overwrite=True), UnsafeOutputError, "empty"),
     ("export-to-cwd", "broken", "outputs", lambda c: export_pipeline(c.pipe, ".", overwrite=True), UnsafeOutputError, "working directory"),
@@ -502,6 +517,7 @@ CASES: list[tuple[str, str, str, Callable[[Ctx], Any], type[Exception], str]] = 
     ("cli-export-width-over-4096", "broken", "cli", lambda c: c.cli("export", c.saved, c.root / "o", "--width", "8192"), ShapeMismatchError, "at most 4096"),
     ("cli-quantize-height-30", "broken", "cli", lambda c: c.cli("quantize", c.saved, c.root / "q", "--prompts", c.assets / "a-file", "--height", "30"), ShapeMismatchError, "--height=30"),
     ("cli-export-vae-tiny-missing", "handled", "cli", before_loading(lambda c: c.cli("export", c.saved, c.root / "o", "--vae-tiny", c.root / "missing")), ModelNotFoundError, "does not exist"),
+    ("cli-quantize-vae-int8-without-a-tiny-vae", "handled", "cli", lambda c: c.cli("quantize", c.saved, c.root / "q", "--vae-int8"), UnsupportedModelError, "tiny autoencoder's decoder"),
     ("cli-quantize-guidance-nan", "handled", "cli", before_loading(lambda c: c.cli("quantize", c.saved, c.root / "q", "--guidance-scale", "nan")), InvalidConfigError, "--guidance-scale=nan"),
     ("cli-bench-guidance-nan", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--guidance-scale", "nan"), InvalidConfigError, "--guidance-scale=nan"),
     ("cli-bench-guidance-negative", "broken", "cli", lambda c: c.cli("bench", "--model", c.saved, "--output", c.root / "b", "--guidance-scale", "-1"), InvalidConfigError, "--guidance-scale=-1.0"),

@@ -31,6 +31,7 @@ from sd_ovopt._hardware import has_native_bf16
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.reference.model import reference_model_dir
 from sd_ovopt.reference.shapes import render, sample_specs
+from sd_ovopt.reference.train import _load_checkpoint
 
 __all__ = ["REFERENCE_TAESD_CONFIG", "train_tiny_vae"]
 
@@ -83,7 +84,7 @@ def _resume(path: Path, tiny: AutoencoderTiny, opt: torch.optim.Optimizer) -> in
     """Load the checkpoint at ``path`` into ``tiny`` and ``opt`` if there is one; the step to start at."""
     if not path.is_file():
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)  # our own file: tensors only
+    state = _load_checkpoint(path, "cpu")  # tensors and numbers only: a file holding code is refused
     tiny.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     logger.info("tiny vae: resumed at step %d", int(state["step"]))

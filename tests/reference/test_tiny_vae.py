@@ -25,15 +25,22 @@ def _images(tensor):
 
 def test_the_shipped_tiny_decoder_draws_what_the_full_decoder_draws():
     tiny = load_tiny_vae(tiny_vae_dir())
-    assert tiny.config.decoder_block_out_channels == list(REFERENCE_TAESD_CONFIG["decoder_block_out_channels"])
+    assert tiny.config.decoder_block_out_channels == list(
+        REFERENCE_TAESD_CONFIG["decoder_block_out_channels"]
+    )
     full = AutoencoderKL.from_pretrained(str(reference_model_dir() / "vae"), local_files_only=True).eval()
     check_vae(tiny, latent_channels=4, factor=2)
     specs = held_out_prompts()
-    x = torch.from_numpy(np.stack([np.asarray(render(s)) for s in specs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = (
+        torch.from_numpy(np.stack([np.asarray(render(s)) for s in specs])).permute(0, 3, 1, 2).float() / 127.5
+        - 1
+    )
     with torch.no_grad():
         z = full.encode(x).latent_dist.mean
         by_full = full.decode(z).sample
-        by_tiny = tiny.decode(z * full.config.scaling_factor).sample  # the UNet's latents, as TAESD takes them
+        by_tiny = tiny.decode(
+            z * full.config.scaling_factor
+        ).sample  # the UNet's latents, as TAESD takes them
         by_tiny_encoder = full.decode(tiny.encode(x).latents / full.config.scaling_factor).sample
     prompts = [s.prompt for s in specs]
     full_accuracy = score_images(_images(by_full), prompts).accuracy
