@@ -14,7 +14,6 @@ from sd_ovopt._validation import check_float
 from sd_ovopt.errors import NotAPipelineError, UnsupportedModelError
 from sd_ovopt.export.metadata import METADATA_FILE, read_metadata
 from sd_ovopt.export.vae import replace_vae
-from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
 from sd_ovopt.vae import read_vae
 from sd_ovopt.vae.int8 import DECODER_CALIBRATION_PROMPTS, collect_decoder_latents
 
@@ -67,7 +66,10 @@ def replace_vae_int8(
     guidance = (7.5 if meta.classifier_free_guidance else 1.0) if guidance_scale is None else guidance_scale
     check_float("guidance_scale", guidance, minimum=0)
     check_output_dir(output_dir, overwrite=overwrite, source=source)
-    # 2. The calibration: the folder's own final latents
+    # 2. The calibration: the folder's own final latents (the pipeline module imports optimum-intel, which
+    # the recipes' training paths, on GPU machines among others, do without: loaded here, on use)
+    from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
+
     pipe = SdOvOptPipeline.from_pretrained(source)
     pipe.set_progress_bar_config(disable=True)
     prompts = DEFAULT_CALIBRATION_PROMPTS[:DECODER_CALIBRATION_PROMPTS] if calibration_prompts is None else calibration_prompts  # fmt: skip
