@@ -11,6 +11,14 @@ def test_import_is_lean():
     assert out.stdout.strip() == ""
 
 
+def test_the_training_recipes_import_without_optimum_intel():
+    """GPU training machines run distillation and QAT without optimum-intel: only the OpenVINO pipeline
+    needs it, and the recipes load it on use."""
+    code = "import sys, sd_ovopt.recipes, sd_ovopt.recipes.distill; print('optimum' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_public_names_resolve():
     import sd_ovopt
 
