@@ -13,10 +13,11 @@ import numpy as np
 
 from sd_ovopt._fs import atomic_output_dir, check_output_dir, read_json_object
 from sd_ovopt._loading import read_model_index
-from sd_ovopt.errors import InvalidConfigError, NotAPipelineError, UnsupportedModelError
+from sd_ovopt.errors import InvalidConfigError, NotAPipelineError
 from sd_ovopt.export.metadata import METADATA_FILE, ExportMetadata, read_metadata
 from sd_ovopt.export.pipeline import _convert_and_save, list_vae_as_genai_reads_it, vae_parts
 from sd_ovopt.vae import check_vae, read_vae
+from sd_ovopt.vae.int8 import check_int8_decoder_vae
 
 __all__ = ["replace_vae"]
 
@@ -87,11 +88,7 @@ def replace_vae(
 
 def _checked_latents(latents: Sequence[Any], vae: Any) -> list[np.ndarray]:
     """``latents`` as float32 arrays, once the VAE is a tiny one and each has its latent channels."""
-    if type(vae).__name__ != "AutoencoderTiny":
-        raise UnsupportedModelError(
-            f"decoder_latents quantize a tiny autoencoder's decoder, and this VAE is a {type(vae).__name__}, "
-            "whose INT8 images lose too much. Pass an AutoencoderTiny (TAESD), or no decoder_latents."
-        )
+    check_int8_decoder_vae(vae, "decoder_latents", "Pass an AutoencoderTiny (TAESD), or no decoder_latents.")
     arrays = [np.asarray(x, dtype=np.float32) for x in latents]
     channels = vae.config.latent_channels
     if not arrays or any(x.ndim != 4 or x.shape[1] != channels for x in arrays):

@@ -27,12 +27,12 @@ from sd_ovopt._loading import check_requested_size, check_steps, load_for_output
 from sd_ovopt._prompts import DEFAULT_CALIBRATION_PROMPTS
 from sd_ovopt._schedulers import check_scheduler_name, pipeline_scheduler
 from sd_ovopt._validation import check_float
-from sd_ovopt.errors import InvalidConfigError, UnsupportedModelError
+from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.export.pipeline import export_pipeline
 from sd_ovopt.methods import RecipeSettings, methods_in_order
 from sd_ovopt.recipes.tiny_decoder import replace_vae_int8
 from sd_ovopt.vae import pipeline_vae, read_vae
-from sd_ovopt.vae.int8 import DECODER_CALIBRATION_PROMPTS
+from sd_ovopt.vae.int8 import DECODER_CALIBRATION_PROMPTS, check_int8_decoder_vae
 
 if TYPE_CHECKING:
     import torch
@@ -226,12 +226,9 @@ class _Recipe:
         pipe = pipeline_with(
             pipe, vae=pipeline_vae(vae, pipe), scheduler=pipeline_scheduler(self.scheduler, pipe)
         )
-        if self.vae_int8 and type(pipe.vae).__name__ != "AutoencoderTiny":
-            raise UnsupportedModelError(
-                f"vae_int8 quantizes a tiny autoencoder's decoder, and this pipeline's VAE is a "
-                f"{type(pipe.vae).__name__}, whose INT8 images lose too much. Pass vae= an AutoencoderTiny "
-                "(CLI: --vae-tiny DIR), or leave vae_int8 off."
-            )
+        if self.vae_int8:
+            fix = "Pass vae= an AutoencoderTiny (CLI: --vae-tiny DIR), or leave vae_int8 off."
+            check_int8_decoder_vae(pipe.vae, "vae_int8", fix)
         # 2. The UNet to export: each method prepared on it in rank order (INT8 calibrated on its sampling)
         unet = prepare_unet(
             pipe,

@@ -11,11 +11,11 @@ from sd_ovopt._fs import check_output_dir
 from sd_ovopt._loading import check_steps
 from sd_ovopt._prompts import DEFAULT_CALIBRATION_PROMPTS
 from sd_ovopt._validation import check_float
-from sd_ovopt.errors import NotAPipelineError, UnsupportedModelError
+from sd_ovopt.errors import NotAPipelineError
 from sd_ovopt.export.metadata import METADATA_FILE, read_metadata
 from sd_ovopt.export.vae import replace_vae
 from sd_ovopt.vae import read_vae
-from sd_ovopt.vae.int8 import DECODER_CALIBRATION_PROMPTS, collect_decoder_latents
+from sd_ovopt.vae.int8 import DECODER_CALIBRATION_PROMPTS, check_int8_decoder_vae, collect_decoder_latents
 
 __all__ = ["replace_vae_int8"]
 
@@ -57,11 +57,7 @@ def replace_vae_int8(
     if meta is None:
         raise NotAPipelineError(f"{source} has no {METADATA_FILE}: export it with sd_ovopt first.")
     tiny = read_vae(vae)
-    if type(tiny).__name__ != "AutoencoderTiny":
-        raise UnsupportedModelError(
-            f"replace_vae_int8 quantizes a tiny autoencoder's decoder, and this VAE is a {type(tiny).__name__}, "
-            "whose INT8 images lose too much. Pass an AutoencoderTiny (TAESD), or use replace_vae."
-        )
+    check_int8_decoder_vae(tiny, "replace_vae_int8", "Pass an AutoencoderTiny (TAESD), or use replace_vae.")
     steps = check_steps(calibration_steps, "calibration_steps")
     guidance = (7.5 if meta.classifier_free_guidance else 1.0) if guidance_scale is None else guidance_scale
     check_float("guidance_scale", guidance, minimum=0)

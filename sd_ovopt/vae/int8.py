@@ -19,10 +19,25 @@ from sd_ovopt.errors import InvalidConfigError, UnsupportedModelError
 if TYPE_CHECKING:
     import openvino as ov
 
-__all__ = ["DECODER_CALIBRATION_PROMPTS", "collect_decoder_latents", "quantize_tiny_decoder"]
+__all__ = [
+    "DECODER_CALIBRATION_PROMPTS",
+    "check_int8_decoder_vae",
+    "collect_decoder_latents",
+    "quantize_tiny_decoder",
+]
 
 #: How many of the recipe's calibration prompts the decoder is calibrated on by default.
 DECODER_CALIBRATION_PROMPTS = 8
+
+
+def check_int8_decoder_vae(vae: Any, option: str, fix: str) -> None:
+    """Refuse, naming ``option`` (what asked for it) and ``fix``, an INT8 decoder for a VAE that is not an
+    ``AutoencoderTiny``: the full VAE decoder's INT8 images lose too much (a seventh fall below 30 dB)."""
+    if type(vae).__name__ != "AutoencoderTiny":
+        raise UnsupportedModelError(
+            f"{option} quantizes a tiny autoencoder's decoder, and this VAE is a {type(vae).__name__}, whose "
+            f"INT8 images lose too much. {fix}"
+        )
 
 
 def collect_decoder_latents(
