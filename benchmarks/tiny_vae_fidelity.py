@@ -11,8 +11,9 @@ on each folder's own latents of 8 training-split prompts, at the steps and guida
 - ``student``: its shipped few-step INT8 student (4 LCM steps, no guidance).
 
 Each is scored by the judge on the 144 held-out prompts per seed (colour and shape both right), at
-sd_ovopt's default precision, and the INT8 decoder's images are compared with the float one's (PSNR over
-the same latents' images, per image; identical images count as 100 dB). Prints one JSON object; ``--json`` writes it too.
+sd_ovopt's default precision, and the INT8 decoder's images are compared with the float one's, and the
+tiny decoder's with the full VAE's (PSNR and SSIM per image, summarized as the other fidelity scripts do).
+Prints one JSON object; ``--json`` writes it too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from fidelity_stats import fidelity_stats
 
 # (folder, steps, guidance) of each model
 _CALLS = {"teacher": (20, 4.0), "student": (4, 1.0)}
@@ -56,21 +58,6 @@ def _folders(work: Path, tiny_vae: str) -> dict[str, Path]:
     return folders
 
 
-def _psnr(a: list, b: list) -> dict:
-    """Per-image PSNR (dB, 8-bit images) of ``a`` against ``b``: mean, median, minimum, and the count under 30."""
-    values = []
-    for x, y in zip(a, b, strict=True):
-        mse = float(np.mean((np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2))
-        values.append(100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
-    return {
-        "mean_db": round(float(np.mean(values)), 2),
-        "median_db": round(float(np.median(values)), 2),
-        "min_db": round(float(np.min(values)), 2),
-        "under_30_db": int(sum(v < 30 for v in values)),
-        "images": len(values),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="folder for the exported variants (reused)")
@@ -80,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sd_ovopt import SdOvOptPipeline
+    from sd_ovopt.evaluation import image_fidelity
     from sd_ovopt.reference import generate_images, held_out_prompts, score_images, tiny_vae_dir
 
     work = Path(args.work)
@@ -109,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         print(name, json.dumps(rows[name]), flush=True)
     for model in _CALLS:
         for a, b in (("tiny-int8", "tiny"), ("tiny", "full")):
-            pairs = [(images[f"{model} {a}"][s], images[f"{model} {b}"][s]) for s in args.seeds]
-            psnr = _psnr([x for first, _ in pairs for x in first], [y for _, second in pairs for y in second])
-            rows[f"{model} {a} vs {b}"] = psnr
+            scores = [
+                image_fidelity(x, y)
+                for s in args.seeds
+                for x, y in zip(images[f"{model} {a}"][s], images[f"{model} {b}"][s], strict=True)
+            ]
+            rows[f"{model} {a} vs {b}"] = fidelity_stats(scores)
     text = json.dumps(rows, indent=2)
     print(text)
     if args.json:
