@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
-from sd_ovopt._fs import atomic_file, atomic_output_dir
+from sd_ovopt._fs import atomic_output_dir
 from sd_ovopt._hardware import has_native_bf16
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.reference.model import reference_model_dir
 from sd_ovopt.reference.shapes import render, sample_specs
-from sd_ovopt.reference.train import _load_checkpoint
+from sd_ovopt.reference.train import _autocast, _load_checkpoint, _lr, _save_atomic
 
 __all__ = ["REFERENCE_TAESD_CONFIG", "train_tiny_vae"]
 
@@ -72,14 +72,6 @@ def _step_loss(tiny: AutoencoderTiny, images: torch.Tensor, latents: torch.Tenso
     return (image - decoded).abs().mean() + (image - decoded).pow(2).mean() + (latent - latents).pow(2).mean()
 
 
-def _lr(step: int, steps: int, base: float) -> float:
-    """Linear warm-up over 100 steps, then cosine to a tenth."""
-    if step < 100:
-        return base * (step + 1) / 100
-    progress = (step - 100) / max(steps - 100, 1)
-    return base * (0.1 + 0.45 * (1 + np.cos(np.pi * progress)))
-
-
 def _resume(path: Path, tiny: AutoencoderTiny, opt: torch.optim.Optimizer) -> int:
     """Load the checkpoint at ``path`` into ``tiny`` and ``opt`` if there is one; the step to start at."""
     if not path.is_file():
@@ -106,7 +98,7 @@ def train_tiny_vae(
     Args:
         output_dir: The folder ``AutoencoderTiny.save_pretrained`` writes (atomically).
         work_dir: Checkpoints (a killed run resumes from here).
-        steps: Optimizer steps (AdamW, learning rate 1e-3, warm-up then cosine).
+        steps: Optimizer steps (AdamW, learning rate 1e-3, the reference training's warm-up then cosine).
         batch_size: Images per step.
         num_images: Training-split images rendered once (with the jitter of the dataset).
         seed: Seeds the images, the initial weights and each step's batch.
@@ -136,7 +128,7 @@ def train_tiny_vae(
         idx = torch.randint(0, num_images, (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step))  # fmt: skip
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, 1e-3)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with _autocast("cpu", bf16):
             loss = _step_loss(tiny, images[idx], latents[idx], decoded[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,8 +136,9 @@ def train_tiny_vae(
         if (step + 1) % 50 == 0:
             logger.info("tiny vae step %d/%d loss %.5f (%.0f s)", step + 1, steps, loss.item(), time.perf_counter() - t0)  # fmt: skip
         if (step + 1) % 250 == 0 or step + 1 == steps:
-            with atomic_file(checkpoint) as tmp:
-                torch.save({"model": tiny.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, tmp)
+            _save_atomic(
+                {"model": tiny.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, checkpoint
+            )
     # 4. The folder
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         tiny.eval().save_pretrained(tmp, safe_serialization=True)
