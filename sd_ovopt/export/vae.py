@@ -58,19 +58,7 @@ def replace_vae(
         >>> replace_vae("sd15-int8", "taesd", "sd15-int8-taesd")  # doctest: +SKIP
     """
     # 1. Check the folder and the autoencoder before anything is written
-    source = Path(folder).expanduser()
-    read_model_index(source)
-    meta = read_metadata(source)
-    if meta is None:
-        raise NotAPipelineError(
-            f"{source} has no {METADATA_FILE}: it was not exported by sd_ovopt, so its static shape is "
-            "unknown. Export it with sd_ovopt.export_pipeline (CLI: sd-ovopt export) and pass vae= there."
-        )
-    unet = read_json_object(source / "unet" / "config.json", fix="Export the pipeline again.")
-    vae = check_vae(
-        read_vae(vae), latent_channels=unet.get("in_channels", 4), factor=meta.height // meta.latent_height
-    )
-    check_output_dir(output_dir, overwrite=overwrite, source=source)
+    source, meta, vae = check_vae_replacement(folder, vae, output_dir, overwrite=overwrite)
     latents = None if decoder_latents is None else _checked_latents(decoder_latents, vae)
     # 2. The copy: every other file linked, the VAE parts converted, the record naming the new class
     with atomic_output_dir(output_dir, overwrite=overwrite, source=source) as tmp:
@@ -84,6 +72,28 @@ def replace_vae(
     final = Path(output_dir).expanduser().resolve()
     logger.info("wrote %s with a %s", final, type(vae).__name__)
     return final
+
+
+def check_vae_replacement(
+    folder: str | Path, vae: Any, output_dir: str | Path, *, overwrite: bool
+) -> tuple[Path, ExportMetadata, Any]:
+    """What :func:`replace_vae` checks before it writes: ``folder`` is an sd_ovopt export, ``vae`` (read
+    from its folder if given one) fits its latents, and ``output_dir`` may be written. Returns the folder's
+    path, its record and the autoencoder."""
+    source = Path(folder).expanduser()
+    read_model_index(source)
+    meta = read_metadata(source)
+    if meta is None:
+        raise NotAPipelineError(
+            f"{source} has no {METADATA_FILE}: it was not exported by sd_ovopt, so its static shape is "
+            "unknown. Export it with sd_ovopt.export_pipeline (CLI: sd-ovopt export) and pass vae= there."
+        )
+    unet = read_json_object(source / "unet" / "config.json", fix="Export the pipeline again.")
+    vae = check_vae(
+        read_vae(vae), latent_channels=unet.get("in_channels", 4), factor=meta.height // meta.latent_height
+    )
+    check_output_dir(output_dir, overwrite=overwrite, source=source)
+    return source, meta, vae
 
 
 def _checked_latents(latents: Sequence[Any], vae: Any) -> list[np.ndarray]:

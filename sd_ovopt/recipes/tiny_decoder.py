@@ -7,14 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sd_ovopt._fs import check_output_dir
 from sd_ovopt._loading import check_steps
 from sd_ovopt._prompts import DEFAULT_CALIBRATION_PROMPTS
 from sd_ovopt._validation import check_float
-from sd_ovopt.errors import NotAPipelineError
-from sd_ovopt.export.metadata import METADATA_FILE, read_metadata
-from sd_ovopt.export.vae import replace_vae
-from sd_ovopt.vae import read_vae
+from sd_ovopt.export.vae import check_vae_replacement, replace_vae
 from sd_ovopt.vae.int8 import DECODER_CALIBRATION_PROMPTS, check_int8_decoder_vae, collect_decoder_latents
 
 __all__ = ["replace_vae_int8"]
@@ -51,17 +47,12 @@ def replace_vae_int8(
         >>> from sd_ovopt import replace_vae_int8
         >>> replace_vae_int8("sd15-lcm-int8", "taesd", "sd15-lcm-int8-taesd-int8")  # doctest: +SKIP
     """
-    # 1. What can be refused before the folder's pipeline runs
-    source = Path(folder).expanduser()
-    meta = read_metadata(source)
-    if meta is None:
-        raise NotAPipelineError(f"{source} has no {METADATA_FILE}: export it with sd_ovopt first.")
-    tiny = read_vae(vae)
+    # 1. What can be refused before the folder's pipeline runs: all that replace_vae checks, and more
+    source, meta, tiny = check_vae_replacement(folder, vae, output_dir, overwrite=overwrite)
     check_int8_decoder_vae(tiny, "replace_vae_int8", "Pass an AutoencoderTiny (TAESD), or use replace_vae.")
     steps = check_steps(calibration_steps, "calibration_steps")
     guidance = (7.5 if meta.classifier_free_guidance else 1.0) if guidance_scale is None else guidance_scale
     check_float("guidance_scale", guidance, minimum=0)
-    check_output_dir(output_dir, overwrite=overwrite, source=source)
     # 2. The calibration: the folder's own final latents (the pipeline module imports optimum-intel, which
     # the recipes' training paths, on GPU machines among others, do without: loaded here, on use)
     from sd_ovopt.pipelines.ov_pipeline import SdOvOptPipeline
