@@ -16,7 +16,9 @@ Stages (a stage whose output exists is skipped, so a killed run resumes where it
 4. ``ptq``: ``optimize_pipeline(float/diffusers, methods=[QuantizationConfig()])`` calibrated on the same
    32 captions along the student's own guidance-free 4-step LCM sampling; ``float-ptq``. The same with
    step caching (interval 2: full, shallow, full, shallow at 4 steps) before INT8: ``float-ptq-cached``.
-   Only when the ``float`` run is among ``--kinds``.
+   Only when the ``float`` run is among ``--kinds``. With ``--tome-ratio R`` both INT8 arms merge tokens:
+   the fused student trains with ``ToMeConfig(ratio=R)`` applied, and ``float-ptq`` is the recipe's
+   ToMe + INT8 (``methods=[ToMeConfig(ratio=R), QuantizationConfig()]``); no step-caching arm then.
 5. ``fp32``: ``export_pipeline`` of the teacher, and a guidance-free export of it with the LCM scheduler
    (what the students start from).
 6. ``eval``: every folder at ``precision="f32"`` generates the 144 held-out prompts with each ``--seeds``
@@ -49,7 +51,7 @@ def _stage_data(data: Path) -> None:
 
 
 def _stage_train(work: Path, data: Path, kind: str, args: argparse.Namespace) -> None:
-    from sd_ovopt import DistillConfig, QATConfig, distill_student
+    from sd_ovopt import DistillConfig, QATConfig, ToMeConfig, distill_student
 
     config = QATConfig(
         learning_rate=args.lora_lr if kind == "lora-int8" else args.lr,
@@ -65,6 +67,7 @@ def _stage_train(work: Path, data: Path, kind: str, args: argparse.Namespace) ->
         seed=args.train_seed,
     )
     lora = kind == "lora-int8"
+    tome = ToMeConfig(ratio=args.tome_ratio) if args.tome_ratio and kind != "float" else None
     distillation = DistillConfig(
         guidance_scale=args.guidance_scale,
         num_ddim_timesteps=args.num_ddim_timesteps,
@@ -73,7 +76,7 @@ def _stage_train(work: Path, data: Path, kind: str, args: argparse.Namespace) ->
     )
     t0 = time.perf_counter()
     distill_student(
-        args.model, data, work / kind, config, distillation=distillation,
+        args.model, data, work / kind, config, distillation=distillation, tome=tome,
         resume_from_checkpoint="latest", cpu=True, show_progress=False,
     )  # fmt: skip
     (work / kind / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
@@ -108,7 +111,7 @@ def _scores(pipe: object, prompts: list[str], seeds: list[int], steps: int, guid
     return row
 
 
-def _stage_eval(work: Path, seeds: list[int], kinds: list[str]) -> dict:
+def _stage_eval(work: Path, seeds: list[int], kinds: list[str], cached: bool) -> dict:
     from sd_ovopt import SdOvOptPipeline
     from sd_ovopt.reference import held_out_prompts
 
@@ -128,6 +131,7 @@ def _stage_eval(work: Path, seeds: list[int], kinds: list[str]) -> dict:
         name: run
         for name, run in runs.items()
         if of_kind.get(name, "float" if "float" in name else "teacher") in [*kinds, "teacher"]
+        and (cached or "caching" not in name)
     }
     rows = {}
     for name, (folder, calls) in runs.items():
@@ -200,6 +204,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--lora-rank", type=int, default=16, help="rank of the lora-int8 student")
     parser.add_argument("--lora-lr", type=float, default=1e-4, help="learning rate of the lora-int8 student")
     parser.add_argument(
+        "--tome-ratio",
+        type=float,
+        default=None,
+        help="ToMe on both INT8 arms: on the fused student while it trains, before the float student's PTQ",
+    )
+    parser.add_argument(
         "--combine",
         type=Path,
         nargs="+",
@@ -230,9 +240,12 @@ def main() -> None:
             _stage_train(work, data, kind, args)
     if args.only:
         return
-    from sd_ovopt import DeepCacheConfig
+    from sd_ovopt import DeepCacheConfig, ToMeConfig
 
-    for name, methods in (("float-ptq", []), ("float-ptq-cached", [DeepCacheConfig(interval=2)])):
+    arms = [("float-ptq", [ToMeConfig(ratio=args.tome_ratio)] if args.tome_ratio else [])]
+    if not args.tome_ratio:
+        arms.append(("float-ptq-cached", [DeepCacheConfig(interval=2)]))
+    for name, methods in arms:
         if "float" in args.kinds and not (work / name / "sd_ovopt.json").is_file():
             _stage_ptq(work, data, name, methods)
     from sd_ovopt import export_pipeline
@@ -247,7 +260,7 @@ def main() -> None:
             scheduler="lcm",
             show_progress=False,
         )
-    rows = _stage_eval(work, args.seeds, args.kinds)
+    rows = _stage_eval(work, args.seeds, args.kinds, cached=not args.tome_ratio)
     curves = {kind: _curve(work / kind) for kind in args.kinds}
     seconds = {kind: float((work / kind / "train_seconds.txt").read_text()) for kind in args.kinds}
     result = {
