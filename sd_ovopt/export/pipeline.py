@@ -34,6 +34,7 @@ from sd_ovopt._schedulers import check_scheduler_name, pipeline_scheduler
 from sd_ovopt._validation import check_int
 from sd_ovopt.errors import AlreadyAppliedError, InvalidConfigError, ShapeMismatchError, UnsupportedModelError
 from sd_ovopt.export.metadata import ExportMetadata
+from sd_ovopt.export.split_linear import split_chunked_linears
 from sd_ovopt.methods import ExportShape, Method, MethodRecord, methods_in_order, registered_methods
 from sd_ovopt.vae import pipeline_vae, read_vae
 from sd_ovopt.vae.int8 import quantize_tiny_decoder
@@ -324,8 +325,8 @@ def _write(
 def _write_unet(
     unet: Any, plan: list[tuple[Method, Any]], shape: ExportShape, folder: Path, *, weights_dtype: str
 ) -> dict[str, MethodRecord]:
-    """The UNet's IRs (the plain one, or those a method writes itself), each finished by every method;
-    return the methods' records."""
+    """The UNet's IRs (the plain one, or those a method writes itself), each finished by every method and
+    with its chunked linear layers split (:func:`split_chunked_linears`); return the methods' records."""
     logger.info("converting unet")
     conversions = [(m, m.convert_unet(unet, config, shape)) for m, config in plan]
     claimed = [c for _, c in conversions if c is not None]  # at most one (method_plan checked)
@@ -339,6 +340,7 @@ def _write_unet(
         model = irs.pop(name)
         for method, method_config in plan:
             model = method.finish_unet_ir(model, method_config)
+        split_chunked_linears(model)  # GEGLU's projection as two matmuls: no split, fused gating
         _save_part(model, folder / name, config, weights_dtype=weights_dtype)
         del model
     return records
