@@ -57,7 +57,7 @@ CACHING_ROWS = (
 
 #: The rows of the few-step presets (LCM-LoRA fused, LCM scheduler, no guidance): PyTorch FP32 at the same
 #: steps and as the many-step workflow runs (PNDM, guidance 7.5), both optimum-intel peers, and our folders
-#: with the full and the tiny decoder (and the tiny decoder in INT8).
+#: with the full and the tiny decoder (and the tiny decoder in INT8, after ToMe or token downsampling).
 FEW_STEP_ROWS = (
     "pytorch-fp32",
     "pytorch-fp32-cfg",
@@ -70,6 +70,7 @@ FEW_STEP_ROWS = (
     "ov-tome-int8",
     "ov-tome-int8-taesd",
     "ov-tome-int8-taesd-int8",
+    "ov-todo-int8-taesd-int8",
 )
 
 #: Calibration and evaluation prompts of the pipeline presets: the first is the timed image.

@@ -76,6 +76,9 @@ PEER_FULL = "optimum-int8-full"
 PEERS = (PEER, PEER_FULL)
 #: optimum-intel calibrates by calling the pipeline with its default number of steps.
 _PEER_STEPS = 50
+#: Token downsampling for few-step folders: self-attention keys and values from 1 token in 4, in the two
+#: top levels of the UNet (ToDo's setting); queries keep every token, so nothing is merged back.
+TOKEN_DOWNSAMPLING = ToMeConfig(method="downsample", downsample_factor=2, max_downsample=2)
 
 
 def _timesteps(pipe: Any, steps: int) -> list[Any]:
@@ -341,6 +344,11 @@ class _Builder:
         """INT8 calibrated with the benchmark's settings, ToMe at its ratio first when asked."""
         int8 = QuantizationConfig(subset_size=self.settings.num_samples)
         return [ToMeConfig(ratio=self.settings.tome_ratio), int8] if tome else [int8]
+
+    def downsampling_int8_methods(self) -> list[Any]:
+        """INT8 calibrated with the benchmark's settings after token downsampling
+        (:data:`TOKEN_DOWNSAMPLING`)."""
+        return [TOKEN_DOWNSAMPLING, QuantizationConfig(subset_size=self.settings.num_samples)]
 
     def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
         """The recipe's INT8 folder, ToMe (at the benchmark's ratio) merged first when asked."""
@@ -720,6 +728,13 @@ for _spec in (
         "OpenVINO ToMe + INT8 (PTQ) + tiny decoder (TAESD) in INT8",
         "ov-tome-int8",
         lambda b: b.int8_methods(tome=True),
+        decoder_int8=True,
+    ),
+    _tiny_vae_spec(
+        "ov-todo-int8-taesd-int8",
+        "OpenVINO token downsampling (keys/values 1 in 4, two top levels) + INT8 (PTQ) + tiny decoder in INT8",
+        "ov-todo-int8",
+        lambda b: b.downsampling_int8_methods(),
         decoder_int8=True,
     ),
     VariantSpec(
