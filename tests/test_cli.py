@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from sd_ovopt import ToMeConfig
 from sd_ovopt.cli import build_parser, main
 from sd_ovopt.errors import (
     InvalidConfigError,
@@ -82,6 +83,30 @@ def test_quantize_passes_guidance_tiny_vae_and_scheduler_to_the_recipe(tiny_save
     assert seen["vae"] == str(tmp_path / "taesd") and seen["vae_int8"] is False
     assert main([*args, "--vae-tiny", str(tmp_path / "taesd"), "--vae-int8"]) == 0
     assert seen["vae_int8"] is True
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--tome-ratio", "0.4"], ToMeConfig(ratio=0.4)),
+        (["--tome-ratio", "0.5", "--tome-max-downsample", "2"], ToMeConfig(ratio=0.5, max_downsample=2)),
+        (["--tome-method", "downsample"], ToMeConfig(method="downsample")),
+        (
+            ["--tome-method", "downsample", "--tome-max-downsample", "2"],
+            ToMeConfig(method="downsample", max_downsample=2),
+        ),
+    ],
+    ids=["merge", "merge-two-levels", "downsample", "downsample-two-levels"],
+)
+def test_quantize_passes_the_token_merging_flags_as_one_config(
+    tiny_saved, tmp_path, monkeypatch, flags, expected
+):
+    import sd_ovopt.recipes
+
+    seen = {}
+    monkeypatch.setattr(sd_ovopt.recipes, "optimize_pipeline", lambda *a, **k: seen.update(k) or tmp_path)
+    assert main(["quantize", str(tiny_saved), str(tmp_path / "q"), *flags]) == 0
+    assert [m for m in seen["methods"] if isinstance(m, ToMeConfig)] == [expected]
 
 
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
@@ -192,6 +217,10 @@ BAD_ARGUMENTS = [
     ("quantize-prompts-blank", lambda p: ["quantize", p.saved, p.root / "q", "--prompts", p.assets / "blank-prompts.txt"], InvalidConfigError, "has no prompts"),
     ("quantize-height-30", lambda p: ["quantize", p.saved, p.root / "q", "--height", "30"], ShapeMismatchError, "--height=30"),
     ("quantize-tome-ratio-nan", lambda p: ["quantize", p.saved, p.root / "q", "--tome-ratio", "nan"], InvalidConfigError, "--tome-ratio=nan"),
+    ("quantize-tome-method-unknown", lambda p: ["quantize", p.saved, p.root / "q", "--tome-method", "shuffle"], InvalidConfigError, "--tome-method='shuffle'"),
+    ("quantize-tome-downsample-with-a-ratio", lambda p: ["quantize", p.saved, p.root / "q", "--tome-method", "downsample", "--tome-ratio", "0.4"], InvalidConfigError, "has no ratio"),
+    ("quantize-tome-levels-without-a-ratio", lambda p: ["quantize", p.saved, p.root / "q", "--tome-max-downsample", "2"], InvalidConfigError, "need --tome-ratio"),
+    ("quantize-tome-max-downsample-3", lambda p: ["quantize", p.saved, p.root / "q", "--tome-method", "downsample", "--tome-max-downsample", "3"], InvalidConfigError, "max_downsample=3"),
     ("quantize-num-samples-0", lambda p: ["quantize", p.saved, p.root / "q", "--num-samples", "0"], InvalidConfigError, "--num-samples=0"),
     ("bench-guidance-nan", lambda p: _bench(p, "--guidance-scale", "nan"), InvalidConfigError, "--guidance-scale=nan"),
     ("bench-guidance-negative", lambda p: _bench(p, "--guidance-scale", "-2"), InvalidConfigError, "--guidance-scale=-2.0"),
