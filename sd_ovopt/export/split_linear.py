@@ -24,6 +24,8 @@ __all__ = ["split_chunked_linears"]
 
 logger = logging.getLogger(__name__)
 
+#: The MatMul of a linear layer, ``x @ W.T``, as PyTorch's ``linear`` converts.
+_LINEAR = {"transpose_a": False, "transpose_b": True}
 _ARITHMETIC = {"Multiply": ops.multiply, "Subtract": ops.subtract, "Add": ops.add}
 
 
@@ -55,8 +57,8 @@ def _pieces(split: Any) -> list[int] | None:
     axis = split.input_value(1).get_node()
     if axis.get_type_name() != "Constant":
         return None
-    rank = split.get_input_partial_shape(0).rank
-    if not rank.is_static or int(axis.get_data()) not in (-1, rank.get_length() - 1):
+    rank, value = split.get_input_partial_shape(0).rank, axis.get_data().reshape(-1)
+    if not rank.is_static or value.size != 1 or int(value[0]) not in (-1, rank.get_length() - 1):
         return None
     sizes = [output.get_partial_shape()[-1] for output in split.outputs()]
     return [size.get_length() for size in sizes] if all(size.is_static for size in sizes) else None
@@ -70,13 +72,15 @@ def _split_one(split: Any) -> bool:
     if source.get_type_name() == "Add" and source.input_value(1).get_node().get_type_name() == "Constant":
         bias, source = source.input_value(1).get_node().get_data(), source.input_value(0).get_node()
         chain.append(source)
-    if source.get_type_name() != "MatMul" or not source.get_attributes()["transpose_b"]:
+    if source.get_type_name() != "MatMul" or source.get_attributes() != _LINEAR:
         return False
     for node in chain:  # each feeds only the next one (a ShapeOf reads the shape only)
         readers = [target.get_node() for target in node.output(0).get_target_inputs()]
         if sum(reader.get_type_name() != "ShapeOf" for reader in readers) != 1:
             return False
     weight = source.input_value(1).get_node()
+    if weight.get_output_partial_shape(0).rank.get_length() != 2:
+        return False
     rows = weight.get_output_partial_shape(0)[0]
     pieces = _pieces(split)
     if pieces is None or not rows.is_static or sum(pieces) != rows.get_length():

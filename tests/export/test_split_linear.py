@@ -24,9 +24,12 @@ def _weight(kind):
     return ops.multiply(ints, ops.constant(scale.astype(np.float32)))
 
 
-def _geglu(kind, *, bias=True, pieces=(6, 6), axis=-1, read_twice=False):
+def _geglu(kind, *, bias=True, pieces=(6, 6), axis=-1, read_twice=False, transposed=False):
     x = ops.parameter([2, 5, COLS], np.float32, name="x")
-    y = ops.matmul(x, _weight(kind), False, True)
+    if transposed:  # x @ W with W stored as [COLS, ROWS]: not a linear layer's layout
+        y = ops.matmul(x, ops.constant(RNG.standard_normal((COLS, ROWS)).astype(np.float32)), False, False)
+    else:
+        y = ops.matmul(x, _weight(kind), False, True)
     if bias:
         y = ops.add(y, ops.constant(RNG.standard_normal((1, 1, ROWS)).astype(np.float32)))
     split = ops.variadic_split(y, axis, list(pieces)).outputs()
@@ -67,8 +70,8 @@ def test_uneven_pieces_split_too():
 
 @pytest.mark.parametrize(
     "variant",
-    [{"axis": 1, "pieces": (2, 3)}, {"read_twice": True}],
-    ids=["not-the-last-axis", "read-elsewhere"],
+    [{"axis": 1, "pieces": (2, 3)}, {"read_twice": True}, {"transposed": True}],
+    ids=["not-the-last-axis", "read-elsewhere", "weight-not-transposed"],
 )
 def test_other_splits_are_left_alone(variant):
     model = _geglu("f32", **variant)
