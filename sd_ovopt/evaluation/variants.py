@@ -348,7 +348,7 @@ class _Builder:
     def downsampling_int8_methods(self) -> list[Any]:
         """INT8 calibrated with the benchmark's settings after token downsampling
         (:data:`TOKEN_DOWNSAMPLING`)."""
-        return [TOKEN_DOWNSAMPLING, QuantizationConfig(subset_size=self.settings.num_samples)]
+        return [TOKEN_DOWNSAMPLING, *self.int8_methods(tome=False)]
 
     def int8(self, name: str, *, tome: bool) -> tuple[Path, float, bool]:
         """The recipe's INT8 folder, ToMe (at the benchmark's ratio) merged first when asked."""

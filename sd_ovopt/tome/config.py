@@ -10,6 +10,8 @@ from sd_ovopt.errors import InvalidConfigError
 __all__ = ["ToMeConfig"]
 
 _DOWNSAMPLES = (1, 2, 4, 8)
+#: The token methods: ToMe's merge, and token downsampling.
+METHODS = ("merge", "downsample")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class ToMeConfig(JsonConfig):
             raise InvalidConfigError(
                 "ToMeConfig: set at least one of merge_attn, merge_crossattn, merge_mlp."
             )
-        if self.method not in ("merge", "downsample"):
+        if self.method not in METHODS:
             raise InvalidConfigError(f"ToMeConfig.method={self.method!r}; use 'merge' or 'downsample'.")
         factor = self.downsample_factor
         if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:

@@ -8,7 +8,7 @@ from typing import Any
 from sd_ovopt._validation import check_float
 from sd_ovopt.errors import InvalidConfigError
 from sd_ovopt.methods import Method, register_method
-from sd_ovopt.tome.config import ToMeConfig
+from sd_ovopt.tome.config import METHODS, ToMeConfig
 from sd_ovopt.tome.patch import apply_tome, get_tome_config, remove_tome
 
 __all__ = ["ToMeMethod"]
@@ -55,6 +55,8 @@ class ToMeMethod(Method):
         method, levels, ratio = args.tome_method, args.tome_max_downsample, args.tome_ratio
         if ratio is None and method is None and levels is None:
             return None
+        if method not in (None, *METHODS):
+            raise InvalidConfigError(f"--tome-method={method!r}; use one of {', '.join(METHODS)}.")
         if ratio is not None:
             check_float("--tome-ratio", ratio)  # finite; its range: ToMeConfig
         if method == "downsample" and ratio is not None:
@@ -62,8 +64,6 @@ class ToMeMethod(Method):
                 f"--tome-ratio={ratio!r} with --tome-method downsample: token downsampling keeps 1 key and "
                 "value in 4 and has no ratio; drop --tome-ratio, or use --tome-method merge."
             )
-        if method not in (None, "merge", "downsample"):
-            raise InvalidConfigError(f"--tome-method={method!r}; use merge or downsample.")
         if method != "downsample" and ratio is None:
             raise InvalidConfigError(
                 "--tome-method merge and --tome-max-downsample need --tome-ratio (e.g. 0.4), or use "
