@@ -130,3 +130,38 @@ def test_the_tiny_few_step_preset_runs_every_row(tmp_path):
     assert tuple(rows) == FEW_STEP_ROWS
     for name, row in rows.items():
         assert row["status"] == "ok", (name, row["reason"])
+
+
+def test_the_few_step_unet_script_times_each_token_method_and_reuses_its_folders(tmp_path):
+    """benchmarks/few_step_unet.py on the tiny pipeline with the LCM scheduler: guidance-free INT8 folders,
+    one UNet call timed per folder, the per-op counters summed; a second run builds nothing."""
+    from diffusers import LCMScheduler
+
+    from sd_ovopt import read_metadata
+    from sd_ovopt.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "model")
+    work = tmp_path / "work"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "few_step_unet.py"),
+        "--model",
+        str(tmp_path / "model"),
+    ]
+    command += ["--work", str(work), "--size", "32", "--repeats", "2", "--counters"]
+    command += ["--variants", "int8", "tome-0.5-two-levels-mlp"]
+    first = subprocess.run(command, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("built ") == 2
+    meta = read_metadata(work / "tome-0.5-two-levels-mlp")
+    assert meta.classifier_free_guidance is False and list(meta.methods) == ["tome", "int8"]
+    rows = json.loads((work / "results.json").read_text())["rows"]
+    assert list(rows) == ["int8", "tome-0.5-two-levels-mlp"]
+    for name, row in rows.items():
+        assert len(row["times_s"]) == 2 and 0 < row["min_s"] <= row["median_s"], name
+        assert any(op.startswith("Convolution") for op in row["op_ms"]), name
+    assert "| tome-0.5-two-levels-mlp |" in first.stdout and "Per-op counters" in first.stdout
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0 and "built " not in again.stdout
