@@ -42,6 +42,10 @@ def variants() -> dict[str, list[Any]]:
         "tome-0.5-two-levels-mlp": [ToMeConfig(ratio=0.5, max_downsample=2, merge_mlp=True), int8],
         "downsample-top": [ToMeConfig(method="downsample"), int8],
         "downsample-two-levels": [ToMeConfig(method="downsample", max_downsample=2), int8],
+        "downsample-4-two-levels": [
+            ToMeConfig(method="downsample", downsample_factor=4, max_downsample=2),
+            int8,
+        ],
     }
 
 
