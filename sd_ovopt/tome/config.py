@@ -88,7 +88,7 @@ class ToMeConfig(JsonConfig):
                 "ToMeConfig: set at least one of merge_attn, merge_crossattn, merge_mlp."
             )
         if self.method not in METHODS:
-            raise InvalidConfigError(f"ToMeConfig.method={self.method!r}; use 'merge' or 'downsample'.")
+            raise InvalidConfigError(f"ToMeConfig.method={self.method!r}; use one of {', '.join(METHODS)}.")
         factor = self.downsample_factor
         if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
             raise InvalidConfigError(f"ToMeConfig.downsample_factor={factor!r}; it must be an integer >= 2.")
